@@ -1,0 +1,34 @@
+# protoseg: raw multi-focal-plane TIFFs -> SAM/classical masks -> per-state merge ->
+# xy-split datasets -> U-Net (BCE, MSE) -> per-z-level tables, figures and report.
+#
+#   snakemake --cores all                         # the demo, end to end
+#   snakemake --cores all --configfile config/paper.yaml
+#   snakemake --report results/report.html
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/catalogue.smk"
+include: "workflow/rules/masks.smk"
+include: "workflow/rules/merge.smk"
+include: "workflow/rules/quality.smk"
+include: "workflow/rules/dataset.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/tables.smk"
+include: "workflow/rules/predict.smk"
+
+
+rule all:
+    input:
+        all_targets,
+    default_target: True
