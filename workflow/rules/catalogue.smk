@@ -1,0 +1,19 @@
+rule catalogue:
+    input:
+        images=RECORDS["path"].tolist(),
+    output:
+        CATALOGUE,
+    params:
+        data=config["data"],
+        raw_dir=RAW_DIR,
+    log:
+        log_path("catalogue", "catalogue"),
+    benchmark:
+        benchmark_path("catalogue", "catalogue")
+    conda:
+        f"{ENVS}/io.yaml"
+    script:
+        f"{SCRIPTS}/catalogue.py"
+
+
+register_targets(CATALOGUE)

@@ -1,0 +1,76 @@
+"""Bad input stops the real workflow with a clear message and no partial outputs."""
+
+import numpy as np
+import pytest
+import tifffile
+
+from protoseg import naming
+from tests.workflow_helpers import run_snakemake, tiny_config, write_project
+
+pytestmark = pytest.mark.slow
+
+
+def folder_config(raw_dir):
+    config = tiny_config()
+    config["data"]["source"] = "folder"
+    config["data"]["raw_dir"] = str(raw_dir)
+    config["data"]["planes"] = [12, 14]
+    config["quality"]["truth_dir"] = None
+    return config
+
+
+def write_images(raw_dir, states=((1, 1, 1), (1, 1, 10))):
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    for day, time, xy in states:
+        for channel in (1, 2):
+            for z in (12, 14):
+                tifffile.imwrite(raw_dir / naming.study_file_name(day, time, channel, xy, z), np.zeros((24, 32, 3), np.uint8))
+
+
+def test_catalogue_of_a_folder(tmp_path):
+    write_images(tmp_path / "raw")
+    write_project(tmp_path, folder_config(tmp_path / "raw"))
+    run_snakemake(tmp_path, "results/catalogue.csv")
+    lines = (tmp_path / "results" / "catalogue.csv").read_text().splitlines()
+    assert len(lines) == 1 + 8
+    assert lines[0].startswith("path,day,time,channel,modality,xy,z,state,height,width,channels,dtype")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c["masks"].update({"metod": "classical"}), "metod"),
+        (lambda c: c["train"].update({"epochs": "many"}), "epochs"),
+        (lambda c: c["masks"].update({"method": "magic"}), "magic"),
+    ],
+    ids=["unknown-key", "wrong-type", "unknown-method"],
+)
+def test_bad_config_is_refused_at_start(tmp_path, edit, message):
+    config = tiny_config()
+    edit(config)
+    write_project(tmp_path, config)
+    result = run_snakemake(tmp_path, "-n", check=False)
+    assert result.returncode != 0
+    assert message in result.stderr + result.stdout
+
+
+def test_bad_file_name_stops_the_run_before_any_job(tmp_path):
+    write_images(tmp_path / "raw")
+    (tmp_path / "raw" / "day1t1c1xy1-z12.tif").write_bytes(b"")
+    write_project(tmp_path, folder_config(tmp_path / "raw"))
+    result = run_snakemake(tmp_path, "results/catalogue.csv", check=False)
+    assert result.returncode != 0
+    assert "day1t1c1xy1-z12.tif: name does not match data.pattern" in result.stderr + result.stdout
+    assert not (tmp_path / "results").exists()
+
+
+def test_truncated_tiff_leaves_no_catalogue(tmp_path):
+    write_images(tmp_path / "raw")
+    victim = tmp_path / "raw" / "day1t1c2xy10z14.tif"
+    victim.write_bytes(victim.read_bytes()[:100])
+    write_project(tmp_path, folder_config(tmp_path / "raw"))
+    result = run_snakemake(tmp_path, "results/catalogue.csv", check=False)
+    assert result.returncode != 0
+    log = (tmp_path / "logs" / "catalogue" / "catalogue.log").read_text()
+    assert "day1t1c2xy10z14.tif: unreadable or truncated TIFF" in log
+    assert not (tmp_path / "results" / "catalogue.csv").exists()
