@@ -113,7 +113,7 @@ def write_png(path: str | Path, image: np.ndarray) -> None:
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp.with_suffix(".png")) if tmp.suffix != ".png" else str(tmp), image):
+        if not cv2.imwrite(str(tmp), image):  # tmp keeps the .png suffix cv2 needs
             raise OSError(f"{path}: could not write PNG")
 
 
