@@ -1,0 +1,30 @@
+# Step 5: each trained model scored on its dataset's test split, image by image.
+# The kept predictions of one test state feed the overlay figures (tables.smk).
+METRICS_PER_IMAGE = f"{METRICS_DIR}/per_image.csv"
+METRICS_OVERLAY = f"{METRICS_DIR}/overlay.npz"
+
+
+rule evaluate:
+    input:
+        model=f"{MODEL_DIR}/model.pt",
+        manifest=DATASET_MANIFEST,
+    output:
+        per_image=METRICS_PER_IMAGE,
+        overlay=METRICS_OVERLAY,
+    log:
+        log_path("evaluate", "{variant}-{loss}"),
+    benchmark:
+        benchmark_path("evaluate", "{variant}-{loss}")
+    # torch for the model, elf (micro-sam's evaluation) for the instance scores.
+    conda:
+        f"{ENVS}/sam.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        threshold=config["evaluate"]["threshold"],
+        overlay_state=config["evaluate"].get("overlay_state"),
+        device=config["evaluate"].get("device", "auto"),
+        batch_size=config["evaluate"].get("batch_size", 16),
+    script:
+        f"{SCRIPTS}/evaluate.py"

@@ -1,0 +1,106 @@
+# Results: the study's Tables 1-2 layout per dataset variant (beside the study's numbers),
+# scores versus focal plane, and prediction overlays per plane of one test state.
+MODELS = [(variant, loss) for variant in VARIANTS for loss in LOSSES]
+VARIANT_MODALITIES = {
+    name: list(variant["modalities"])
+    for name, variant in config["dataset"]["variants"].items()
+}
+TABLES_SUMMARY = f"{TABLES_DIR}/summary.csv"
+METRICS_VS_Z = f"{FIGURES_DIR}/metrics_vs_z.png"
+
+
+def model_paths(template):
+    return [template.format(variant=variant, loss=loss) for variant, loss in MODELS]
+
+
+rule tables:
+    input:
+        per_image=model_paths(METRICS_PER_IMAGE),
+    output:
+        summary=TABLES_SUMMARY,
+        csv=[
+            report(
+                f"{TABLES_DIR}/{variant}.csv",
+                caption="../report/tables.rst",
+                category="Results",
+                subcategory="Tables",
+                labels={"variant": variant, "table": "pixel scores"},
+            )
+            for variant in VARIANTS
+        ],
+        instances=[
+            report(
+                f"{TABLES_DIR}/{variant}_instances.csv",
+                caption="../report/tables.rst",
+                category="Results",
+                subcategory="Tables",
+                labels={"variant": variant, "table": "instance scores"},
+            )
+            for variant in VARIANTS
+        ],
+        md=[f"{TABLES_DIR}/{variant}.md" for variant in VARIANTS],
+        tex=[f"{TABLES_DIR}/{variant}.tex" for variant in VARIANTS],
+    log:
+        log_path("tables", "tables"),
+    benchmark:
+        benchmark_path("tables", "tables")
+    conda:
+        f"{ENVS}/io.yaml"
+    params:
+        models=MODELS,
+        variants=VARIANTS,
+        losses=LOSSES,
+        planes=PLANES,
+        modalities=VARIANT_MODALITIES,
+    script:
+        f"{SCRIPTS}/tables.py"
+
+
+rule figures:
+    input:
+        summary=TABLES_SUMMARY,
+        overlays=model_paths(METRICS_OVERLAY),
+    output:
+        metrics_vs_z=report(
+            METRICS_VS_Z,
+            caption="../report/metrics_vs_z.rst",
+            category="Results",
+            subcategory="Figures",
+        ),
+        overlays=[
+            report(
+                f"{FIGURES_DIR}/predictions_{variant}-{loss}.png",
+                caption="../report/predictions.rst",
+                category="Results",
+                subcategory="Prediction overlays",
+                labels={"model": f"{variant}-{loss}"},
+            )
+            for variant, loss in MODELS
+        ],
+    log:
+        log_path("figures", "figures"),
+    benchmark:
+        benchmark_path("figures", "figures")
+    conda:
+        f"{ENVS}/io.yaml"
+    params:
+        models=MODELS,
+        variants=VARIANTS,
+        losses=LOSSES,
+        planes=PLANES,
+        modalities=VARIANT_MODALITIES,
+    script:
+        f"{SCRIPTS}/figures.py"
+
+
+register_targets(
+    TABLES_SUMMARY,
+    [
+        f"{TABLES_DIR}/{variant}.{suffix}"
+        for variant in VARIANTS
+        for suffix in ("csv", "md", "tex")
+    ],
+    [f"{TABLES_DIR}/{variant}_instances.csv" for variant in VARIANTS],
+    METRICS_VS_Z,
+    [f"{FIGURES_DIR}/predictions_{variant}-{loss}.png" for variant, loss in MODELS],
+)

@@ -1,0 +1,194 @@
+"""The ``protoseg`` command: predict with a trained model, open the annotator.
+
+    protoseg predict results/models/all-bce/model.pt new_images/ --out segmented/
+    protoseg annotate day1t1xy10 --config config/config.yaml [--plan]
+
+The pipeline itself runs through Snakemake (``snakemake --cores all``); these commands
+are for using its results by hand. Errors about inputs or config print one line naming
+the file or key and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from protoseg.errors import ConfigError, InputError, ProtosegError
+
+SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+# ---------------------------------------------------------------- config files
+def _deep_update(base: dict, update: dict) -> dict:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def load_config(paths: Sequence[str | Path], schema: str | Path | None = SCHEMA) -> dict:
+    """Read YAML config files, later ones overriding earlier ones key by key (as Snakemake's
+    ``--configfile`` does), and check the result against the workflow's schema when the
+    schema is at hand (a source checkout). Raises :class:`ConfigError` or :class:`InputError`.
+    """
+    config: dict = {}
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(path, "config file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise InputError(path, f"not valid YAML: {error}") from error
+        if not isinstance(loaded, dict):
+            raise InputError(path, "a config file must hold a mapping of keys")
+        _deep_update(config, loaded)
+    if schema is not None and Path(schema).is_file():
+        validate_config(config, schema)
+    return config
+
+
+def validate_config(config: dict, schema: str | Path = SCHEMA) -> None:
+    """Check ``config`` against the JSON schema; the first problem raises :class:`ConfigError`."""
+    import jsonschema
+
+    schema_doc = yaml.safe_load(Path(schema).read_text())
+    validator = jsonschema.validators.validator_for(schema_doc)(schema_doc)
+    errors = sorted(validator.iter_errors(config), key=lambda error: list(error.absolute_path))
+    if errors:
+        error = errors[0]
+        key = ".".join(str(part) for part in error.absolute_path) or "<top level>"
+        raise ConfigError(key, error.message)
+
+
+# ---------------------------------------------------------------- predict
+def _tile(text: str) -> int | tuple[int, int]:
+    parts = [int(part) for part in text.lower().replace("x", ",").split(",") if part.strip()]
+    if len(parts) == 1 and parts[0] > 0:
+        return parts[0]
+    if len(parts) == 2 and min(parts) > 0:
+        return (parts[0], parts[1])
+    raise argparse.ArgumentTypeError(f"expected N or HxW with positive sizes, got '{text}'")
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text}")
+    return value
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from protoseg.device import resolve_device
+    from protoseg.predict import load_prediction_model, predict_files
+
+    if not Path(args.model).is_file():
+        raise InputError(args.model, "model file not found")
+    device = resolve_device(args.device, key="--device")
+    model = load_prediction_model(args.model, device=device)
+    summary = predict_files(
+        model,
+        args.inputs,
+        args.out,
+        tile=args.tile,
+        overlap=args.overlap,
+        threshold=args.threshold,
+        instances=args.instances,
+        min_distance=args.min_distance,
+        min_area=args.min_area,
+        device=device,
+        progress=not args.quiet,
+    )
+    if not args.quiet:
+        print(f"{len(summary)} image(s), {int(summary['cells'].sum())} cells; outputs in {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------- annotate
+def run_annotate(args: argparse.Namespace) -> int:
+    from protoseg import annotate
+
+    config = load_config(args.config)
+    plan = annotate.annotator_plan(config, args.state, args.planes)
+    if args.plan:
+        for task in plan:
+            print(f"{task.image}\t{task.embedding}\t{task.commit}")
+        return 0
+    annotate.open_annotator(config, args.state, args.planes, redo=args.redo)
+    saved = [task.commit for task in plan if task.commit.is_file()]
+    print(f"{len(saved)} of {len(plan)} plane(s) of {args.state} saved under {plan[0].commit.parent}")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="protoseg", description="protoseg: predict with a trained model, open the annotator.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    predict = commands.add_parser(
+        "predict",
+        help="segment new images with a trained model",
+        description="Segment images of any size with a trained model (docs/predict.md). Writes "
+        "NAME_binary.tif, NAME_labels.tif, NAME_overlay.png per image and predictions.csv.",
+    )
+    predict.add_argument("model", metavar="MODEL", help="a model.pt from results/models/{variant}-{loss}/")
+    predict.add_argument("inputs", metavar="INPUT", nargs="+", help="image files or folders of images")
+    predict.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
+    predict.add_argument("--tile", type=_tile, default=None, metavar="N|HxW",
+                         help="tile size at the training scale (default: the training image size)")
+    predict.add_argument("--overlap", type=int, default=32, metavar="N",
+                         help="pixels shared by neighbouring tiles (default: 32)")
+    predict.add_argument("--threshold", type=_probability, default=0.5, metavar="T",
+                         help="probability above which a pixel is cell (default: 0.5)")
+    predict.add_argument("--instances", choices=["cc", "watershed"], default="cc",
+                         help="cells from the binary mask by connected components (default) or "
+                         "a distance watershed that splits touching cells")
+    predict.add_argument("--min-distance", type=int, default=10, metavar="N",
+                         help="watershed: least distance between two cell centres, in pixels (default: 10)")
+    predict.add_argument("--min-area", type=int, default=0, metavar="N",
+                         help="drop objects smaller than this many pixels (default: 0, keep all)")
+    predict.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
+                         help="torch device (default: auto = cuda, mps or cpu)")
+    predict.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+    predict.set_defaults(run=run_predict)
+
+    annotate = commands.add_parser(
+        "annotate",
+        help="open micro-sam's napari annotator on a state's planes",
+        description="Open micro-sam's annotator on one state's planes (docs/annotate.md); each "
+        "plane is saved where masks.method 'import' reads it. Needs: pip install 'protoseg[annotator]'.",
+    )
+    annotate.add_argument("state", metavar="STATE", help="a state name, e.g. day1t1xy10")
+    annotate.add_argument("--config", "-c", nargs="+", default=["config/config.yaml"], metavar="FILE",
+                          help="config file(s), later ones overriding earlier ones (default: config/config.yaml)")
+    annotate.add_argument("--planes", "-z", nargs="+", type=int, default=None, metavar="Z",
+                          help="only these planes (default: all of data.planes)")
+    annotate.add_argument("--redo", action="store_true",
+                          help="also open planes already saved, loaded for correction")
+    annotate.add_argument("--plan", action="store_true",
+                          help="print image, embedding and commit path per plane and exit (no napari needed)")
+    annotate.set_defaults(run=run_annotate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``protoseg`` console command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args)
+    except ProtosegError as error:
+        print(f"protoseg {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""The ``import`` mask method: masks a person made elsewhere, checked and relabelled.
+
+The study annotated every plane in micro-sam's napari annotator and saved the
+``committed_objects`` layer as a TIFF. Such files go into ``masks.import.dir`` under the
+name ``masks.import.template`` (default ``{state}/z{z}.tif``). Any integer label image of
+the plane's height and width is accepted; labels are renumbered 1..n (uint16). A binary
+mask (values 0 and one other value, e.g. 0/255 or 0/1, as in ground-truth PNGs) is split
+into instances by connected components.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from skimage.measure import label as connected_components
+from skimage.segmentation import relabel_sequential
+
+from protoseg.errors import ConfigError, InputError
+from protoseg.io import read_image
+
+DEFAULT_TEMPLATE = "{state}/z{z}.tif"
+
+
+def import_path(import_dir: str | Path | None, template: str, state: str, z: int) -> Path:
+    """Where the imported mask of ``state``'s plane ``z`` is expected."""
+    if not import_dir:
+        raise ConfigError(
+            "masks.import.dir",
+            "must name the folder of imported masks when masks.method is 'import'",
+        )
+    try:
+        name = template.format(state=state, z=z)
+    except (KeyError, IndexError, ValueError) as error:
+        raise ConfigError(
+            "masks.import.template",
+            f"'{template}' is not a valid template ({error!r}); it may use {{state}} and {{z}} only",
+        ) from error
+    return Path(import_dir) / name
+
+
+def _as_plane(mask: np.ndarray, path: Path) -> np.ndarray:
+    """One 2D label plane; a colour-stored grey mask (equal channels) is reduced to one."""
+    if mask.ndim == 3 and mask.shape[-1] in (3, 4):
+        channels = mask[..., :3]
+        if not (
+            np.array_equal(channels[..., 0], channels[..., 1])
+            and np.array_equal(channels[..., 0], channels[..., 2])
+        ):
+            raise InputError(
+                path, f"mask is a colour image of shape {mask.shape}; expected one label plane"
+            )
+        mask = channels[..., 0]
+    elif mask.ndim == 3 and mask.shape[0] == 1:
+        mask = mask[0]
+    if mask.ndim != 2:
+        raise InputError(path, f"mask has shape {mask.shape}; expected one 2D label plane")
+    return mask
+
+
+def relabel_mask(mask: np.ndarray, path: str | Path = "<mask>") -> np.ndarray:
+    """Integer (or boolean) mask -> uint16 labels 1..n; a binary mask -> connected components."""
+    path = Path(path)
+    if mask.dtype == bool:
+        mask = mask.astype(np.uint8)
+    if not np.issubdtype(mask.dtype, np.integer):
+        raise InputError(
+            path,
+            f"mask has dtype {mask.dtype}; expected integer labels (uint8/uint16/uint32/int...)",
+        )
+    if mask.size and mask.min() < 0:
+        raise InputError(
+            path,
+            f"mask has negative labels (minimum {mask.min()}); expected 0 = background, 1.. = cells",
+        )
+    values = np.unique(mask)
+    foreground_values = values[values > 0]
+    if len(foreground_values) == 1:
+        # 0/255 or 0/1: one value for every cell, so cells are what touches.
+        labels = connected_components(mask > 0, connectivity=1)
+    else:
+        labels, _, _ = relabel_sequential(mask)
+    if labels.max() > np.iinfo(np.uint16).max:
+        raise InputError(path, f"mask has {labels.max()} objects, more than uint16 labels can hold")
+    return labels.astype(np.uint16)
+
+
+def load_imported_mask(path: str | Path, shape: tuple[int, ...]) -> np.ndarray:
+    """Read one imported mask, check it against the image ``shape`` and relabel it to uint16.
+
+    Raises :class:`InputError` naming the file when it is missing, unreadable, not one
+    2D plane, not integer-typed, or not of the image's height and width.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(
+            path, "imported mask not found (config masks.import.dir and masks.import.template)"
+        )
+    mask = _as_plane(read_image(path), path)
+    expected = tuple(shape[:2])
+    if mask.shape != expected:
+        raise InputError(
+            path,
+            f"mask is {mask.shape[0]} x {mask.shape[1]} (rows x columns) but its image is {expected[0]} x {expected[1]}",
+        )
+    return relabel_mask(mask, path)

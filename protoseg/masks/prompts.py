@@ -1,0 +1,236 @@
+"""Prompts for the ``sam-prompted`` mask method: reading, checking, combining results.
+
+The prompts file is a CSV with one row per prompt (docs/masks.md):
+
+    state,z,object,kind,x,y,positive,x0,y0,x1,y1
+    day1t1xy1,18,1,point,120,85,1,,,,
+    day1t1xy1,18,1,point,150,60,0,,,,
+    day1t1xy1,18,2,box,,,,30,40,90,110
+
+``object`` groups the prompts of one cell on one plane (the study's annotator workflow:
+positive points on the cell, negative points on the background, then commit). Points use
+``x``, ``y`` and ``positive`` (1 on the cell, 0 on background); boxes use ``x0, y0, x1, y1``
+(pixel columns and rows, corners included). An object takes at most one box and any
+number of points. Coordinates are pixels of the full image, x = column, y = row.
+
+napari's point-layer CSV export (columns ``axis-0`` = row, ``axis-1`` = column and the
+micro-sam annotator's ``label`` = positive/negative) is accepted as well once ``state``,
+``z`` and ``object`` columns have been added to it; ``kind`` then defaults to point.
+
+Nothing here needs torch: SAM itself is called from :mod:`protoseg.masks.sam`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from protoseg.errors import InputError
+
+REQUIRED_COLUMNS = ("state", "z", "object")
+POINT_COLUMNS = ("x", "y", "positive")
+BOX_COLUMNS = ("x0", "y0", "x1", "y1")
+KINDS = ("point", "box")
+# The CSV's first data row is line 2 (line 1 is the header).
+FIRST_DATA_LINE = 2
+
+
+@dataclass(frozen=True)
+class ObjectPrompts:
+    """The prompts of one object on one plane, in micro-sam's (row, column) order."""
+
+    object_id: str
+    points: np.ndarray  # (n, 2) float: row, column
+    labels: np.ndarray  # (n,) int: 1 positive, 0 negative
+    box: np.ndarray | None  # (4,) float: row0, col0, row1, col1
+    lines: tuple[int, ...]  # CSV lines these prompts came from, for error messages
+
+
+def _lines(rows: pd.DataFrame) -> str:
+    lines = rows["line"].tolist()
+    shown = ", ".join(str(line) for line in lines[:5])
+    return (
+        f"line {shown}" if len(lines) == 1 else f"lines {shown}{' ...' if len(lines) > 5 else ''}"
+    )
+
+
+def _from_napari_points(table: pd.DataFrame) -> pd.DataFrame:
+    """Map napari's point-layer columns onto ours (axis-0 = row, axis-1 = column)."""
+    renames = {"axis-0": "y", "axis-1": "x"}
+    table = table.rename(
+        columns={old: new for old, new in renames.items() if new not in table.columns}
+    )
+    if "label" in table.columns and "positive" not in table.columns:
+        label = table["label"].astype(str).str.strip().str.lower()
+        table = table.assign(positive=label.map({"positive": 1, "negative": 0, "1": 1, "0": 0}))
+    if "kind" not in table.columns:
+        table = table.assign(kind="point")
+    return table
+
+
+def read_prompts(path: str | Path) -> pd.DataFrame:
+    """Read and check a prompts CSV; one row per prompt plus its CSV ``line``.
+
+    Raises :class:`InputError` naming the file and line for a missing column, an unknown
+    kind, a missing or non-numeric coordinate, a ``positive`` other than 0/1, or a box
+    whose corners are not ordered.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "prompts file not found (config masks.prompted.prompts)")
+    try:
+        table = pd.read_csv(path, dtype={"state": str, "object": str, "kind": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise InputError(path, f"not a readable CSV ({error})") from error
+    table.columns = [str(column).strip() for column in table.columns]
+    table = _from_napari_points(table)
+    missing = [column for column in (*REQUIRED_COLUMNS, "kind") if column not in table.columns]
+    if missing:
+        raise InputError(
+            path,
+            f"missing column(s) {missing}; expected {list(REQUIRED_COLUMNS)} + kind and coordinates (docs/masks.md)",
+        )
+    if table.empty:
+        raise InputError(path, "no prompts in the file")
+    table = table.assign(line=np.arange(len(table)) + FIRST_DATA_LINE)
+    for column in (*POINT_COLUMNS, *BOX_COLUMNS):
+        if column not in table.columns:
+            table[column] = np.nan
+    table = table.assign(
+        kind=table["kind"].astype(str).str.strip().str.lower(),
+        state=table["state"].astype(str).str.strip(),
+        object=table["object"].astype(str).str.strip(),
+    )
+
+    z = pd.to_numeric(table["z"], errors="coerce")
+    bad = table[z.isna() | (z != z.round())]
+    if len(bad):
+        raise InputError(
+            path, f"{_lines(bad)}: z must be a whole number (a plane), got {bad['z'].iloc[0]!r}"
+        )
+    table["z"] = z.astype(int)
+
+    bad = table[~table["kind"].isin(KINDS)]
+    if len(bad):
+        raise InputError(
+            path, f"{_lines(bad)}: unknown kind {bad['kind'].iloc[0]!r}; use one of {list(KINDS)}"
+        )
+
+    numbers = table[[*POINT_COLUMNS, *BOX_COLUMNS]].apply(pd.to_numeric, errors="coerce")
+    for kind, columns in (("point", POINT_COLUMNS), ("box", BOX_COLUMNS)):
+        bad = table[(table["kind"] == kind) & numbers[list(columns)].isna().any(axis=1)]
+        if len(bad):
+            raise InputError(path, f"{_lines(bad)}: a {kind} needs numbers in {list(columns)}")
+    table = table.assign(**{column: numbers[column].astype(float) for column in numbers.columns})
+
+    points = table["kind"] == "point"
+    bad = table[points & ~table["positive"].isin([0, 1])]
+    if len(bad):
+        raise InputError(path, f"{_lines(bad)}: positive must be 1 (on the cell) or 0 (background)")
+    boxes = table["kind"] == "box"
+    bad = table[boxes & ((table["x1"] < table["x0"]) | (table["y1"] < table["y0"]))]
+    if len(bad):
+        raise InputError(path, f"{_lines(bad)}: a box needs x0 <= x1 and y0 <= y1")
+    return table
+
+
+def check_prompts(
+    prompts: pd.DataFrame,
+    path: str | Path,
+    *,
+    planes: list[int],
+    states: list[str] | None = None,
+) -> None:
+    """Check that every prompt names a known state and plane and every object can be segmented.
+
+    An object needs a box or at least one positive point (negative points alone describe
+    background, not a cell) and takes at most one box. ``states=None`` skips the state
+    check (used when the full state list is not known).
+    """
+    if states is not None:
+        bad = prompts[~prompts["state"].isin([str(state) for state in states])]
+        if len(bad):
+            raise InputError(
+                path,
+                f"{_lines(bad)}: state '{bad['state'].iloc[0]}' does not exist; known states: {', '.join(map(str, states))}",
+            )
+    bad = prompts[~prompts["z"].isin([int(z) for z in planes])]
+    if len(bad):
+        raise InputError(
+            path,
+            f"{_lines(bad)}: plane z{bad['z'].iloc[0]} does not exist; planes: {', '.join(f'z{z}' for z in planes)}",
+        )
+    for (state, z, object_id), rows in prompts.groupby(["state", "z", "object"], sort=False):
+        n_boxes = int((rows["kind"] == "box").sum())
+        n_positive = int(((rows["kind"] == "point") & (rows["positive"] == 1)).sum())
+        if n_boxes > 1:
+            raise InputError(
+                path,
+                f"{_lines(rows)}: object {object_id} of {state} z{z} has {n_boxes} boxes; one box per object",
+            )
+        if n_boxes == 0 and n_positive == 0:
+            raise InputError(
+                path,
+                f"{_lines(rows)}: object {object_id} of {state} z{z} has only negative points; "
+                "add a positive point on the cell or a box",
+            )
+
+
+def check_inside(prompts: pd.DataFrame, path: str | Path, shape: tuple[int, int]) -> None:
+    """Check that every point and box lies inside an image of ``shape`` (rows, columns)."""
+    height, width = shape[:2]
+    xs = pd.concat([prompts["x"], prompts["x0"], prompts["x1"]], axis=1)
+    ys = pd.concat([prompts["y"], prompts["y0"], prompts["y1"]], axis=1)
+    outside = ((xs < 0) | (xs > width - 1)).any(axis=1) | ((ys < 0) | (ys > height - 1)).any(axis=1)
+    bad = prompts[outside]
+    if len(bad):
+        raise InputError(
+            path,
+            f"{_lines(bad)}: prompt lies outside the {width} x {height} (width x height) image",
+        )
+
+
+def plane_objects(prompts: pd.DataFrame, state: str, z: int) -> list[ObjectPrompts]:
+    """The objects prompted on one plane, in the order they first appear in the file."""
+    rows = prompts[(prompts["state"] == str(state)) & (prompts["z"] == int(z))]
+    objects = []
+    for object_id, group in rows.groupby("object", sort=False):
+        points = group[group["kind"] == "point"]
+        boxes = group[group["kind"] == "box"]
+        box = None
+        if len(boxes):
+            first = boxes.iloc[0]
+            box = np.array([first["y0"], first["x0"], first["y1"], first["x1"]], dtype=float)
+        objects.append(
+            ObjectPrompts(
+                object_id=str(object_id),
+                points=points[["y", "x"]].to_numpy(dtype=float).reshape(-1, 2),
+                labels=points["positive"].to_numpy(dtype=int),
+                box=box,
+                lines=tuple(int(line) for line in group["line"]),
+            )
+        )
+    return objects
+
+
+def combine_object_masks(masks: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """One uint16 label image from one binary mask per object.
+
+    Object ``i`` (0-based, in the given order) gets label ``i + 1`` where it is drawn.
+    Larger objects are drawn first so that a small cell that SAM also covered with a
+    larger neighbour's mask stays visible. Objects with empty masks leave no label; labels
+    are then renumbered 1..n in object order, so the result has no gaps.
+    """
+    labels = np.zeros(shape[:2], dtype=np.uint16)
+    if len(masks) >= np.iinfo(np.uint16).max:
+        raise ValueError(f"too many objects for uint16 labels: {len(masks)}")
+    areas = [int(np.count_nonzero(mask)) for mask in masks]
+    for index in sorted(range(len(masks)), key=lambda i: -areas[i]):
+        labels[np.asarray(masks[index], dtype=bool)] = index + 1
+    present = np.unique(labels[labels > 0])
+    lookup = np.zeros(len(masks) + 1, dtype=np.uint16)
+    lookup[present] = np.arange(1, len(present) + 1, dtype=np.uint16)
+    return lookup[labels]

@@ -1,0 +1,158 @@
+"""Segmentation metrics: pixel scores from confusion counts, instance scores from labels.
+
+Pixel metrics follow segmentation_models_pytorch's functional style: :func:`confusion`
+turns binary predictions and targets into true/false positive/negative counts per image,
+and :func:`pixel_accuracy`, :func:`f1` (Dice) and :func:`iou` (Jaccard) turn counts into
+scores with an explicit ``reduction``:
+
+- ``"micro"``: pool the counts of all images, then score once (every pixel weighs the same;
+  the headline numbers of protoseg's tables);
+- ``"imagewise"``: score each image, then average (every image weighs the same);
+- ``"none"``: one score per image.
+
+An image whose target and prediction are both empty has F1 = IoU = 1 (nothing to find,
+nothing found), not 0/0. docs/metrics.md explains the choices.
+
+Instance metrics compare connected components of the binary prediction with the true
+instances, using elf's implementation of micro-sam's segmentation accuracy
+SA(t) = TP / (TP + FP + FN) with one-to-one matching at IoU >= t.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from skimage.measure import label as connected_components
+
+REDUCTIONS = ("micro", "imagewise", "none")
+# IoU thresholds of micro-sam's mean segmentation accuracy (mSA): 0.50, 0.55, ..., 0.95.
+SA_THRESHOLDS = tuple(np.round(np.arange(0.5, 1.0, 0.05), 2))
+INSTANCE_SCORES = ("sa50", "msa", "precision50", "recall50", "matched_f1")
+
+
+def confusion(pred_bin, target_bin) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """True/false positive/negative pixel counts of binary masks of shape ``(..., H, W)``.
+
+    Counts are summed over the last two axes, so one image gives scalars and a batch
+    ``(N, H, W)`` gives arrays of shape ``(N,)``. Any non-zero value counts as foreground.
+    """
+    pred = np.asarray(pred_bin).astype(bool, copy=False)
+    target = np.asarray(target_bin).astype(bool, copy=False)
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from target shape {target.shape}")
+    if pred.ndim < 2:
+        raise ValueError(f"expected images of shape (..., H, W), got shape {pred.shape}")
+    axes = (-2, -1)
+    tp = np.logical_and(pred, target).sum(axis=axes, dtype=np.int64)
+    fp = np.logical_and(pred, ~target).sum(axis=axes, dtype=np.int64)
+    fn = np.logical_and(~pred, target).sum(axis=axes, dtype=np.int64)
+    tn = np.logical_and(~pred, ~target).sum(axis=axes, dtype=np.int64)
+    return tp, fp, fn, tn
+
+
+def _ratio(numerator, denominator, empty: float) -> np.ndarray:
+    """numerator / denominator, with ``empty`` where the denominator is 0."""
+    numerator = np.asarray(numerator, dtype=np.float64)
+    denominator = np.asarray(denominator, dtype=np.float64)
+    safe = np.where(denominator > 0, denominator, 1.0)
+    return np.where(denominator > 0, numerator / safe, empty)
+
+
+def _reduce(score_of_counts, counts, reduction: str):
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction '{reduction}'; use one of {', '.join(REDUCTIONS)}")
+    counts = [np.asarray(count, dtype=np.int64) for count in counts]
+    if reduction == "micro":
+        return float(score_of_counts(*(count.sum() for count in counts)))
+    per_image = score_of_counts(*counts)
+    if reduction == "imagewise":
+        return float(np.mean(per_image))
+    return per_image
+
+
+def pixel_accuracy(tp, fp, fn, tn, reduction: str = "micro"):
+    """(TP + TN) / all pixels."""
+    return _reduce(
+        lambda tp, fp, fn, tn: _ratio(tp + tn, tp + fp + fn + tn, 1.0), (tp, fp, fn, tn), reduction
+    )
+
+
+def f1(tp, fp, fn, tn, reduction: str = "micro"):
+    """F1 score = Dice coefficient = 2 TP / (2 TP + FP + FN); 1 when both masks are empty."""
+    return _reduce(
+        lambda tp, fp, fn, tn: _ratio(2 * tp, 2 * tp + fp + fn, 1.0), (tp, fp, fn, tn), reduction
+    )
+
+
+def iou(tp, fp, fn, tn, reduction: str = "micro"):
+    """Jaccard index = TP / (TP + FP + FN); 1 when both masks are empty."""
+    return _reduce(
+        lambda tp, fp, fn, tn: _ratio(tp, tp + fp + fn, 1.0), (tp, fp, fn, tn), reduction
+    )
+
+
+PIXEL_METRICS = {"accuracy": pixel_accuracy, "f1": f1, "iou": iou}
+
+
+def pixel_scores(tp, fp, fn, tn, reduction: str = "micro") -> dict:
+    """Accuracy, F1 and IoU of the same counts and reduction, keyed by name."""
+    return {name: metric(tp, fp, fn, tn, reduction) for name, metric in PIXEL_METRICS.items()}
+
+
+# ---------------------------------------------------------------- instances
+def instances_from_binary(binary: np.ndarray) -> np.ndarray:
+    """Connected components (4-connected, so cells touching only at a corner stay apart)."""
+    return connected_components(np.asarray(binary) > 0, connectivity=1).astype(np.uint32)
+
+
+def instance_scores(pred_labels: np.ndarray, true_labels: np.ndarray) -> dict:
+    """Instance scores of predicted against true label images (0 = background).
+
+    Returns ``n_true``, ``n_pred``, ``tp50`` (objects matched at IoU >= 0.5) and
+    ``sa50``, ``msa`` (mean SA over IoU 0.50..0.95), ``precision50``, ``recall50``,
+    ``matched_f1`` (F1 of the matching at IoU 0.5). Both empty: every score 1; only one
+    empty: every score 0 (elf gives 0 for both cases).
+    """
+    from elf.evaluation import matching, mean_segmentation_accuracy
+
+    pred_labels = np.asarray(pred_labels)
+    true_labels = np.asarray(true_labels)
+    if pred_labels.shape != true_labels.shape:
+        raise ValueError(
+            f"prediction shape {pred_labels.shape} differs from truth shape {true_labels.shape}"
+        )
+    n_pred = int(len(np.unique(pred_labels[pred_labels > 0])))
+    n_true = int(len(np.unique(true_labels[true_labels > 0])))
+    counts = {"n_true": n_true, "n_pred": n_pred}
+    if n_pred == 0 or n_true == 0:
+        score = 1.0 if n_pred == n_true else 0.0
+        return counts | {"tp50": 0} | dict.fromkeys(INSTANCE_SCORES, score)
+    # elf wants non-negative integer labels of one kind.
+    pred_labels = pred_labels.astype(np.uint32)
+    true_labels = true_labels.astype(np.uint32)
+    msa, accuracies = mean_segmentation_accuracy(
+        pred_labels, true_labels, thresholds=list(SA_THRESHOLDS), return_accuracies=True
+    )
+    at50 = matching(pred_labels, true_labels, threshold=0.5)
+    return counts | {
+        # recall = TP / n_true, so the matched count comes back exactly after rounding.
+        "tp50": int(round(at50["recall"] * n_true)),
+        "sa50": float(accuracies[0]),
+        "msa": float(msa),
+        "precision50": float(at50["precision"]),
+        "recall50": float(at50["recall"]),
+        "matched_f1": float(at50["f1"]),
+    }
+
+
+def pooled_instance_scores(n_true, n_pred, tp50) -> dict:
+    """SA50, precision, recall and matched F1 at IoU 0.5 from counts pooled over images."""
+    n_true, n_pred, tp = (int(np.sum(value)) for value in (n_true, n_pred, tp50))
+    fp, fn = n_pred - tp, n_true - tp
+    if n_true == 0 and n_pred == 0:
+        return {"sa50": 1.0, "precision50": 1.0, "recall50": 1.0, "matched_f1": 1.0}
+    return {
+        "sa50": tp / (tp + fp + fn),
+        "precision50": tp / n_pred if n_pred else 0.0,
+        "recall50": tp / n_true if n_true else 0.0,
+        "matched_f1": 2 * tp / (2 * tp + fp + fn),
+    }

@@ -1,0 +1,174 @@
+"""Figures of the results: scores versus focal plane, and prediction overlays per plane."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers and cluster nodes
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from protoseg import metrics, study  # noqa: E402
+from protoseg.study import OVERALL, row_label  # noqa: E402
+
+PANEL_METRICS = {
+    "accuracy": "pixel accuracy",
+    "f1": "F1 (Dice)",
+    "iou": "IoU",
+    "sa50": "instance SA50",
+}
+MASK_COLOUR = "#00e000"
+PREDICTION_COLOUR = "#ff00ff"
+
+
+def _colours(losses: Sequence[str]) -> dict:
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {loss: cycle[index % len(cycle)] for index, loss in enumerate(losses)}
+
+
+def metrics_vs_z(
+    summary_table: pd.DataFrame,
+    planes: Sequence[int],
+    variants: Sequence[str],
+    losses: Sequence[str],
+    variant_modalities: dict | None = None,
+):
+    """Scores per focal plane: one row of panels per variant, one panel per metric, one
+    line per loss; the study's numbers dashed where they compare. Pixel scores and SA50
+    pool the images of each plane (micro). Returns the matplotlib figure."""
+    rows = summary_table[(summary_table["reduction"] == "micro") & (summary_table["z"] != OVERALL)]
+    labels = [row_label(z) for z in planes]
+    colours = _colours(losses)
+    figure, axes = plt.subplots(
+        len(variants),
+        len(PANEL_METRICS),
+        figsize=(3.2 * len(PANEL_METRICS), 2.8 * len(variants)),
+        squeeze=False,
+        sharex=True,
+        sharey=True,
+    )
+    any_study = False
+    for row_index, variant in enumerate(variants):
+        modalities = (variant_modalities or {}).get(variant)
+        reference = study.comparable_table(variant, modalities, planes, losses)
+        for column_index, (name, title) in enumerate(PANEL_METRICS.items()):
+            ax = axes[row_index, column_index]
+            for loss in losses:
+                model_rows = rows[(rows["variant"] == variant) & (rows["loss"] == loss)].set_index(
+                    "z"
+                )
+                values = model_rows.reindex(labels)[name].to_numpy(dtype=float)
+                ax.plot(
+                    range(len(labels)), values, marker="o", color=colours[loss], label=loss.upper()
+                )
+                if (
+                    reference is not None
+                    and name in study.METRICS
+                    and loss in reference.columns.get_level_values(0)
+                ):
+                    study_values = reference[(loss, name)].reindex(labels).to_numpy(dtype=float)
+                    ax.plot(
+                        range(len(labels)),
+                        study_values,
+                        linestyle="--",
+                        marker="x",
+                        color=colours[loss],
+                        alpha=0.7,
+                    )
+                    any_study = True
+            ax.set_xticks(range(len(labels)), labels)
+            ax.set_ylim(0, 1.02)
+            ax.grid(alpha=0.3)
+            if row_index == 0:
+                ax.set_title(title)
+            if column_index == 0:
+                ax.set_ylabel(f"{variant}\nscore")
+            if row_index == len(variants) - 1:
+                ax.set_xlabel("focal plane")
+    handles = [
+        Line2D([], [], color=colours[loss], marker="o", label=f"{loss.upper()} (this run)")
+        for loss in losses
+    ]
+    if any_study:
+        handles += [
+            Line2D(
+                [],
+                [],
+                color=colours[loss],
+                marker="x",
+                linestyle="--",
+                alpha=0.7,
+                label=f"{loss.upper()} (the study)",
+            )
+            for loss in losses
+            if loss in study.LOSSES
+        ]
+    figure.legend(
+        handles=handles,
+        loc="lower center",
+        ncol=len(handles),
+        frameon=False,
+        bbox_to_anchor=(0.5, -0.02),
+    )
+    figure.tight_layout(rect=(0, 0.06, 1, 1))
+    return figure
+
+
+def prediction_overlays(overlay: dict, threshold: float, title: str):
+    """The test state's images per plane (columns) and modality (rows), with the mask's
+    outline (green) and the prediction's (magenta); each panel titled with its pixel F1.
+    Returns the matplotlib figure."""
+    modalities = list(dict.fromkeys(str(m) for m in overlay["modality"]))
+    planes = sorted(set(int(z) for z in overlay["z"]))
+    if not modalities:
+        figure, ax = plt.subplots(figsize=(4, 1.5))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"{title}\nno test images of this state", ha="center", va="center")
+        return figure
+    height, width = overlay["images"].shape[1:3]
+    panel = 2.4
+    figure, axes = plt.subplots(
+        len(modalities),
+        len(planes),
+        figsize=(panel * len(planes), panel * height / width * len(modalities) + 0.9),
+        squeeze=False,
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    for index in range(len(overlay["z"])):
+        row = modalities.index(str(overlay["modality"][index]))
+        column = planes.index(int(overlay["z"][index]))
+        ax = axes[row, column]
+        mask = overlay["masks"][index]
+        probability = overlay["probabilities"][index].astype(np.float32)
+        score = metrics.f1(*metrics.confusion(probability > threshold, mask))
+        ax.imshow(overlay["images"][index], interpolation="nearest")
+        if mask.any():
+            ax.contour(mask.astype(float), levels=[0.5], colors=MASK_COLOUR, linewidths=1.0)
+        if (probability > threshold).any():
+            ax.contour(probability, levels=[threshold], colors=PREDICTION_COLOUR, linewidths=1.0)
+        ax.set_title(f"z{overlay['z'][index]}  F1 {score:.2f}", fontsize=9)
+        if column == 0:
+            ax.text(
+                -0.04,
+                0.5,
+                modalities[row],
+                transform=ax.transAxes,
+                rotation=90,
+                ha="right",
+                va="center",
+                fontsize=9,
+            )
+    handles = [
+        Line2D([], [], color=MASK_COLOUR, label="mask"),
+        Line2D([], [], color=PREDICTION_COLOUR, label=f"prediction (p > {threshold:g})"),
+    ]
+    figure.legend(handles=handles, loc="lower center", ncol=2, frameon=False)
+    figure.suptitle(title, fontsize=11)
+    figure.tight_layout(rect=(0, 0.05, 1, 1))
+    return figure

@@ -1,0 +1,146 @@
+"""QC overlays: mask outlines over every plane of a state, for checking masks by eye.
+
+The study checked each mask by overlaying it on its image. :func:`overlay_grid` draws one
+column per plane (labelled with its z) and one row per modality (fluorescent, bright-field,
+...), with the plane's own mask outlined in one colour and the merged state mask in
+another. Panels are scaled to ``panel_width`` pixels so a full-size 2880 x 2048 stack makes
+a PNG one can open; outlines are found after scaling so they stay one or two pixels wide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+from skimage.segmentation import find_boundaries
+
+PLANE_COLOUR = (255, 200, 0)  # amber: the plane's own mask
+STATE_COLOUR = (255, 0, 255)  # magenta: the merged state mask
+BACKGROUND = (32, 32, 32)
+TEXT = (235, 235, 235)
+HEADER = 22  # pixels above each column for its z label
+ROW_LABEL = 22  # pixels left of each row for its modality (written vertically)
+FOOTER = 22  # pixels below the grid for the legend
+GAP = 4
+DIM = 0.7  # image brightness under the outlines
+
+
+def display_rgb(image: np.ndarray) -> np.ndarray:
+    """Any grey or colour image as uint8 RGB, contrast stretched (0.5-99.5 percentiles)."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    image = image[..., :3].astype(np.float32)
+    low, high = np.percentile(image, [0.5, 99.5])
+    if high <= low:
+        high = low + 1.0
+    scaled = np.clip((image - low) / (high - low) * 255.0, 0, 255).astype(np.uint8)
+    if scaled.shape[-1] == 1:
+        scaled = np.repeat(scaled, 3, axis=-1)
+    return scaled
+
+
+def _resize(image: np.ndarray, size: tuple[int, int], labels: bool) -> np.ndarray:
+    height, width = size
+    interpolation = cv2.INTER_NEAREST if labels else cv2.INTER_AREA
+    if labels:
+        # OpenCV cannot resize uint16/uint32 with nearest on every build; int32 works.
+        return cv2.resize(image.astype(np.int32), (width, height), interpolation=interpolation)
+    return cv2.resize(image, (width, height), interpolation=interpolation)
+
+
+def outline(
+    panel: np.ndarray, labels: np.ndarray, colour: tuple[int, int, int], thickness: int = 1, mode: str = "inner"
+) -> np.ndarray:
+    """Draw the instance boundaries of ``labels`` on an RGB panel of the same size.
+
+    ``mode`` as in :func:`skimage.segmentation.find_boundaries`: "inner" draws on the
+    object's edge pixels, "outer" on the background pixels just outside it.
+    """
+    edges = find_boundaries(labels, mode=mode)
+    if thickness > 1:
+        edges = cv2.dilate(edges.astype(np.uint8), np.ones((thickness, thickness), np.uint8)) > 0
+    panel = panel.copy()
+    panel[edges] = colour
+    return panel
+
+
+def panel_size(shape: tuple[int, int], panel_width: int) -> tuple[int, int]:
+    """(height, width) of one panel for an image of ``shape`` scaled to ``panel_width``."""
+    height, width = shape[:2]
+    scale = min(1.0, panel_width / width) if panel_width else 1.0
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def grid_size(shape: tuple[int, int], planes: int, rows: int, panel_width: int) -> tuple[int, int]:
+    """(height, width) in pixels of the PNG :func:`overlay_grid` makes."""
+    ph, pw = panel_size(shape, panel_width)
+    return HEADER + rows * ph + (rows - 1) * GAP + FOOTER, ROW_LABEL + planes * pw + (planes - 1) * GAP
+
+
+def _text(canvas: np.ndarray, text: str, origin: tuple[int, int], scale: float = 0.45) -> None:
+    cv2.putText(canvas, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, TEXT, 1, cv2.LINE_AA)
+
+
+def overlay_grid(
+    images: dict[str, Sequence[np.ndarray]],
+    plane_masks: Sequence[np.ndarray],
+    state_mask: np.ndarray | None,
+    z: Sequence[int],
+    *,
+    panel_width: int = 360,
+    title: str = "",
+) -> np.ndarray:
+    """RGB uint8 grid: a column per plane, a row per modality, mask outlines on each panel.
+
+    ``images``: modality name -> that modality's images, one per plane, in the order of
+    ``z``; ``plane_masks``: each plane's label image; ``state_mask``: the merged mask drawn
+    on every plane (None: left out). All images and masks share one height and width.
+    """
+    z = list(z)
+    if not images:
+        raise ValueError("no images to draw")
+    shape = np.asarray(plane_masks[0]).shape[:2] if plane_masks else next(iter(images.values()))[0].shape[:2]
+    for modality, stack in images.items():
+        if len(stack) != len(z):
+            raise ValueError(f"{modality}: {len(stack)} images for {len(z)} planes")
+        for plane, image in zip(z, stack, strict=True):
+            if image.shape[:2] != shape:
+                raise ValueError(f"{modality} z{plane}: image shape {image.shape[:2]} differs from mask shape {shape}")
+    if len(plane_masks) != len(z):
+        raise ValueError(f"{len(plane_masks)} plane masks for {len(z)} planes")
+
+    ph, pw = panel_size(shape, panel_width)
+    thickness = 2 if pw >= 600 else 1
+    height, width = grid_size(shape, len(z), len(images), panel_width)
+    canvas = np.full((height, width, 3), BACKGROUND, dtype=np.uint8)
+    small_state = _resize(np.asarray(state_mask), (ph, pw), labels=True) if state_mask is not None else None
+
+    for column, plane in enumerate(z):
+        x = ROW_LABEL + column * (pw + GAP)
+        _text(canvas, f"z{plane}", (x + 4, HEADER - 6))
+        small_plane = _resize(np.asarray(plane_masks[column]), (ph, pw), labels=True)
+        for row, stack in enumerate(images.values()):
+            y = HEADER + row * (ph + GAP)
+            panel = _resize(display_rgb(stack[column]), (ph, pw), labels=False)
+            # Dimmed so the outlines stand out on bright rims; the state outline sits
+            # just outside the plane outline, so both show where they agree.
+            panel = (panel * DIM).astype(np.uint8)
+            if small_state is not None:
+                panel = outline(panel, small_state, STATE_COLOUR, thickness, mode="outer")
+            panel = outline(panel, small_plane, PLANE_COLOUR, thickness, mode="inner")
+            canvas[y : y + ph, x : x + pw] = panel
+
+    for row, modality in enumerate(images):
+        # Row names run upwards along the left edge, like a y-axis label.
+        y = HEADER + row * (ph + GAP)
+        strip = np.full((ROW_LABEL, ph, 3), BACKGROUND, dtype=np.uint8)
+        _text(strip, modality[: max(1, ph // 8)], (4, ROW_LABEL - 6))
+        canvas[y : y + ph, :ROW_LABEL] = np.rot90(strip)
+
+    legend = "amber: plane mask   magenta: merged state mask"
+    if title:
+        legend = f"{title}   {legend}"
+    _text(canvas, legend, (ROW_LABEL, height - 7))
+    return canvas

@@ -1,0 +1,338 @@
+"""Result tables in the study's layout, from the per-image metrics of every model.
+
+One table per dataset variant: rows are the focal planes (z12, z14, ...) and ``overall``,
+columns are {loss} x {accuracy, F1, IoU} (the study's Tables 1 and 2). Numbers come in two
+reductions (docs/metrics.md):
+
+- ``micro``: pixels pooled over all test images of the row (the headline numbers);
+- ``imagewise``: the mean of the per-image scores.
+
+Beside our numbers stand the study's (:mod:`protoseg.study`) and the difference (ours minus
+the study's) where the run is comparable (same variant name and modalities, planes and
+losses the study had); otherwise the study's columns are left out.
+
+A second table per variant gives instance scores (SA50, mean SA, matched F1 at IoU 0.5),
+averaged over images; its overall row also has SA50 and matched F1 from pooled object counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from protoseg import metrics, study
+from protoseg.errors import InputError
+from protoseg.study import OVERALL, row_label
+
+PIXEL_METRICS = ("accuracy", "f1", "iou")
+INSTANCE_METRICS = ("sa50", "msa", "matched_f1")
+REDUCTIONS = ("micro", "imagewise")
+COUNT_COLUMNS = ("tp", "fp", "fn", "tn")
+METRIC_LABELS = {
+    "accuracy": "acc",
+    "f1": "F1",
+    "iou": "IoU",
+    "sa50": "SA50",
+    "msa": "mSA",
+    "matched_f1": "F1@0.5",
+}
+REDUCTION_TITLES = {
+    "micro": "pixels pooled over the images of each row",
+    "imagewise": "mean of the per-image scores",
+}
+
+
+REQUIRED_COLUMNS = ("z", *COUNT_COLUMNS, "n_true", "n_pred", "tp50", *INSTANCE_METRICS)
+
+
+def read_per_image(path) -> pd.DataFrame:
+    """A per-image metrics table written by :mod:`protoseg.evaluate`, checked for the
+    columns the tables need (:class:`InputError` naming the file otherwise)."""
+    try:
+        table = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise InputError(path, f"unreadable per-image metrics table ({error})") from error
+    missing = [column for column in REQUIRED_COLUMNS if column not in table.columns]
+    if missing:
+        raise InputError(path, f"per-image metrics table lacks column(s) {', '.join(missing)}")
+    if table.empty:
+        raise InputError(path, "per-image metrics table has no rows")
+    return table
+
+
+def _groups(per_image: pd.DataFrame, planes: Sequence[int]):
+    """(row label, rows of per_image) for each plane, then overall."""
+    z = per_image["z"].astype(int)
+    for plane in planes:
+        yield row_label(plane), per_image[z == int(plane)]
+    yield OVERALL, per_image[z.isin([int(plane) for plane in planes])]
+
+
+def pixel_summary(per_image: pd.DataFrame, planes: Sequence[int]) -> pd.DataFrame:
+    """Accuracy, F1, IoU per plane and overall, in both reductions (long format).
+
+    Columns: z, reduction, n_images, accuracy, f1, iou. Rows without images get NaN.
+    """
+    records = []
+    for label, rows in _groups(per_image, planes):
+        counts = [rows[column].to_numpy() for column in COUNT_COLUMNS]
+        for reduction in REDUCTIONS:
+            record = {"z": label, "reduction": reduction, "n_images": len(rows)}
+            if len(rows):
+                record |= metrics.pixel_scores(*counts, reduction=reduction)
+            else:
+                record |= dict.fromkeys(PIXEL_METRICS, np.nan)
+            records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def instance_summary(per_image: pd.DataFrame, planes: Sequence[int]) -> pd.DataFrame:
+    """SA50, mSA, matched F1 per plane and overall: image means (``imagewise``), and for
+    SA50 and matched F1 also from pooled object counts (``micro``; mSA is NaN there)."""
+    records = []
+    for label, rows in _groups(per_image, planes):
+        mean = {"z": label, "reduction": "imagewise", "n_images": len(rows)}
+        pooled = {"z": label, "reduction": "micro", "n_images": len(rows), "msa": np.nan}
+        if len(rows):
+            mean |= {name: float(rows[name].mean()) for name in INSTANCE_METRICS}
+            scores = metrics.pooled_instance_scores(rows["n_true"], rows["n_pred"], rows["tp50"])
+            pooled |= {"sa50": scores["sa50"], "matched_f1": scores["matched_f1"]}
+        else:
+            mean |= dict.fromkeys(INSTANCE_METRICS, np.nan)
+            pooled |= {"sa50": np.nan, "matched_f1": np.nan}
+        records += [pooled, mean]
+    return pd.DataFrame.from_records(records)
+
+
+def summary(
+    per_image_by_model: Mapping[tuple[str, str], pd.DataFrame], planes: Sequence[int]
+) -> pd.DataFrame:
+    """Every model's pixel and instance summary in one long table (variant, loss, z,
+    reduction, n_images, accuracy, f1, iou, sa50, msa, matched_f1)."""
+    frames = []
+    for (variant, loss), per_image in per_image_by_model.items():
+        pixel = pixel_summary(per_image, planes)
+        instance = instance_summary(per_image, planes).drop(columns="n_images")
+        merged = pixel.merge(instance, on=["z", "reduction"], how="left")
+        merged.insert(0, "loss", loss)
+        merged.insert(0, "variant", variant)
+        frames.append(merged)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _wide(
+    summary_table: pd.DataFrame, variant: str, losses: Sequence[str], reduction: str, metric_names
+) -> pd.DataFrame:
+    """Rows z.., overall; columns (loss, metric), for one variant and reduction."""
+    rows = summary_table[
+        (summary_table["variant"] == variant) & (summary_table["reduction"] == reduction)
+    ]
+    pieces = {}
+    for loss in losses:
+        by_z = rows[rows["loss"] == loss].set_index("z")
+        for name in metric_names:
+            pieces[(loss, name)] = by_z[name]
+    wide = pd.DataFrame(pieces)
+    wide.columns = pd.MultiIndex.from_tuples(wide.columns, names=["loss", "metric"])
+    order = list(dict.fromkeys(rows["z"]))
+    wide = wide.reindex(order)
+    wide.index.name = "z"
+    return wide
+
+
+def variant_tables(
+    summary_table: pd.DataFrame,
+    variant: str,
+    losses: Sequence[str],
+    planes: Sequence[int],
+    modalities: Sequence[str] | None = None,
+) -> dict:
+    """The study-layout tables of one variant.
+
+    Returns a dict: ``ours`` {reduction: wide table}, ``study`` (wide table or None),
+    ``difference`` {reduction: ours - study, or None}, ``instances`` {reduction: wide
+    table} and ``study_table_number`` (1, 2 or None).
+    """
+    ours = {
+        reduction: _wide(summary_table, variant, losses, reduction, PIXEL_METRICS)
+        for reduction in REDUCTIONS
+    }
+    reference = study.comparable_table(variant, modalities, planes, losses)
+    difference = None
+    if reference is not None:
+        difference = {
+            reduction: (table - reference.reindex(index=table.index, columns=table.columns))
+            for reduction, table in ours.items()
+        }
+    instances = {
+        reduction: _wide(summary_table, variant, losses, reduction, INSTANCE_METRICS)
+        for reduction in REDUCTIONS
+    }
+    instances["micro"] = instances["micro"].drop(columns="msa", level="metric")
+    return {
+        "ours": ours,
+        "study": reference,
+        "difference": difference,
+        "instances": instances,
+        "study_table_number": study.table_number(variant) if reference is not None else None,
+    }
+
+
+def flat_csv(tables: dict) -> pd.DataFrame:
+    """One CSV of a variant's pixel tables: z, reduction, then ``{loss}_{metric}`` (ours),
+    ``study_{loss}_{metric}`` and ``diff_{loss}_{metric}`` where the study compares."""
+    frames = []
+    for reduction, ours in tables["ours"].items():
+        frame = _flatten(ours, "")
+        if tables["study"] is not None:
+            study_part = tables["study"].reindex(index=ours.index, columns=ours.columns)
+            frame = frame.join(_flatten(study_part, "study_")).join(
+                _flatten(tables["difference"][reduction], "diff_")
+            )
+        frame.insert(0, "reduction", reduction)
+        frames.append(frame.reset_index())
+    return pd.concat(frames, ignore_index=True)
+
+
+def flat_instances_csv(tables: dict) -> pd.DataFrame:
+    frames = []
+    for reduction, table in tables["instances"].items():
+        frame = _flatten(table, "")
+        frame.insert(0, "reduction", reduction)
+        frames.append(frame.reset_index())
+    return pd.concat(frames, ignore_index=True)
+
+
+def _flatten(wide: pd.DataFrame, prefix: str) -> pd.DataFrame:
+    flat = wide.copy()
+    flat.columns = [f"{prefix}{loss}_{name}" for loss, name in wide.columns]
+    return flat
+
+
+# ---------------------------------------------------------------- text formats
+def _cell(value, digits: int, signed: bool = False, missing: str = "–") -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return missing
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _header(wide: pd.DataFrame) -> list[str]:
+    return ["z"] + [f"{loss.upper()} {METRIC_LABELS[name]}" for loss, name in wide.columns]
+
+
+def _body(
+    wide: pd.DataFrame, digits: int, signed: bool = False, missing: str = "–"
+) -> list[list[str]]:
+    return [
+        [str(label)] + [_cell(value, digits, signed, missing) for value in row]
+        for label, row in wide.iterrows()
+    ]
+
+
+def _markdown_table(header: list[str], body: list[list[str]]) -> str:
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def _panels(tables: dict) -> list[tuple[str, pd.DataFrame, int, bool]]:
+    """(title, table, digits, signed) of each panel of a variant's pixel table."""
+    panels = [(f"This run ({REDUCTION_TITLES['micro']})", tables["ours"]["micro"], 3, False)]
+    if tables["study"] is not None:
+        number = tables["study_table_number"]
+        panels.append((f"The study (Munteanu 2024, Table {number})", tables["study"], 2, False))
+        panels.append(("Difference (this run - the study)", tables["difference"]["micro"], 3, True))
+    panels.append(
+        (f"This run ({REDUCTION_TITLES['imagewise']})", tables["ours"]["imagewise"], 3, False)
+    )
+    return panels
+
+
+def to_markdown(variant: str, tables: dict) -> str:
+    """A variant's pixel and instance tables as Markdown."""
+    parts = [
+        f"# Test-split scores, variant `{variant}`",
+        "",
+        "Pixel accuracy, F1 (Dice) and IoU of the thresholded prediction against the mask. "
+        "Rows z.. are the focal planes; `overall` covers every plane. docs/metrics.md "
+        "explains the two reductions.",
+    ]
+    if tables["study"] is None:
+        parts += [
+            "",
+            "The study has no table for this variant and planes, so no comparison is shown.",
+        ]
+    elif OVERALL not in tables["study"].index:
+        parts += [
+            "",
+            "The study's overall row covers its planes z12..z24; this run has other planes, "
+            "so only the shared planes are compared.",
+        ]
+    for title, wide, digits, signed in _panels(tables):
+        parts += [
+            "",
+            f"## {title}",
+            "",
+            _markdown_table(_header(wide), _body(wide, digits, signed)),
+        ]
+    parts += [
+        "",
+        "## Instances (connected components of the prediction against the true cells)",
+        "",
+        "SA50 and mSA: micro-sam's segmentation accuracy TP / (TP + FP + FN) at IoU 0.5 and "
+        "averaged over IoU 0.50..0.95; F1@0.5: F1 of the one-to-one matching at IoU 0.5. "
+        "Mean of the per-image scores:",
+        "",
+        _markdown_table(
+            _header(tables["instances"]["imagewise"]), _body(tables["instances"]["imagewise"], 3)
+        ),
+        "",
+        "From object counts pooled over the images of each row:",
+        "",
+        _markdown_table(
+            _header(tables["instances"]["micro"]), _body(tables["instances"]["micro"], 3)
+        ),
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def _latex_escape(text: str) -> str:
+    return text.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
+
+
+def to_latex(variant: str, tables: dict) -> str:
+    """A variant's pixel table as a LaTeX (booktabs) table, one panel per block of rows."""
+    first = tables["ours"]["micro"]
+    losses = list(dict.fromkeys(loss for loss, _ in first.columns))
+    names = list(dict.fromkeys(name for _, name in first.columns))
+    width = 1 + len(first.columns)
+    lines = [
+        r"\begin{table}[ht]",
+        r"\centering",
+        rf"\caption{{Test-split pixel scores per focal plane, variant {_latex_escape(variant)}.}}",
+        rf"\label{{tab:protoseg-{_latex_escape(variant)}}}",
+        r"\begin{tabular}{l" + "r" * (width - 1) + "}",
+        r"\toprule",
+        " & ".join(
+            [""] + [rf"\multicolumn{{{len(names)}}}{{c}}{{{loss.upper()}}}" for loss in losses]
+        )
+        + r" \\",
+        " ".join(
+            rf"\cmidrule(lr){{{2 + index * len(names)}-{1 + (index + 1) * len(names)}}}"
+            for index in range(len(losses))
+        ),
+        " & ".join(["z"] + [METRIC_LABELS[name] for _, name in first.columns]) + r" \\",
+    ]
+    for title, wide, digits, signed in _panels(tables):
+        lines += [
+            r"\midrule",
+            rf"\multicolumn{{{width}}}{{l}}{{\textit{{{_latex_escape(title)}}}}} \\",
+        ]
+        lines += [" & ".join(row) + r" \\" for row in _body(wide, digits, signed, missing="--")]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,27 @@
+"""Snakemake script: a trained model + its dataset's test split -> per-image metrics."""
+
+from pathlib import Path
+
+from protoseg.evaluate import evaluate_model, pooled_scores
+from protoseg.io import save_npz, write_csv
+from protoseg.logs import log_to_file
+
+snakemake = globals()["snakemake"]  # injected by Snakemake; named here for linters
+log = log_to_file(snakemake.log[0])
+
+per_image, overlay = evaluate_model(
+    snakemake.input.model,
+    Path(snakemake.input.manifest).parent,
+    threshold=snakemake.params.threshold,
+    device=snakemake.params.device,
+    batch_size=snakemake.params.batch_size,
+    overlay_state=snakemake.params.overlay_state,
+)
+write_csv(snakemake.output.per_image, per_image)
+save_npz(snakemake.output.overlay, **overlay)
+scores = pooled_scores(per_image)
+log.info(
+    "%d test images, pixels pooled: accuracy %.3f, F1 %.3f, IoU %.3f",
+    len(per_image),
+    *scores.values(),
+)

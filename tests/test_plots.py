@@ -1,0 +1,90 @@
+"""Figures: metric versus z, prediction overlays."""
+
+import matplotlib.pyplot as plt
+import numpy as np
+from skimage.draw import disk
+
+from protoseg import plots, study, tables
+from protoseg.io import read_image, save_figure
+
+from .test_tables import fake_per_image
+
+
+def test_metrics_vs_z_has_a_panel_per_variant_and_metric(tmp_path):
+    planes = list(study.PLANES)
+    per_image = {
+        (variant, loss): fake_per_image(planes, seed=index)
+        for index, (variant, loss) in enumerate(
+            [("all", "bce"), ("all", "mse"), ("brightfield", "bce"), ("brightfield", "mse")]
+        )
+    }
+    summary = tables.summary(per_image, planes)
+    modalities = {"all": ["brightfield", "fluorescent"], "brightfield": ["brightfield"]}
+    figure = plots.metrics_vs_z(summary, planes, ["all", "brightfield"], ["bce", "mse"], modalities)
+    axes = figure.get_axes()
+    assert len(axes) == 2 * len(plots.PANEL_METRICS)
+    # Our two losses, plus the study's two in the pixel-metric panels.
+    assert len(axes[0].get_lines()) == 4 and len(axes[3].get_lines()) == 2
+    ours = axes[1].get_lines()[0].get_ydata()  # variant all, F1, BCE
+    expected = summary.query(
+        "variant == 'all' and loss == 'bce' and reduction == 'micro' and z != 'overall'"
+    )["f1"]
+    np.testing.assert_allclose(ours, expected.to_numpy())
+    path = tmp_path / "metrics_vs_z.png"
+    save_figure(path, figure)
+    plt.close(figure)
+    image = read_image(path)
+    assert image.shape[0] > 400 and image.shape[1] > 1000
+
+
+def _overlay(planes, modalities, size=48):
+    images, masks, probabilities, zs, names = [], [], [], [], []
+    for modality in modalities:
+        for z in planes:
+            mask = np.zeros((size, size), bool)
+            mask[disk((20, 20), 9)] = True
+            probability = np.zeros((size, size), np.float16)
+            probability[disk((22, 21), 9, shape=mask.shape)] = 0.9
+            images.append(np.full((size, size, 3), 200, np.uint8))
+            masks.append(mask)
+            probabilities.append(probability)
+            zs.append(z)
+            names.append(modality)
+    return {
+        "images": np.stack(images),
+        "masks": np.stack(masks),
+        "probabilities": np.stack(probabilities),
+        "z": np.array(zs),
+        "modality": np.array(names),
+    }
+
+
+def test_prediction_overlays_grid(tmp_path):
+    planes = [12, 18, 24]
+    figure = plots.prediction_overlays(
+        _overlay(planes, ["brightfield", "fluorescent"]), 0.5, "all-bce, day1t1xy10"
+    )
+    axes = figure.get_axes()
+    assert len(axes) == 2 * 3
+    assert axes[0].get_title().startswith("z12  F1 0.")
+    path = tmp_path / "predictions.png"
+    save_figure(path, figure)
+    plt.close(figure)
+    image = read_image(path)
+    assert image.shape[1] > image.shape[0] > 200
+    # Both outline colours are drawn.
+    assert np.any(np.all(image[..., :3] == (255, 0, 255), axis=-1))
+    assert np.any(np.all(image[..., :3] == (0, 224, 0), axis=-1))
+
+
+def test_prediction_overlays_without_images_still_draws():
+    empty = {
+        "images": np.zeros((0, 0, 0, 3), np.uint8),
+        "masks": np.zeros((0, 0, 0), bool),
+        "probabilities": np.zeros((0, 0, 0), np.float16),
+        "z": np.zeros(0, int),
+        "modality": np.zeros(0, str),
+    }
+    figure = plots.prediction_overlays(empty, 0.5, "nothing")
+    assert "no test images" in figure.get_axes()[0].texts[0].get_text()
+    plt.close(figure)
