@@ -1,0 +1,82 @@
+"""End to end: the real Snakefile on a tiny generated data set, from raw TIFFs to the tables."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from tests.workflow_helpers import run_snakemake, tiny_config, write_project
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("e2e")
+    config = tiny_config()
+    write_project(workdir, config)
+    run_snakemake(workdir)
+    return workdir, config
+
+
+def test_catalogue_lists_every_image(finished_run):
+    workdir, config = finished_run
+    catalogue = pd.read_csv(workdir / "results" / "catalogue.csv")
+    n_states = len(config["demo"]["days"]) * len(config["demo"]["times"]) * len(config["demo"]["xy"])
+    assert len(catalogue) == n_states * len(config["data"]["planes"]) * 2
+    assert set(catalogue["modality"]) == {"brightfield", "fluorescent"}
+    assert (catalogue["height"] == config["demo"]["height"]).all()
+
+
+def test_masks_are_instance_labels_per_plane_and_state(finished_run):
+    workdir, config = finished_run
+    for z in config["data"]["planes"]:
+        plane = tifffile.imread(workdir / "results" / "masks" / "planes" / "day1t1xy1" / f"z{z}.tif")
+        assert plane.dtype == np.uint16
+        assert plane.shape == (config["demo"]["height"], config["demo"]["width"])
+    state = tifffile.imread(workdir / "results" / "masks" / "states" / "day1t1xy1.tif")
+    assert state.max() >= 2  # several cells found
+    assert (workdir / "results" / "qc" / "day1t1xy1.png").stat().st_size > 1000
+
+
+def test_mask_quality_is_scored_against_the_demo_truth(finished_run):
+    workdir, _ = finished_run
+    quality = pd.read_csv(workdir / "results" / "masks" / "quality.csv")
+    assert len(quality) > 0
+    numeric = quality.select_dtypes("number")
+    assert ((numeric >= 0) & (numeric <= 1)).all().all() or "n_true" in quality.columns
+
+
+def test_every_model_is_trained_and_evaluated(finished_run):
+    workdir, config = finished_run
+    for variant in config["dataset"]["variants"]:
+        for loss in config["train"]["losses"]:
+            model_dir = workdir / "results" / "models" / f"{variant}-{loss}"
+            assert (model_dir / "model.pt").stat().st_size > 0
+            history = pd.read_csv(model_dir / "history.csv")
+            assert len(history) == config["train"]["epochs"]
+            per_image = pd.read_csv(workdir / "results" / "metrics" / f"{variant}-{loss}" / "per_image.csv")
+            # Only test-split images (xy10) are evaluated.
+            assert len(per_image) > 0
+            assert per_image["state"].str.endswith("xy10").all()
+
+
+def test_tables_have_the_study_layout(finished_run):
+    workdir, config = finished_run
+    for variant in config["dataset"]["variants"]:
+        table = pd.read_csv(workdir / "results" / "tables" / f"{variant}.csv")
+        first = table.columns[0]
+        assert table[first].astype(str).tolist()[: len(config["data"]["planes"])] == [
+            f"z{z}" for z in config["data"]["planes"]
+        ]
+        assert "overall" in table[first].astype(str).tolist()
+        values = table.select_dtypes("number").to_numpy()
+        assert np.isfinite(values).any()
+        for suffix in ("md", "tex"):
+            assert (workdir / "results" / "tables" / f"{variant}.{suffix}").stat().st_size > 0
+
+
+def test_rerun_has_nothing_to_do(finished_run):
+    workdir, _ = finished_run
+    result = run_snakemake(workdir, "-n")
+    assert "Nothing to be done" in result.stdout + result.stderr
