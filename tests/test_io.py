@@ -46,3 +46,9 @@ def test_read_image_errors_name_the_file(tmp_path):
     tifffile.imwrite(stack, np.zeros((2, 3, 4, 5), np.uint8), photometric="minisblack")
     with pytest.raises(InputError, match=r"stack\.tif: expected a 2D greyscale or colour image"):
         io.read_image(stack)
+
+
+def test_atomic_outputs_get_normal_file_permissions(tmp_path):
+    io.write_text(tmp_path / "note.txt", "hi")
+    mode = (tmp_path / "note.txt").stat().st_mode & 0o777
+    assert mode & 0o044  # readable by group/others unless the umask forbids it

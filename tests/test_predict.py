@@ -1,0 +1,199 @@
+"""Prediction on new images: inputs, training scale, tiling, instances, outputs, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import torch
+from skimage.draw import disk
+
+from protoseg import predict
+from protoseg.errors import InputError
+from protoseg.io import read_image
+
+torch.set_num_threads(1)
+
+
+class BrightIsCell(torch.nn.Module):
+    """A fixed 'model': logit = 40 x (mean of the channels - 0.3), so bright pixels are cell.
+
+    It records the shape of every batch it sees, to check scale and tiling.
+    """
+
+    def __init__(self, in_channels: int = 3):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(in_channels, 1, 1)
+        with torch.no_grad():
+            self.conv.weight.fill_(40.0 / in_channels)
+            self.conv.bias.fill_(-12.0)
+        self.seen: list[tuple[int, ...]] = []
+
+    def forward(self, x):
+        self.seen.append(tuple(x.shape))
+        return self.conv(x)
+
+
+def make_model(train_size=(32, 32), scale=(0.5, 0.5), in_channels=3, colour="rgb"):
+    meta = {"image_size": list(train_size), "scale": list(scale), "in_channels": in_channels, "colour": colour}
+    return predict.prediction_model_from_meta(BrightIsCell(in_channels).eval(), meta, name="bright")
+
+
+def disc_image(shape=(64, 80), centres=((20, 20), (40, 55)), radius=10) -> tuple[np.ndarray, np.ndarray]:
+    """A dark RGB image with bright discs, and the discs' true mask."""
+    truth = np.zeros(shape, bool)
+    for centre in centres:
+        truth[disk(centre, radius, shape=shape)] = True
+    image = np.zeros((*shape, 3), np.uint8)
+    image[truth] = (40, 60, 250)  # bright blue, like the fluorescent outlines
+    return image, truth
+
+
+# ---------------------------------------------------------------- inputs
+def test_folders_expand_to_their_images(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("b.tif", "a.png", ".hidden.tif", "notes.txt"):
+        (folder / name).write_bytes(b"x")
+    (folder / "sub").mkdir()
+    single = tmp_path / "c.TIFF"
+    single.write_bytes(b"x")
+    files = predict.image_files([folder, single])
+    assert [path.name for path in files] == ["a.png", "b.tif", "c.TIFF"]
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda d: [d / "missing.tif"], "no such file"),
+        (lambda d: [(d / "x.txt").write_text("x") and d / "x.txt"], "not an image"),
+        (lambda d: [(d / "empty").mkdir() or d / "empty"], "no image files"),
+        (lambda d: [(d / "a.tif").write_bytes(b"x") and d / "a.tif", (d / "a.png").write_bytes(b"x") and d / "a.png"], "same name"),
+    ],
+)
+def test_bad_inputs_are_named(tmp_path, setup, message):
+    with pytest.raises(InputError, match=message):
+        predict.image_files(setup(tmp_path))
+
+
+# ---------------------------------------------------------------- scale
+def test_training_scale_from_meta():
+    assert predict.training_scale({"scale": [0.25, 0.2], "image_size": [512, 512]}) == (0.25, 0.2)
+    assert predict.training_scale({"scale": 0.5, "image_size": [64, 64]}) == (0.5, 0.5)
+    # The study: 2048 x 2880 sources shrunk to 512 x 512.
+    assert predict.training_scale({"image_size": [512, 512], "source_size": [2048, 2880]}) == (0.25, 512 / 2880)
+    assert predict.training_scale({"image_size": [64, 64]}) == (1.0, 1.0)
+
+
+def test_model_sees_the_image_at_training_scale_in_training_sized_tiles(tmp_path):
+    model = make_model(train_size=(32, 32), scale=(0.5, 0.5))
+    image, _ = disc_image(shape=(64, 64))
+    tifffile.imwrite(tmp_path / "one.tif", image)
+    predict.predict_files(model, [tmp_path / "one.tif"], tmp_path / "out", overlap=8, progress=False)
+    # 64 x 64 at scale 0.5 is 32 x 32: exactly one training-sized tile.
+    assert model.network.seen == [(1, 3, 32, 32)]
+
+    model.network.seen.clear()
+    image, _ = disc_image(shape=(128, 96))
+    tifffile.imwrite(tmp_path / "two.tif", image)
+    predict.predict_files(model, [tmp_path / "two.tif"], tmp_path / "out", overlap=8, progress=False)
+    # 128 x 96 -> 64 x 48: tiles of 32 overlapping by >= 8 -> 3 rows x 2 columns.
+    tiles = sum(shape[0] for shape in model.network.seen)
+    assert tiles == 6 and all(shape[2:] == (32, 32) for shape in model.network.seen)
+
+
+def test_tile_option_overrides_training_size(tmp_path):
+    model = make_model(train_size=(32, 32), scale=(1.0, 1.0))
+    image, _ = disc_image(shape=(48, 48))
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    predict.predict_files(model, [tmp_path / "img.tif"], tmp_path / "out", tile=48, overlap=0, progress=False)
+    assert model.network.seen == [(1, 3, 48, 48)]
+
+
+# ---------------------------------------------------------------- outputs
+def test_outputs_per_image_match_the_cells(tmp_path):
+    model = make_model(scale=(0.5, 0.5))
+    image, truth = disc_image(shape=(64, 80))
+    tifffile.imwrite(tmp_path / "cells.tif", image)
+    summary = predict.predict_files(model, [tmp_path / "cells.tif"], tmp_path / "out", overlap=8, progress=False)
+    paths = predict.output_paths(tmp_path / "out", "cells")
+    binary = tifffile.imread(paths["binary"])
+    labels = tifffile.imread(paths["labels"])
+    overlay = read_image(paths["overlay"])
+    assert binary.shape == truth.shape and binary.dtype == np.uint8 and set(np.unique(binary)) <= {0, 1}
+    # Predicted at half scale and resized back: close to the true discs, not pixel-exact.
+    dice = 2 * (binary.astype(bool) & truth).sum() / (binary.sum() + truth.sum())
+    assert dice > 0.9
+    assert labels.dtype == np.uint16 and labels.max() == 2 and sorted(np.unique(labels)) == [0, 1, 2]
+    assert overlay.shape == (*truth.shape, 3) and overlay.dtype == np.uint8
+    assert (overlay == predict.OUTLINE_COLOUR).all(axis=2).sum() > 0
+    table = pd.read_csv(tmp_path / "out" / predict.SUMMARY_NAME)
+    assert table.equals(summary.astype(table.dtypes.to_dict())) or len(table) == 1
+    assert table.loc[0, "cells"] == 2 and table.loc[0, "height"] == 64 and table.loc[0, "width"] == 80
+
+
+def test_grey_and_png_inputs_work_with_a_grey_model(tmp_path):
+    import cv2
+
+    model = make_model(in_channels=1, colour="grey", scale=(1.0, 1.0))
+    image, truth = disc_image(shape=(32, 32), centres=((16, 16),))
+    cv2.imwrite(str(tmp_path / "grey.png"), image.max(axis=2))
+    predict.predict_files(model, [tmp_path], tmp_path / "out", overlap=4, progress=False)
+    labels = tifffile.imread(predict.output_paths(tmp_path / "out", "grey")["labels"])
+    assert labels.max() == 1 and model.network.seen[0][1] == 1
+
+
+# ---------------------------------------------------------------- errors
+def test_channel_mismatch_stops_before_anything_is_written(tmp_path):
+    model = make_model(scale=(1.0, 1.0))
+    good, _ = disc_image(shape=(32, 32))
+    tifffile.imwrite(tmp_path / "a_good.tif", good)
+    tifffile.imwrite(tmp_path / "b_two_channels.tif", np.zeros((32, 32, 2), np.uint8), photometric="minisblack", planarconfig="contig")
+    with pytest.raises(InputError, match="b_two_channels.tif.*2 channels"):
+        predict.predict_files(model, [tmp_path], tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_five_channel_stack_is_refused(tmp_path):
+    model = make_model(scale=(1.0, 1.0))
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((5, 32, 32), np.uint8))
+    with pytest.raises(InputError, match="stack.tif"):
+        predict.predict_files(model, [tmp_path / "stack.tif"], tmp_path / "out", progress=False)
+
+
+def test_bad_threshold_and_instance_method(tmp_path):
+    model = make_model()
+    with pytest.raises(ValueError, match="threshold"):
+        predict.predict_files(model, [tmp_path], tmp_path / "out", threshold=1.5)
+    with pytest.raises(ValueError, match="instance method"):
+        predict.predict_files(model, [tmp_path], tmp_path / "out", instances="mask-rcnn")
+
+
+# ---------------------------------------------------------------- instances
+def two_touching_discs(shape=(60, 90)):
+    binary = np.zeros(shape, bool)
+    binary[disk((30, 30), 16, shape=shape)] = True
+    binary[disk((30, 58), 16, shape=shape)] = True  # overlaps the first: one component
+    return binary
+
+
+def test_connected_components_keep_touching_cells_together():
+    labels = predict.label_instances(two_touching_discs(), "cc")
+    assert labels.dtype == np.uint16 and labels.max() == 1
+
+
+def test_watershed_splits_touching_cells_at_the_neck():
+    binary = two_touching_discs()
+    labels = predict.label_instances(binary, "watershed", min_distance=10)
+    assert labels.max() == 2
+    assert ((labels > 0) == binary).all()  # every cell pixel kept, nothing added
+    assert labels[30, 25] != labels[30, 63]  # the two centres are in different cells
+
+
+def test_watershed_keeps_tiny_objects_and_min_area_drops_them():
+    binary = two_touching_discs()
+    binary[2:4, 2:4] = True  # a 4-pixel speck
+    assert predict.label_instances(binary, "watershed", min_distance=10).max() == 3
+    assert predict.label_instances(binary, "cc", min_area=10).max() == 1
+    assert predict.label_instances(np.zeros((8, 8), bool), "watershed").max() == 0
