@@ -61,7 +61,10 @@ def embedding_path(config: dict, state: str, z: int) -> Path:
     """Where the image embeddings of one plane are cached: the masks stage's own cache."""
     settings = sam_settings_from_config(config["masks"]["sam"])
     if settings.embeddings_dir is None:
-        raise ConfigError("masks.sam.embeddings_dir", "is null; the annotator needs a folder to keep image embeddings in")
+        raise ConfigError(
+            "masks.sam.embeddings_dir",
+            "is null; the annotator needs a folder to keep image embeddings in",
+        )
     return sam_embedding_path(settings.embeddings_dir, settings, state, int(z))
 
 
@@ -74,7 +77,9 @@ def commit_path(config: dict, state: str, z: int) -> Path:
             "is null; set it to the folder where annotated masks should go (e.g. resources/annotations) "
             "so that masks.method 'import' reads them",
         )
-    return import_path(import_cfg["dir"], import_cfg.get("template") or DEFAULT_TEMPLATE, state, int(z))
+    return import_path(
+        import_cfg["dir"], import_cfg.get("template") or DEFAULT_TEMPLATE, state, int(z)
+    )
 
 
 def annotator_plan(config: dict, state: str, planes: list[int] | None = None) -> list[PlaneTask]:
@@ -95,12 +100,16 @@ def annotator_plan(config: dict, state: str, planes: list[int] | None = None) ->
         planes = configured
     unknown = [z for z in planes if int(z) not in configured]
     if unknown:
-        raise ConfigError("data.planes", f"plane(s) {unknown} asked for are not configured (planes: {configured})")
+        raise ConfigError(
+            "data.planes", f"plane(s) {unknown} asked for are not configured (planes: {configured})"
+        )
     modality = config["masks"]["modality"]
     plan = []
     for z in sorted(int(z) for z in planes):
         image = Path(naming.lookup(records, state=state, modality=modality, z=z))
-        plan.append(PlaneTask(image, embedding_path(config, state, z), commit_path(config, state, z)))
+        plan.append(
+            PlaneTask(image, embedding_path(config, state, z), commit_path(config, state, z))
+        )
     return plan
 
 
@@ -121,7 +130,9 @@ def stage_images(plan: list[PlaneTask], folder: str | Path) -> list[Path]:
     staged = []
     for task in plan:
         if not task.image.is_file():
-            raise InputError(task.image, "image to annotate not found (run the demo/catalogue rules first?)")
+            raise InputError(
+                task.image, "image to annotate not found (run the demo/catalogue rules first?)"
+            )
         target = folder / (task.commit.stem + task.image.suffix.lower())
         if target.is_symlink() or target.exists():
             target.unlink()
@@ -133,7 +144,9 @@ def stage_images(plan: list[PlaneTask], folder: str | Path) -> list[Path]:
     return staged
 
 
-def annotator_arguments(config: dict, plan: list[PlaneTask], staged: list[Path], redo: bool = False) -> dict:
+def annotator_arguments(
+    config: dict, plan: list[PlaneTask], staged: list[Path], redo: bool = False
+) -> dict:
     """Keyword arguments for ``micro_sam.sam_annotator.image_series_annotator``.
 
     The model, checkpoint, tiling and device are the masks stage's (``masks.sam``), so the
@@ -180,7 +193,9 @@ def load_annotator():
     return image_series_annotator
 
 
-def open_annotator(config: dict, state: str, planes: list[int] | None = None, redo: bool = False) -> list[PlaneTask]:
+def open_annotator(
+    config: dict, state: str, planes: list[int] | None = None, redo: bool = False
+) -> list[PlaneTask]:
     """Open the annotator on a state's planes; returns the plan once napari is closed.
 
     Each plane is saved to its commit path when "Next Image [N]" is pressed (also after

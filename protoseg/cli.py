@@ -107,7 +107,9 @@ def run_predict(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     if not args.quiet:
-        print(f"{len(summary)} image(s), {int(summary['cells'].sum())} cells; outputs in {args.out}")
+        print(
+            f"{len(summary)} image(s), {int(summary['cells'].sum())} cells; outputs in {args.out}"
+        )
     return 0
 
 
@@ -123,13 +125,17 @@ def run_annotate(args: argparse.Namespace) -> int:
         return 0
     annotate.open_annotator(config, args.state, args.planes, redo=args.redo)
     saved = [task.commit for task in plan if task.commit.is_file()]
-    print(f"{len(saved)} of {len(plan)} plane(s) of {args.state} saved under {plan[0].commit.parent}")
+    print(
+        f"{len(saved)} of {len(plan)} plane(s) of {args.state} saved under {plan[0].commit.parent}"
+    )
     return 0
 
 
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="protoseg", description="protoseg: predict with a trained model, open the annotator.")
+    parser = argparse.ArgumentParser(
+        prog="protoseg", description="protoseg: predict with a trained model, open the annotator."
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     predict = commands.add_parser(
@@ -138,24 +144,61 @@ def build_parser() -> argparse.ArgumentParser:
         description="Segment images of any size with a trained model (docs/predict.md). Writes "
         "NAME_binary.tif, NAME_labels.tif, NAME_overlay.png per image and predictions.csv.",
     )
-    predict.add_argument("model", metavar="MODEL", help="a model.pt from results/models/{variant}-{loss}/")
-    predict.add_argument("inputs", metavar="INPUT", nargs="+", help="image files or folders of images")
+    predict.add_argument(
+        "model", metavar="MODEL", help="a model.pt from results/models/{variant}-{loss}/"
+    )
+    predict.add_argument(
+        "inputs", metavar="INPUT", nargs="+", help="image files or folders of images"
+    )
     predict.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
-    predict.add_argument("--tile", type=_tile, default=None, metavar="N|HxW",
-                         help="tile size at the training scale (default: the training image size)")
-    predict.add_argument("--overlap", type=int, default=32, metavar="N",
-                         help="pixels shared by neighbouring tiles (default: 32)")
-    predict.add_argument("--threshold", type=_probability, default=0.5, metavar="T",
-                         help="probability above which a pixel is cell (default: 0.5)")
-    predict.add_argument("--instances", choices=["cc", "watershed"], default="cc",
-                         help="cells from the binary mask by connected components (default) or "
-                         "a distance watershed that splits touching cells")
-    predict.add_argument("--min-distance", type=int, default=10, metavar="N",
-                         help="watershed: least distance between two cell centres, in pixels (default: 10)")
-    predict.add_argument("--min-area", type=int, default=0, metavar="N",
-                         help="drop objects smaller than this many pixels (default: 0, keep all)")
-    predict.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
-                         help="torch device (default: auto = cuda, mps or cpu)")
+    predict.add_argument(
+        "--tile",
+        type=_tile,
+        default=None,
+        metavar="N|HxW",
+        help="tile size at the training scale (default: the training image size)",
+    )
+    predict.add_argument(
+        "--overlap",
+        type=int,
+        default=32,
+        metavar="N",
+        help="pixels shared by neighbouring tiles (default: 32)",
+    )
+    predict.add_argument(
+        "--threshold",
+        type=_probability,
+        default=0.5,
+        metavar="T",
+        help="probability above which a pixel is cell (default: 0.5)",
+    )
+    predict.add_argument(
+        "--instances",
+        choices=["cc", "watershed"],
+        default="cc",
+        help="cells from the binary mask by connected components (default) or "
+        "a distance watershed that splits touching cells",
+    )
+    predict.add_argument(
+        "--min-distance",
+        type=int,
+        default=10,
+        metavar="N",
+        help="watershed: least distance between two cell centres, in pixels (default: 10)",
+    )
+    predict.add_argument(
+        "--min-area",
+        type=int,
+        default=0,
+        metavar="N",
+        help="drop objects smaller than this many pixels (default: 0, keep all)",
+    )
+    predict.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cuda", "mps", "cpu"],
+        help="torch device (default: auto = cuda, mps or cpu)",
+    )
     predict.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
     predict.set_defaults(run=run_predict)
 
@@ -166,14 +209,31 @@ def build_parser() -> argparse.ArgumentParser:
         "plane is saved where masks.method 'import' reads it. Needs: pip install 'protoseg[annotator]'.",
     )
     annotate.add_argument("state", metavar="STATE", help="a state name, e.g. day1t1xy10")
-    annotate.add_argument("--config", "-c", nargs="+", default=["config/config.yaml"], metavar="FILE",
-                          help="config file(s), later ones overriding earlier ones (default: config/config.yaml)")
-    annotate.add_argument("--planes", "-z", nargs="+", type=int, default=None, metavar="Z",
-                          help="only these planes (default: all of data.planes)")
-    annotate.add_argument("--redo", action="store_true",
-                          help="also open planes already saved, loaded for correction")
-    annotate.add_argument("--plan", action="store_true",
-                          help="print image, embedding and commit path per plane and exit (no napari needed)")
+    annotate.add_argument(
+        "--config",
+        "-c",
+        nargs="+",
+        default=["config/config.yaml"],
+        metavar="FILE",
+        help="config file(s), later ones overriding earlier ones (default: config/config.yaml)",
+    )
+    annotate.add_argument(
+        "--planes",
+        "-z",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="Z",
+        help="only these planes (default: all of data.planes)",
+    )
+    annotate.add_argument(
+        "--redo", action="store_true", help="also open planes already saved, loaded for correction"
+    )
+    annotate.add_argument(
+        "--plan",
+        action="store_true",
+        help="print image, embedding and commit path per plane and exit (no napari needed)",
+    )
     annotate.set_defaults(run=run_annotate)
     return parser
 

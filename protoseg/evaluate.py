@@ -16,13 +16,17 @@ import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
+from skimage.segmentation import expand_labels
 from tqdm import tqdm
 
 from protoseg import metrics
+from protoseg.dataset import shard_files
 from protoseg.errors import ConfigError, InputError
 from protoseg.inference import predict_probabilities
+from protoseg.io import read_image
 
 log = logging.getLogger(__name__)
 
@@ -145,12 +149,74 @@ def _stack_overlay(overlay: dict) -> dict:
 
 
 # ---------------------------------------------------------------- one model, its dataset
-def _test_batches(split) -> Iterator[dict]:
-    """The dataset module's test split as :func:`evaluate_batches` batches, shard by shard."""
-    for shard in split.shards():
-        batch = {"images": shard.images, "masks": shard.masks, "rows": shard.rows}
-        if getattr(shard, "instances", None) is not None:
-            batch["instances"] = shard.instances
+INSTANCE_SOURCES = ("labels", "components")
+
+
+def instances_at_mask(labels: np.ndarray, binary: np.ndarray) -> np.ndarray:
+    """True instances at the dataset's scale: instance labels resized (nearest) onto the
+    dataset's binary mask, whose fringe pixels take the label of the nearest cell.
+
+    The binary mask stays the reference (it is what pixel scores use); the labels only say
+    which of its pixels belong to which cell, so touching cells stay apart.
+    """
+    binary = np.asarray(binary) > 0
+    height, width = binary.shape
+    small = cv2.resize(
+        np.asarray(labels).astype(np.int32), (width, height), interpolation=cv2.INTER_NEAREST
+    )
+    small[~binary] = 0
+    fringe = binary & (small == 0)
+    if fringe.any():
+        grown = expand_labels(small, distance=3)
+        small[fringe] = grown[fringe]
+        # Mask pixels far from any resized cell (a cell lost by the resize) get their own ids.
+        orphans = binary & (small == 0)
+        if orphans.any():
+            extra = metrics.instances_from_binary(orphans).astype(np.int32)
+            small[orphans] = extra[orphans] + small.max()
+    return small.astype(np.uint32)
+
+
+def split_batches(split, instances: str = "labels") -> Iterator[dict]:
+    """A dataset split (:func:`protoseg.dataset.open_split`) as :func:`evaluate_batches`
+    batches, one shard at a time (memory-mapped: only the rows of this split are read).
+
+    ``instances``: ``labels`` reads each sample's instance mask (the manifest's ``mask``
+    file, cached per file since a state mask serves all its planes) and brings it to the
+    dataset's scale with :func:`instances_at_mask`; ``components`` uses the connected
+    components of the binary mask instead.
+    """
+    if instances not in INSTANCE_SOURCES:
+        raise ConfigError(
+            "evaluate.instances", f"unknown '{instances}'; use one of {', '.join(INSTANCE_SOURCES)}"
+        )
+    cache: dict[str, np.ndarray] = {}
+    for shard, rows in split.manifest.groupby("shard", sort=False):
+        image_file, mask_file = shard_files(split.dataset_dir, shard)
+        for path in (image_file, mask_file):
+            if not path.is_file():
+                raise InputError(
+                    path, "shard named in the manifest is missing (rebuild the data set)"
+                )
+        images, masks = np.load(image_file, mmap_mode="r"), np.load(mask_file, mmap_mode="r")
+        index = rows["row"].to_numpy()
+        if len(index) and np.array_equal(index, np.arange(index[0], index[0] + len(index))):
+            # A contiguous run stays a memory map; predict copies one batch at a time.
+            images, masks = (
+                images[index[0] : index[0] + len(index)],
+                np.asarray(masks[index[0] : index[0] + len(index)]),
+            )
+        else:
+            images, masks = images[index], np.asarray(masks[index])
+        batch = {"images": images, "masks": masks, "rows": rows.reset_index(drop=True)}
+        if instances == "labels":
+            true_instances = []
+            for mask_path, binary in zip(rows["mask"], masks, strict=True):
+                if mask_path not in cache:
+                    cache.clear()
+                    cache[mask_path] = read_image(mask_path)
+                true_instances.append(instances_at_mask(cache[mask_path], binary))
+            batch["instances"] = np.stack(true_instances)
         yield batch
 
 
@@ -161,20 +227,21 @@ def evaluate_model(
     device: str = "auto",
     batch_size: int = 16,
     overlay_state: str | None = None,
+    instances: str = "labels",
 ) -> tuple[pd.DataFrame, dict]:
     """Score the model at ``model_path`` on the test split of the dataset in ``dataset_dir``.
 
     ``overlay_state``: the test state whose predictions are kept for the overlay figure
-    (None: the first test state). Raises :class:`ConfigError` for a state that is not in
-    the test split and :class:`InputError` for an empty test split or a model that takes
-    other channels than the dataset has.
+    (None: the first test state); ``instances``: see :func:`split_batches`. Raises
+    :class:`ConfigError` for a state that is not in the test split and
+    :class:`InputError` for an empty test split or a model that takes other channels than
+    the dataset has.
     """
     from protoseg.dataset import open_split
     from protoseg.device import resolve_device
     from protoseg.model import load_model
 
     device = resolve_device(device, key="evaluate.device")
-    model, meta = load_model(model_path, device)
     split = open_split(dataset_dir, "test")
     rows = split.manifest
     if len(rows) == 0:
@@ -189,11 +256,12 @@ def evaluate_model(
             "evaluate.overlay_state",
             f"'{overlay_state}' is not a test state; test states: {', '.join(states)}",
         )
-    in_channels = meta.get("in_channels") if isinstance(meta, dict) else None
-    if in_channels is not None and in_channels != split.channels:
+    model, _ = load_model(model_path, device)
+    in_channels = model.architecture["in_channels"]
+    if in_channels != int(split.info["channels"]):
         raise InputError(
             model_path,
-            f"the model takes {in_channels} channel(s), the dataset has {split.channels}",
+            f"the model takes {in_channels} channel(s), the dataset in {dataset_dir} has {split.info['channels']}",
         )
     log.info(
         "evaluating %s on %d test images of %s (device %s)",
@@ -204,7 +272,7 @@ def evaluate_model(
     )
     return evaluate_batches(
         model,
-        _test_batches(split),
+        split_batches(split, instances),
         threshold=threshold,
         device=device,
         batch_size=batch_size,

@@ -25,24 +25,10 @@ from itertools import pairwise
 import cv2
 import numpy as np
 
+from protoseg.dataset import convert_colour, resize, scale_to_unit
 from protoseg.errors import InputError
 
 log = logging.getLogger(__name__)
-
-COLOURS = ("rgb", "grey")
-# ITU-R BT.601 luma weights, as OpenCV's RGB2GRAY uses.
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
-# ---------------------------------------------------------------- input preparation
-def _unit_range(image: np.ndarray) -> np.ndarray:
-    """Integer images divided by their type's maximum (8-bit by 255, 16-bit by 65535);
-    float images are taken to be in [0, 1] already and clipped."""
-    if np.issubdtype(image.dtype, np.integer):
-        return image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
-    if image.dtype == bool:
-        return image.astype(np.float32)
-    return np.clip(image.astype(np.float32), 0.0, 1.0)
 
 
 def _pair(value, name: str) -> tuple:
@@ -64,48 +50,29 @@ def prepare_image(
     """A raw image as float32 model input (C, H, W) in [0, 1] at the training scale.
 
     ``image_array``: (H, W) greyscale or (H, W, C) with C in 1, 3, 4 (RGB order, alpha
-    dropped). ``colour``: "rgb" keeps three channels (greyscale repeated), "grey" converts
-    colour to luminance (one channel). ``scale``: factor, or (height, width) factors, by
-    which the image is resized with linear interpolation, as the dataset stage resized its
-    images (None or 1: as it is). Raises :class:`InputError` naming ``source`` when the
+    dropped), scaled and converted by the dataset stage's functions
+    (:func:`protoseg.dataset.scale_to_unit`: integer types by their dtype's maximum;
+    :func:`protoseg.dataset.convert_colour`: "rgb" keeps three channels, greyscale repeated,
+    "grey" converts colour to luminance, one channel). ``scale``: factor, or (height, width)
+    factors, by which the image is resized with linear interpolation, as the dataset stage
+    resized its images (None or 1: as it is). Raises :class:`InputError` naming ``source`` when the
     image cannot give the ``in_channels`` channels the model takes.
     """
-    if colour not in COLOURS:
-        raise ValueError(f"unknown colour '{colour}'; use one of {', '.join(COLOURS)}")
-    image = np.asarray(image_array)
-    if image.ndim == 3 and image.shape[2] == 4:
-        image = image[..., :3]
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[..., 0]
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
-        raise InputError(
-            source, f"expected a greyscale or RGB(A) image, got an array of shape {image.shape}"
-        )
-    image = _unit_range(image)
-    if colour == "grey":
-        image = image @ _LUMA if image.ndim == 3 else image
-        channels = image[None]
-    else:
-        channels = (
-            np.repeat(image[None], 3, axis=0) if image.ndim == 2 else np.moveaxis(image, 2, 0)
-        )
-    if channels.shape[0] != in_channels:
+    # The dataset stage's own transforms, so new images are scaled exactly as training data.
+    unit = convert_colour(scale_to_unit(np.asarray(image_array), source), colour, source)
+    if unit.shape[2] != in_channels:
         raise InputError(
             source,
-            f"gives {channels.shape[0]} channel(s) with colour '{colour}', but the model takes {in_channels}"
+            f"gives {unit.shape[2]} channel(s) with colour '{colour}', but the model takes {in_channels}"
             " (was it trained with another dataset.colour?)",
         )
     if scale is not None:
         scale_y, scale_x = _pair(scale, "scale")
-        height = max(1, int(round(channels.shape[1] * scale_y)))
-        width = max(1, int(round(channels.shape[2] * scale_x)))
-        if (height, width) != channels.shape[1:]:
-            channels = np.stack(
-                [
-                    cv2.resize(channel, (width, height), interpolation=cv2.INTER_LINEAR)
-                    for channel in channels
-                ]
-            )
+        height = max(1, int(round(unit.shape[0] * scale_y)))
+        width = max(1, int(round(unit.shape[1] * scale_x)))
+        if (height, width) != unit.shape[:2]:
+            unit = resize(unit, (height, width))
+    channels = np.moveaxis(unit, 2, 0)
     return np.ascontiguousarray(channels, dtype=np.float32)
 
 
@@ -142,9 +109,8 @@ def predict_probabilities(
         torch.autocast(device_type=device.type, dtype=torch.float16, enabled=device.type == "cuda"),
     ):
         for batch in batches:
-            tensor = torch.from_numpy(np.ascontiguousarray(images[batch], dtype=np.float32)).to(
-                device
-            )
+            # A copy: dataset shards are read-only memory maps, which torch will not wrap.
+            tensor = torch.from_numpy(np.array(images[batch], dtype=np.float32)).to(device)
             logits = model(tensor)
             if logits.ndim == 4:
                 if logits.shape[1] != 1:

@@ -369,3 +369,67 @@ def cell_mask(instances: dict, cell: int, plane: int | None = None) -> np.ndarra
     full = np.zeros(tuple(instances["shape"]), dtype=bool)
     full[r0:r1, c0:c1] = crop
     return full
+
+
+# ---------------------------------------------------------------- files in, files out
+
+def read_plane_masks(paths: Sequence[str | Path]) -> list[np.ndarray]:
+    """Read a state's plane masks (2D integer label TIFFs of one shape), clear errors."""
+    from protoseg.io import read_image  # local: keeps the array API importable alone
+
+    masks = [read_image(path) for path in paths]
+    return check_planes(masks, [str(path) for path in paths])
+
+
+def merge_state_files(
+    plane_paths: Sequence[str | Path],
+    z: Sequence[int],
+    *,
+    state_path: str | Path,
+    per_z_paths: Sequence[str | Path],
+    instances_path: str | Path,
+    qc_path: str | Path | None = None,
+    images: dict[str, Sequence[str | Path]] | None = None,
+    merge_cfg: dict | None = None,
+    state: str = "",
+) -> Merged:
+    """The merge step of one state: plane mask TIFFs in; state mask, per-z masks,
+    instance table and (with ``qc_path`` and ``images``) the QC overlay out.
+
+    ``merge_cfg``: the config's ``merge:`` section (same_cell_iou, footprint,
+    drop_covered, qc_panel_width). ``images``: modality -> image paths in plane order.
+    """
+    from protoseg.io import read_image, write_png, write_tiff
+    from protoseg.qc import overlay_grid
+
+    cfg = dict(merge_cfg or {})
+    z = [int(value) for value in z]
+    if len(plane_paths) != len(z) or len(per_z_paths) != len(z):
+        raise ValueError(f"{len(z)} planes, {len(plane_paths)} plane masks, {len(per_z_paths)} per-z outputs")
+    planes = read_plane_masks(plane_paths)
+    merged = merge(
+        planes,
+        cfg.get("same_cell_iou", 0.5),
+        footprint=cfg.get("footprint", "medoid"),
+        drop_covered=cfg.get("drop_covered", 0.5),
+        names=[str(path) for path in plane_paths],
+    )
+    if qc_path is not None:
+        stacks = {modality: [read_image(path) for path in paths] for modality, paths in (images or {}).items()}
+        for modality, stack in stacks.items():
+            for path, image in zip(images[modality], stack, strict=True):
+                if image.shape[:2] != merged.state_mask.shape:
+                    raise InputError(path, f"image shape {image.shape[:2]} differs from its masks' {merged.state_mask.shape}")
+        grid = overlay_grid(
+            stacks, planes, merged.state_mask, z, panel_width=cfg.get("qc_panel_width", 360), title=state
+        )
+    # Written last and together, once everything above has worked.
+    write_tiff(state_path, merged.state_mask)
+    for path, mask in zip(per_z_paths, merged.per_z, strict=True):
+        write_tiff(path, mask)
+    save_instances(instances_path, merged, z, state=state)
+    if qc_path is not None:
+        write_png(qc_path, grid)
+    cells = merged.tracks["cell"].nunique()
+    log.info("%s: %d cells over %d planes, %d in the state mask", state, cells, len(z), len(np.unique(merged.state_mask)) - 1)
+    return merged

@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # files only; no display on servers and cluster nodes
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.colors import to_rgb  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from protoseg import metrics, study  # noqa: E402
@@ -22,8 +23,9 @@ PANEL_METRICS = {
     "iou": "IoU",
     "sa50": "instance SA50",
 }
-MASK_COLOUR = "#00e000"
-PREDICTION_COLOUR = "#ff00ff"
+# Red and cyan read on the light bright-field and the dark fluorescent images alike.
+MASK_COLOUR = "#ff2a00"
+PREDICTION_COLOUR = "#00e5ff"
 
 
 def _colours(losses: Sequence[str]) -> dict:
@@ -87,7 +89,7 @@ def metrics_vs_z(
             if row_index == 0:
                 ax.set_title(title)
             if column_index == 0:
-                ax.set_ylabel(f"{variant}\nscore")
+                ax.set_ylabel(f"variant {variant}\nscore")
             if row_index == len(variants) - 1:
                 ax.set_xlabel("focal plane")
     handles = [
@@ -121,7 +123,7 @@ def metrics_vs_z(
 
 def prediction_overlays(overlay: dict, threshold: float, title: str):
     """The test state's images per plane (columns) and modality (rows), with the mask's
-    outline (green) and the prediction's (magenta); each panel titled with its pixel F1.
+    outline (red) and the prediction's (cyan outline, light cyan shade); each panel titled with its pixel F1.
     Returns the matplotlib figure."""
     modalities = list(dict.fromkeys(str(m) for m in overlay["modality"]))
     planes = sorted(set(int(z) for z in overlay["z"]))
@@ -148,6 +150,11 @@ def prediction_overlays(overlay: dict, threshold: float, title: str):
         probability = overlay["probabilities"][index].astype(np.float32)
         score = metrics.f1(*metrics.confusion(probability > threshold, mask))
         ax.imshow(overlay["images"][index], interpolation="nearest")
+        # A light fill as well as the outline, so that a prediction covering (nearly) the
+        # whole image, whose outline hugs the border, is still plain to see.
+        fill = np.zeros((*probability.shape, 4), np.float32)
+        fill[probability > threshold] = (*to_rgb(PREDICTION_COLOUR), 0.25)
+        ax.imshow(fill, interpolation="nearest")
         if mask.any():
             ax.contour(mask.astype(float), levels=[0.5], colors=MASK_COLOUR, linewidths=1.0)
         if (probability > threshold).any():
@@ -166,7 +173,12 @@ def prediction_overlays(overlay: dict, threshold: float, title: str):
             )
     handles = [
         Line2D([], [], color=MASK_COLOUR, label="mask"),
-        Line2D([], [], color=PREDICTION_COLOUR, label=f"prediction (p > {threshold:g})"),
+        Line2D(
+            [],
+            [],
+            color=PREDICTION_COLOUR,
+            label=f"prediction (p > {threshold:g}, outline and shade)",
+        ),
     ]
     figure.legend(handles=handles, loc="lower center", ncol=2, frameon=False)
     figure.suptitle(title, fontsize=11)

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from skimage.segmentation import find_boundaries
 
-PLANE_COLOUR = (255, 200, 0)  # amber: the plane's own mask
+PLANE_COLOUR = (255, 120, 0)  # orange: the plane's own mask
 STATE_COLOUR = (255, 0, 255)  # magenta: the merged state mask
 BACKGROUND = (32, 32, 32)
 TEXT = (235, 235, 235)
@@ -112,7 +112,7 @@ def overlay_grid(
         raise ValueError(f"{len(plane_masks)} plane masks for {len(z)} planes")
 
     ph, pw = panel_size(shape, panel_width)
-    thickness = 2 if pw >= 600 else 1
+    thickness = 2 if pw >= 300 else 1
     height, width = grid_size(shape, len(z), len(images), panel_width)
     canvas = np.full((height, width, 3), BACKGROUND, dtype=np.uint8)
     small_state = _resize(np.asarray(state_mask), (ph, pw), labels=True) if state_mask is not None else None
@@ -139,7 +139,7 @@ def overlay_grid(
         _text(strip, modality[: max(1, ph // 8)], (4, ROW_LABEL - 6))
         canvas[y : y + ph, :ROW_LABEL] = np.rot90(strip)
 
-    legend = "amber: plane mask   magenta: merged state mask"
+    legend = "orange: plane mask   magenta: merged state mask"
     if title:
         legend = f"{title}   {legend}"
     _text(canvas, legend, (ROW_LABEL, height - 7))

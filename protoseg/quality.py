@@ -21,6 +21,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 from elf.evaluation import matching, mean_segmentation_accuracy
+from tqdm import tqdm
 
 from protoseg.errors import InputError
 
@@ -65,21 +66,51 @@ def score(prediction: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     } | counts
 
 
-def score_pairs(pairs: Iterable[dict], read) -> pd.DataFrame:
-    """Score many (prediction, truth) pairs.
+def score_pairs(pairs: Iterable[dict], classical: dict | None = None) -> pd.DataFrame:
+    """Score many (prediction, truth) pairs read from files.
 
-    ``pairs``: dicts with ``prediction`` and ``truth`` paths plus any identifying columns
-    (state, method, kind, z) copied to the output; ``read``: path -> label array (e.g.
-    :func:`protoseg.io.read_image`). A shape mismatch is an :class:`InputError` naming
-    the prediction.
+    ``pairs``: dicts with a ``truth`` path and either a ``prediction`` path (a label
+    TIFF) or an ``image`` path, which is segmented here with the classical method and
+    ``classical`` (its settings, config ``masks.classical``); every other key (state,
+    method, kind, z) is copied to the output row. A shape mismatch is an
+    :class:`InputError` naming the prediction.
     """
+    from protoseg.io import read_image
+    from protoseg.masks.classical import segment
+
+    pairs = list(pairs)
     rows = []
-    for pair in pairs:
-        prediction, truth = read(pair["prediction"]), read(pair["truth"])
+    for pair in tqdm(pairs, desc="mask quality", unit="mask", disable=len(pairs) < 20):
+        truth = read_image(pair["truth"])
+        if "prediction" in pair:
+            source = pair["prediction"]
+            prediction = read_image(source)
+        else:
+            source = pair["image"]
+            prediction = segment(read_image(source), **(classical or {}))
+        if prediction.ndim != 2:
+            raise InputError(source, f"expected a 2D label image, got shape {prediction.shape}")
         if prediction.shape != truth.shape:
-            raise InputError(pair["prediction"], f"shape {prediction.shape} differs from its truth {pair['truth']} {truth.shape}")
-        rows.append({key: value for key, value in pair.items() if key not in ("prediction", "truth")} | score(prediction, truth))
-    return pd.DataFrame(rows)
+            raise InputError(source, f"shape {prediction.shape} differs from its truth {pair['truth']} {truth.shape}")
+        info = {key: value for key, value in pair.items() if key not in ("prediction", "truth", "image")}
+        rows.append(info | score(prediction, truth))
+    table = pd.DataFrame(rows)
+    if "z" in table:  # plane numbers stay integers; state rows have none
+        table["z"] = pd.to_numeric(table["z"], errors="coerce").astype("Int64")
+    return table
+
+
+def write_quality(pairs: Iterable[dict], csv_path, md_path, classical: dict | None = None) -> pd.DataFrame:
+    """Score ``pairs`` (see :func:`score_pairs`); write the per-image CSV and the Markdown summary."""
+    from protoseg.io import write_csv, write_text
+
+    table = score_pairs(pairs, classical)
+    summary = summarise(table)
+    write_csv(csv_path, table)
+    write_text(md_path, markdown(summary))
+    for row in summary[summary["z"].isin(["all", "-"])].itertuples(index=False):
+        log.info("%s %s: SA50 %.3f, mSA %.3f", row.method, row.kind, row.sa50, row.msa)
+    return table
 
 
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
@@ -87,7 +118,8 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     kind (mean over every image of that kind). Counts are summed."""
     if table.empty:
         return pd.DataFrame(columns=["method", "kind", "z", "images", *SCORES, *COUNTS])
-    table = table.assign(z=table["z"].astype("string").fillna("-"))
+    z = pd.to_numeric(table["z"], errors="coerce").astype("Int64").astype("string").fillna("-")
+    table = table.assign(z=z)
     aggregations = {name: "mean" for name in SCORES} | {name: "sum" for name in COUNTS}
     per_plane = table.groupby(["method", "kind", "z"], sort=False).agg(images=("state", "size"), **{k: (k, v) for k, v in aggregations.items()}).reset_index()
     overall = table.groupby(["method", "kind"], sort=False).agg(images=("state", "size"), **{k: (k, v) for k, v in aggregations.items()}).reset_index()
@@ -96,7 +128,7 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     kind_order = {kind: k for k, kind in enumerate(KINDS)}
     summary = summary.assign(
         _kind=summary["kind"].map(kind_order),
-        _z=pd.to_numeric(summary["z"], errors="coerce").fillna(np.inf),
+        _z=pd.to_numeric(summary["z"], errors="coerce").astype("float64").fillna(np.inf),
     )
     summary = summary.sort_values(["method", "_kind", "_z"], kind="stable").drop(columns=["_kind", "_z"])
     return summary.reset_index(drop=True)

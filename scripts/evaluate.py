@@ -16,6 +16,7 @@ per_image, overlay = evaluate_model(
     device=snakemake.params.device,
     batch_size=snakemake.params.batch_size,
     overlay_state=snakemake.params.overlay_state,
+    instances=snakemake.params.instances,
 )
 write_csv(snakemake.output.per_image, per_image)
 save_npz(snakemake.output.overlay, **overlay)

@@ -41,7 +41,9 @@ def write_raw_images(config: dict) -> None:
 def test_plan_has_every_plane_of_the_state_in_order(config):
     plan = annotate.annotator_plan(config, STATE)
     assert [int(task.commit.stem[1:]) for task in plan] == sorted(config["data"]["planes"])
-    fluorescent_channel = next(key for key, name in config["data"]["channels"].items() if name == "fluorescent")
+    fluorescent_channel = next(
+        key for key, name in config["data"]["channels"].items() if name == "fluorescent"
+    )
     for task in plan:
         z = int(task.commit.stem[1:])
         assert task.image.name == f"day1t1c{fluorescent_channel}xy10z{z}.tif"
@@ -53,8 +55,12 @@ def test_plan_paths_are_those_the_masks_stage_uses(config):
     settings = settings_from_config(config["masks"]["sam"])
     for task in annotate.annotator_plan(config, STATE):
         z = int(task.commit.stem[1:])
-        assert task.commit == import_path(config["masks"]["import"]["dir"], "{state}/z{z}.tif", STATE, z)
-        assert task.embedding == embedding_path(config["masks"]["sam"]["embeddings_dir"], settings, STATE, z)
+        assert task.commit == import_path(
+            config["masks"]["import"]["dir"], "{state}/z{z}.tif", STATE, z
+        )
+        assert task.embedding == embedding_path(
+            config["masks"]["sam"]["embeddings_dir"], settings, STATE, z
+        )
 
 
 def test_plan_follows_a_custom_import_template(config):
@@ -110,7 +116,15 @@ def test_staging_a_missing_image_names_it(config, tmp_path):
 def test_arguments_take_the_masks_stage_sam_settings(config, tmp_path):
     write_raw_images(config)
     sam = config["masks"]["sam"]
-    sam.update({"model_type": "vit_h", "checkpoint": "/weights/vit_h.pth", "tile_shape": [512, 512], "halo": [64, 64], "device": "cpu"})
+    sam.update(
+        {
+            "model_type": "vit_h",
+            "checkpoint": "/weights/vit_h.pth",
+            "tile_shape": [512, 512],
+            "halo": [64, 64],
+            "device": "cpu",
+        }
+    )
     plan = annotate.annotator_plan(config, STATE)
     staged = annotate.stage_images(plan, tmp_path / "staging")
     arguments = annotate.annotator_arguments(config, plan, staged)
@@ -153,7 +167,11 @@ def test_cli_plan_prints_one_line_per_plane(config, tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2
     image, embedding, commit = lines[1].split("\t")
-    assert image.endswith("z24.tif") and embedding.endswith(f"{STATE}/z24.zarr") and commit.endswith(f"{STATE}/z24.tif")
+    assert (
+        image.endswith("z24.tif")
+        and embedding.endswith(f"{STATE}/z24.zarr")
+        and commit.endswith(f"{STATE}/z24.tif")
+    )
 
 
 def test_cli_without_napari_fails_cleanly_before_staging(config, tmp_path, capsys, no_napari):

@@ -106,3 +106,97 @@ def test_evaluate_batches_streams_and_keeps_the_overlay_state():
 def test_evaluate_batches_without_images_raises():
     with pytest.raises(ValueError, match="no test images"):
         evaluate.evaluate_batches(ThresholdModel(), [])
+
+
+# ---------------------------------------------------------------- a built dataset and a saved model
+def _touching_cells(height=40, width=48):
+    labels = np.zeros((height, width), np.uint16)
+    labels[disk((20, 14), 9, shape=labels.shape)] = 1
+    labels[disk((20, 31), 9, shape=labels.shape)] = 2  # touches cell 1
+    return labels
+
+
+def test_instances_at_mask_keeps_touching_cells_apart():
+    from protoseg.dataset import prepare_mask
+
+    labels = _touching_cells()
+    binary = prepare_mask(labels, (20, 24))
+    instances = evaluate.instances_at_mask(labels, binary)
+    assert instances.shape == (20, 24)
+    assert set(np.unique(instances)) == {0, 1, 2}
+    np.testing.assert_array_equal(instances > 0, binary > 0)
+    assert metrics.instances_from_binary(binary).max() == 1  # components would merge them
+
+
+@pytest.fixture
+def built(tmp_path):
+    """A tiny brightfield dataset (xy1 train, xy10 test, planes 12 and 18) and an untrained U-Net."""
+    from protoseg.dataset import build_dataset
+    from protoseg.io import write_tiff
+    from protoseg.model import build_model, save_model
+
+    rng = np.random.default_rng(0)
+    records = []
+    for xy in (1, 10):
+        state = f"day1t1xy{xy}"
+        write_tiff(tmp_path / "masks" / f"{state}.tif", _touching_cells())
+        for z in (12, 18):
+            path = tmp_path / "raw" / f"day1t1c1xy{xy}z{z}.tif"
+            write_tiff(path, (rng.random((40, 48, 3)) * 255).astype(np.uint8))
+            records.append(
+                {
+                    "path": str(path),
+                    "state": state,
+                    "modality": "brightfield",
+                    "z": z,
+                    "channel": 1,
+                    "xy": xy,
+                }
+            )
+    build_dataset(
+        pd.DataFrame(records),
+        tmp_path / "dataset",
+        variant="brightfield",
+        modalities=["brightfield"],
+        split_cfg={"key": "xy", "test": [10]},
+        dataset_cfg={"size": [32, 32], "colour": "rgb", "shard_size": 3},
+        mask_path=str(tmp_path / "masks" / "{state}.tif"),
+        progress=False,
+    )
+    torch.manual_seed(0)
+    save_model(tmp_path / "model.pt", build_model({"depth": 2, "base_channels": 4}, in_channels=3))
+    save_model(tmp_path / "grey.pt", build_model({"depth": 2, "base_channels": 4}, in_channels=1))
+    return tmp_path
+
+
+def test_evaluate_model_scores_the_test_split(built):
+    per_image, overlay = evaluate.evaluate_model(
+        built / "model.pt", built / "dataset", device="cpu"
+    )
+    assert len(per_image) == 2
+    assert set(per_image["state"]) == {"day1t1xy10"} and sorted(per_image["z"]) == [12, 18]
+    assert {"image", "modality", *evaluate.METRIC_COLUMNS} <= set(per_image.columns)
+    assert per_image[["accuracy", "f1", "iou", "sa50", "msa"]].stack().between(0, 1).all()
+    assert (per_image["n_true"] == 2).all()  # the label masks keep the touching cells apart
+    assert (per_image[["tp", "fp", "fn", "tn"]].sum(axis=1) == 32 * 32).all()
+    assert str(overlay["state"]) == "day1t1xy10" and list(overlay["z"]) == [12, 18]
+    components, _ = evaluate.evaluate_model(
+        built / "model.pt", built / "dataset", device="cpu", instances="components"
+    )
+    assert (components["n_true"] == 1).all()
+    np.testing.assert_allclose(components["f1"], per_image["f1"])
+
+
+def test_evaluate_model_refuses_bad_input(built):
+    from protoseg.errors import ConfigError, InputError
+
+    with pytest.raises(InputError, match="model takes 1 channel"):
+        evaluate.evaluate_model(built / "grey.pt", built / "dataset", device="cpu")
+    with pytest.raises(ConfigError, match="overlay_state"):
+        evaluate.evaluate_model(
+            built / "model.pt", built / "dataset", device="cpu", overlay_state="day1t1xy1"
+        )
+    with pytest.raises(ConfigError, match="evaluate.instances"):
+        evaluate.evaluate_model(
+            built / "model.pt", built / "dataset", device="cpu", instances="cells"
+        )

@@ -185,3 +185,17 @@ def test_plane_mask_with_custom_template(tmp_path):
         z=1,
     )
     assert mask.max() == 2
+
+
+def test_method_inputs_name_the_files_each_method_reads(tmp_path):
+    from protoseg.masks import method_inputs
+
+    masks_cfg = import_config(tmp_path)
+    assert method_inputs(masks_cfg, "s1", [12, 18]) == [
+        str(tmp_path / "committed" / "s1" / "z12.tif"),
+        str(tmp_path / "committed" / "s1" / "z18.tif"),
+    ]
+    assert method_inputs(
+        {"method": "sam-prompted", "prompted": {"prompts": "p.csv"}}, "s1", [12]
+    ) == ["p.csv"]
+    assert method_inputs({"method": "classical"}, "s1", [12]) == []

@@ -2,6 +2,7 @@
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.colors import to_rgb
 from skimage.draw import disk
 
 from protoseg import plots, study, tables
@@ -73,8 +74,9 @@ def test_prediction_overlays_grid(tmp_path):
     image = read_image(path)
     assert image.shape[1] > image.shape[0] > 200
     # Both outline colours are drawn.
-    assert np.any(np.all(image[..., :3] == (255, 0, 255), axis=-1))
-    assert np.any(np.all(image[..., :3] == (0, 224, 0), axis=-1))
+    for colour in (plots.MASK_COLOUR, plots.PREDICTION_COLOUR):
+        rgb = np.round(np.array(to_rgb(colour)) * 255).astype(np.uint8)
+        assert np.any(np.all(image[..., :3] == rgb, axis=-1)), colour
 
 
 def test_prediction_overlays_without_images_still_draws():

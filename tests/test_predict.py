@@ -36,11 +36,18 @@ class BrightIsCell(torch.nn.Module):
 
 
 def make_model(train_size=(32, 32), scale=(0.5, 0.5), in_channels=3, colour="rgb"):
-    meta = {"image_size": list(train_size), "scale": list(scale), "in_channels": in_channels, "colour": colour}
+    meta = {
+        "image_size": list(train_size),
+        "scale": list(scale),
+        "in_channels": in_channels,
+        "colour": colour,
+    }
     return predict.prediction_model_from_meta(BrightIsCell(in_channels).eval(), meta, name="bright")
 
 
-def disc_image(shape=(64, 80), centres=((20, 20), (40, 55)), radius=10) -> tuple[np.ndarray, np.ndarray]:
+def disc_image(
+    shape=(64, 80), centres=((20, 20), (40, 55)), radius=10
+) -> tuple[np.ndarray, np.ndarray]:
     """A dark RGB image with bright discs, and the discs' true mask."""
     truth = np.zeros(shape, bool)
     for centre in centres:
@@ -69,7 +76,13 @@ def test_folders_expand_to_their_images(tmp_path):
         (lambda d: [d / "missing.tif"], "no such file"),
         (lambda d: [(d / "x.txt").write_text("x") and d / "x.txt"], "not an image"),
         (lambda d: [(d / "empty").mkdir() or d / "empty"], "no image files"),
-        (lambda d: [(d / "a.tif").write_bytes(b"x") and d / "a.tif", (d / "a.png").write_bytes(b"x") and d / "a.png"], "same name"),
+        (
+            lambda d: [
+                (d / "a.tif").write_bytes(b"x") and d / "a.tif",
+                (d / "a.png").write_bytes(b"x") and d / "a.png",
+            ],
+            "same name",
+        ),
     ],
 )
 def test_bad_inputs_are_named(tmp_path, setup, message):
@@ -81,23 +94,45 @@ def test_bad_inputs_are_named(tmp_path, setup, message):
 def test_training_scale_from_meta():
     assert predict.training_scale({"scale": [0.25, 0.2], "image_size": [512, 512]}) == (0.25, 0.2)
     assert predict.training_scale({"scale": 0.5, "image_size": [64, 64]}) == (0.5, 0.5)
-    # The study: 2048 x 2880 sources shrunk to 512 x 512.
-    assert predict.training_scale({"image_size": [512, 512], "source_size": [2048, 2880]}) == (0.25, 512 / 2880)
-    assert predict.training_scale({"image_size": [64, 64]}) == (1.0, 1.0)
+    # The study: 2048 x 2880 sources shrunk to 512 x 512, recorded in the dataset section.
+    meta = {"dataset": {"size": [512, 512], "source_size": [2048, 2880], "channels": 3}}
+    assert predict.training_scale(meta) == (0.25, 512 / 2880)
+    assert predict.training_scale({"dataset": {"size": [64, 64]}}) is None
+
+
+def test_without_a_recorded_scale_each_image_is_resized_to_the_training_size(tmp_path):
+    meta = {"dataset": {"size": [32, 32], "channels": 3, "colour": "rgb"}}
+    model = predict.prediction_model_from_meta(BrightIsCell().eval(), meta)
+    assert model.scale is None and model.train_size == (32, 32) and model.in_channels == 3
+    for name, shape in (("small.tif", (48, 40)), ("large.tif", (128, 96))):
+        image, _ = disc_image(shape=shape, centres=((shape[0] // 2, shape[1] // 2),), radius=12)
+        tifffile.imwrite(tmp_path / name, image)
+    predict.predict_files(model, [tmp_path], tmp_path / "out", overlap=8, progress=False)
+    # As the dataset stage did: every image, whatever its size, becomes one 32 x 32 input.
+    assert model.network.seen == [(1, 3, 32, 32), (1, 3, 32, 32)]
+
+
+def test_model_meta_without_size_is_refused():
+    with pytest.raises(InputError, match="training image size"):
+        predict.prediction_model_from_meta(BrightIsCell(), {}, name="old.pt")
 
 
 def test_model_sees_the_image_at_training_scale_in_training_sized_tiles(tmp_path):
     model = make_model(train_size=(32, 32), scale=(0.5, 0.5))
     image, _ = disc_image(shape=(64, 64))
     tifffile.imwrite(tmp_path / "one.tif", image)
-    predict.predict_files(model, [tmp_path / "one.tif"], tmp_path / "out", overlap=8, progress=False)
+    predict.predict_files(
+        model, [tmp_path / "one.tif"], tmp_path / "out", overlap=8, progress=False
+    )
     # 64 x 64 at scale 0.5 is 32 x 32: exactly one training-sized tile.
     assert model.network.seen == [(1, 3, 32, 32)]
 
     model.network.seen.clear()
     image, _ = disc_image(shape=(128, 96))
     tifffile.imwrite(tmp_path / "two.tif", image)
-    predict.predict_files(model, [tmp_path / "two.tif"], tmp_path / "out", overlap=8, progress=False)
+    predict.predict_files(
+        model, [tmp_path / "two.tif"], tmp_path / "out", overlap=8, progress=False
+    )
     # 128 x 96 -> 64 x 48: tiles of 32 overlapping by >= 8 -> 3 rows x 2 columns.
     tiles = sum(shape[0] for shape in model.network.seen)
     assert tiles == 6 and all(shape[2:] == (32, 32) for shape in model.network.seen)
@@ -107,7 +142,9 @@ def test_tile_option_overrides_training_size(tmp_path):
     model = make_model(train_size=(32, 32), scale=(1.0, 1.0))
     image, _ = disc_image(shape=(48, 48))
     tifffile.imwrite(tmp_path / "img.tif", image)
-    predict.predict_files(model, [tmp_path / "img.tif"], tmp_path / "out", tile=48, overlap=0, progress=False)
+    predict.predict_files(
+        model, [tmp_path / "img.tif"], tmp_path / "out", tile=48, overlap=0, progress=False
+    )
     assert model.network.seen == [(1, 3, 48, 48)]
 
 
@@ -116,21 +153,31 @@ def test_outputs_per_image_match_the_cells(tmp_path):
     model = make_model(scale=(0.5, 0.5))
     image, truth = disc_image(shape=(64, 80))
     tifffile.imwrite(tmp_path / "cells.tif", image)
-    summary = predict.predict_files(model, [tmp_path / "cells.tif"], tmp_path / "out", overlap=8, progress=False)
+    summary = predict.predict_files(
+        model, [tmp_path / "cells.tif"], tmp_path / "out", overlap=8, progress=False
+    )
     paths = predict.output_paths(tmp_path / "out", "cells")
     binary = tifffile.imread(paths["binary"])
     labels = tifffile.imread(paths["labels"])
     overlay = read_image(paths["overlay"])
-    assert binary.shape == truth.shape and binary.dtype == np.uint8 and set(np.unique(binary)) <= {0, 1}
+    assert (
+        binary.shape == truth.shape
+        and binary.dtype == np.uint8
+        and set(np.unique(binary)) <= {0, 1}
+    )
     # Predicted at half scale and resized back: close to the true discs, not pixel-exact.
     dice = 2 * (binary.astype(bool) & truth).sum() / (binary.sum() + truth.sum())
     assert dice > 0.9
-    assert labels.dtype == np.uint16 and labels.max() == 2 and sorted(np.unique(labels)) == [0, 1, 2]
+    assert (
+        labels.dtype == np.uint16 and labels.max() == 2 and sorted(np.unique(labels)) == [0, 1, 2]
+    )
     assert overlay.shape == (*truth.shape, 3) and overlay.dtype == np.uint8
     assert (overlay == predict.OUTLINE_COLOUR).all(axis=2).sum() > 0
     table = pd.read_csv(tmp_path / "out" / predict.SUMMARY_NAME)
     assert table.equals(summary.astype(table.dtypes.to_dict())) or len(table) == 1
-    assert table.loc[0, "cells"] == 2 and table.loc[0, "height"] == 64 and table.loc[0, "width"] == 80
+    assert (
+        table.loc[0, "cells"] == 2 and table.loc[0, "height"] == 64 and table.loc[0, "width"] == 80
+    )
 
 
 def test_grey_and_png_inputs_work_with_a_grey_model(tmp_path):
@@ -149,7 +196,12 @@ def test_channel_mismatch_stops_before_anything_is_written(tmp_path):
     model = make_model(scale=(1.0, 1.0))
     good, _ = disc_image(shape=(32, 32))
     tifffile.imwrite(tmp_path / "a_good.tif", good)
-    tifffile.imwrite(tmp_path / "b_two_channels.tif", np.zeros((32, 32, 2), np.uint8), photometric="minisblack", planarconfig="contig")
+    tifffile.imwrite(
+        tmp_path / "b_two_channels.tif",
+        np.zeros((32, 32, 2), np.uint8),
+        photometric="minisblack",
+        planarconfig="contig",
+    )
     with pytest.raises(InputError, match="b_two_channels.tif.*2 channels"):
         predict.predict_files(model, [tmp_path], tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
@@ -197,3 +249,14 @@ def test_watershed_keeps_tiny_objects_and_min_area_drops_them():
     assert predict.label_instances(binary, "watershed", min_distance=10).max() == 3
     assert predict.label_instances(binary, "cc", min_area=10).max() == 1
     assert predict.label_instances(np.zeros((8, 8), bool), "watershed").max() == 0
+
+
+def test_overlap_larger_than_half_a_tile_is_capped(tmp_path):
+    model = make_model(train_size=(32, 32), scale=(1.0, 1.0))
+    image, _ = disc_image(shape=(64, 64))
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    predict.predict_files(
+        model, [tmp_path / "img.tif"], tmp_path / "out", overlap=32, progress=False
+    )
+    # Overlap 16 (half the tile): starts 0, 16, 32 on each axis.
+    assert sum(shape[0] for shape in model.network.seen) == 9

@@ -82,6 +82,23 @@ def _import_settings(masks_cfg: dict) -> tuple[str | None, str]:
     return section.get("dir"), section.get("template") or DEFAULT_TEMPLATE
 
 
+def method_inputs(masks_cfg: dict, state: str, planes: Sequence[int]) -> list[str]:
+    """Files ``masks.method`` reads besides the images (the workflow's rule inputs).
+
+    The prompts CSV for ``sam-prompted``, the state's mask files for ``import``; editing
+    them then reruns the masks.
+    """
+    method = masks_cfg.get("method")
+    if method == "sam-prompted" and (masks_cfg.get("prompted") or {}).get("prompts"):
+        return [str(masks_cfg["prompted"]["prompts"])]
+    if method == "import":
+        from protoseg.masks.imported import import_path
+
+        import_dir, template = _import_settings(masks_cfg)
+        return [str(import_path(import_dir, template, state, z)) for z in planes]
+    return []
+
+
 def check_method(
     method: str,
     masks_cfg: dict,

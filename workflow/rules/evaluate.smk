@@ -26,5 +26,6 @@ rule evaluate:
         overlay_state=config["evaluate"].get("overlay_state"),
         device=config["evaluate"].get("device", "auto"),
         batch_size=config["evaluate"].get("batch_size", 16),
+        instances=config["evaluate"].get("instances", "labels"),
     script:
         f"{SCRIPTS}/evaluate.py"

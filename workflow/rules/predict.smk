@@ -1,0 +1,62 @@
+# Apply every trained model to a folder of new images (config predict.input_dir): per
+# image a binary mask, instance labels and an overlay, in results/predictions/{variant}-{loss}/.
+# The images are listed when the workflow is parsed, so a bad folder (empty, clashing
+# names) stops the run before any job starts. See docs/predict.md.
+from protoseg.predict import image_files as predict_image_files
+
+PREDICT = config.get("predict") or {}
+
+if PREDICT.get("input_dir"):
+
+    PREDICT_IMAGES = [str(path) for path in predict_image_files([PREDICT["input_dir"]])]
+    PREDICT_STEMS = [Path(path).stem for path in PREDICT_IMAGES]
+    PREDICT_DIR = f"{RESULTS}/predictions/{{variant}}-{{loss}}"
+    PREDICT_SUMMARY = f"{PREDICT_DIR}/predictions.csv"
+
+    def predict_outputs(kind, suffix):
+        return expand(
+            f"{PREDICT_DIR}/{{stem}}_{kind}.{suffix}",
+            stem=PREDICT_STEMS,
+            allow_missing=True,
+        )
+
+    rule predict:
+        input:
+            model=f"{MODEL_DIR}/model.pt",
+            images=PREDICT_IMAGES,
+        output:
+            binary=predict_outputs("binary", "tif"),
+            labels=predict_outputs("labels", "tif"),
+            overlays=[
+                report(
+                    path,
+                    caption="../report/predict.rst",
+                    category="Predictions on new images",
+                    subcategory="{variant}-{loss}",
+                )
+                for path in predict_outputs("overlay", "png")
+            ],
+            summary=PREDICT_SUMMARY,
+        log:
+            log_path("predict", "{variant}-{loss}"),
+        benchmark:
+            benchmark_path("predict", "{variant}-{loss}")
+        conda:
+            f"{ENVS}/torch.yaml"
+        resources:
+            mem_mb=8000,
+            runtime=120,
+        params:
+            out_dir=lambda wildcards, output: str(Path(output.summary).parent),
+            tile=PREDICT.get("tile"),
+            overlap=PREDICT.get("overlap", 32),
+            # null: the threshold the evaluation uses.
+            threshold=PREDICT.get("threshold") or config["evaluate"]["threshold"],
+            instances=PREDICT.get("instances", "cc"),
+            min_distance=PREDICT.get("min_distance", 10),
+            min_area=PREDICT.get("min_area", 0),
+            device=PREDICT.get("device", "auto"),
+        script:
+            f"{SCRIPTS}/predict.py"
+
+    register_targets(expand(PREDICT_SUMMARY, variant=VARIANTS, loss=LOSSES))

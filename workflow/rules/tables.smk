@@ -1,5 +1,6 @@
 # Results: the study's Tables 1-2 layout per dataset variant (beside the study's numbers),
 # scores versus focal plane, and prediction overlays per plane of one test state.
+# Every model, in the order of expand(..., variant=VARIANTS, loss=LOSSES).
 MODELS = [(variant, loss) for variant in VARIANTS for loss in LOSSES]
 VARIANT_MODALITIES = {
     name: list(variant["modalities"])
@@ -9,13 +10,9 @@ TABLES_SUMMARY = f"{TABLES_DIR}/summary.csv"
 METRICS_VS_Z = f"{FIGURES_DIR}/metrics_vs_z.png"
 
 
-def model_paths(template):
-    return [template.format(variant=variant, loss=loss) for variant, loss in MODELS]
-
-
 rule tables:
     input:
-        per_image=model_paths(METRICS_PER_IMAGE),
+        per_image=expand(METRICS_PER_IMAGE, variant=VARIANTS, loss=LOSSES),
     output:
         summary=TABLES_SUMMARY,
         csv=[
@@ -59,7 +56,7 @@ rule tables:
 rule figures:
     input:
         summary=TABLES_SUMMARY,
-        overlays=model_paths(METRICS_OVERLAY),
+        overlays=expand(METRICS_OVERLAY, variant=VARIANTS, loss=LOSSES),
     output:
         metrics_vs_z=report(
             METRICS_VS_Z,

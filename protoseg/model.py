@@ -1,0 +1,177 @@
+"""U-Net (Ronneberger et al. 2015) for binary segmentation, and its checkpoint format.
+
+Double 3x3 convolutions (padded, so the output has the input's size; optional batch norm)
+at every level, 2x2 max-pooling down, transposed convolution or bilinear upsampling up,
+skip connections by concatenation, one output logit channel. Any input size works: where
+an odd size makes the upsampled map one pixel short, it is padded to the skip's size.
+
+``model.pt`` holds a dict: ``format``, ``architecture`` (the constructor's arguments),
+``state_dict`` (weights) and ``meta`` (training config, data set description, ...).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from protoseg.errors import ConfigError, InputError
+from protoseg.io import atomic_path
+
+CHECKPOINT_FORMAT = "protoseg-unet-1"
+UPSAMPLE_MODES = ("transpose", "bilinear")
+
+
+def double_conv(in_channels: int, out_channels: int, batch_norm: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for channels_in in (in_channels, out_channels):
+        # No conv bias under batch norm: the norm's shift replaces it.
+        layers.append(nn.Conv2d(channels_in, out_channels, 3, padding=1, bias=not batch_norm))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(out_channels))
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class Up(nn.Module):
+    """Upsample by 2, concatenate the skip, double conv."""
+
+    def __init__(self, in_channels: int, out_channels: int, batch_norm: bool, mode: str):
+        super().__init__()
+        if mode == "transpose":
+            self.up = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2)
+        else:
+            self.up = nn.Sequential(
+                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                nn.Conv2d(in_channels, out_channels, 1),
+            )
+        self.conv = double_conv(2 * out_channels, out_channels, batch_norm)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.up(x)
+        dy, dx = skip.shape[-2] - x.shape[-2], skip.shape[-1] - x.shape[-1]
+        if dy or dx:
+            x = F.pad(x, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
+        return self.conv(torch.cat([skip, x], dim=1))
+
+
+class UNet(nn.Module):
+    """U-Net with ``depth`` down-sampling steps; level ``i`` has ``base_channels * 2**i`` channels."""
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 1,
+        depth: int = 4,
+        base_channels: int = 64,
+        batch_norm: bool = True,
+        upsample: str = "transpose",
+    ):
+        super().__init__()
+        if depth < 1:
+            raise ConfigError("model.depth", f"must be at least 1, got {depth}")
+        if base_channels < 1:
+            raise ConfigError("model.base_channels", f"must be at least 1, got {base_channels}")
+        if upsample not in UPSAMPLE_MODES:
+            raise ConfigError("model.upsample", f"unknown mode '{upsample}'; use one of {', '.join(UPSAMPLE_MODES)}")
+        self.architecture = {
+            "in_channels": int(in_channels),
+            "out_channels": int(out_channels),
+            "depth": int(depth),
+            "base_channels": int(base_channels),
+            "batch_norm": bool(batch_norm),
+            "upsample": upsample,
+        }
+        widths = [base_channels * 2**level for level in range(depth + 1)]
+        self.down = nn.ModuleList([double_conv(in_channels, widths[0], batch_norm)])
+        self.down.extend(double_conv(widths[i], widths[i + 1], batch_norm) for i in range(depth))
+        self.up = nn.ModuleList(Up(widths[i + 1], widths[i], batch_norm, upsample) for i in reversed(range(depth)))
+        self.head = nn.Conv2d(widths[0], out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for level, block in enumerate(self.down):
+            if level:
+                x = F.max_pool2d(x, 2)
+            x = block(x)
+            skips.append(x)
+        skips.pop()  # the bottom level is x itself
+        for block in self.up:
+            x = block(x, skips.pop())
+        return self.head(x)
+
+
+def architecture_from_config(model_cfg: dict, in_channels: int) -> dict:
+    """The U-Net's constructor arguments from config ``model`` and the data's channels."""
+    return {
+        "in_channels": int(in_channels),
+        "out_channels": 1,
+        "depth": int(model_cfg.get("depth", 4)),
+        "base_channels": int(model_cfg.get("base_channels", 64)),
+        "batch_norm": bool(model_cfg.get("batch_norm", True)),
+        "upsample": model_cfg.get("upsample", "transpose"),
+    }
+
+
+def build_model(model_cfg: dict, in_channels: int) -> UNet:
+    return UNet(**architecture_from_config(model_cfg, in_channels))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_model(path: str | Path, model: UNet, meta: dict | None = None) -> None:
+    """Write weights, architecture and ``meta`` (plain Python values) to ``path`` atomically."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "architecture": dict(model.architecture),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": meta or {},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The raw contents of a ``model.pt``, checked to be protoseg's format."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "model file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise InputError(path, f"not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from error
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(path, f"not a protoseg U-Net checkpoint (expected format '{CHECKPOINT_FORMAT}')")
+    return payload
+
+
+def load_model(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    expected_architecture: dict | None = None,
+) -> tuple[UNet, dict]:
+    """Load ``(model, meta)`` from ``path``, in eval mode on ``device``.
+
+    With ``expected_architecture`` (e.g. from :func:`architecture_from_config`), a
+    checkpoint of another architecture raises :class:`InputError` naming the file and the
+    differing settings; weights that do not fit the stored architecture do too.
+    """
+    payload = read_checkpoint(path)
+    stored = payload["architecture"]
+    if expected_architecture is not None:
+        differing = {
+            key: (stored.get(key), value) for key, value in expected_architecture.items() if stored.get(key) != value
+        }
+        if differing:
+            described = ", ".join(f"{key}: file has {have}, expected {want}" for key, (have, want) in differing.items())
+            raise InputError(path, f"checkpoint of another architecture ({described})")
+    try:
+        model = UNet(**stored)
+        model.load_state_dict(payload["state_dict"])
+    except (RuntimeError, TypeError, ConfigError) as error:
+        raise InputError(path, f"weights do not fit the U-Net architecture {stored}: {str(error).splitlines()[0]}") from error
+    return model.to(device).eval(), payload.get("meta", {})

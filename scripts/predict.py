@@ -1,0 +1,27 @@
+"""Snakemake script: one trained model + a folder of new images -> labels and overlays."""
+
+from protoseg.device import resolve_device
+from protoseg.logs import log_to_file
+from protoseg.predict import load_prediction_model, predict_files
+
+snakemake = globals()["snakemake"]  # injected by Snakemake; named here for linters
+log = log_to_file(snakemake.log[0])
+
+params = snakemake.params
+device = resolve_device(params.device, key="predict.device")
+model = load_prediction_model(snakemake.input.model, device=device)
+summary = predict_files(
+    model,
+    list(snakemake.input.images),
+    params.out_dir,
+    tile=tuple(params.tile) if params.tile else None,
+    overlap=params.overlap,
+    threshold=params.threshold,
+    instances=params.instances,
+    min_distance=params.min_distance,
+    min_area=params.min_area,
+    device=device,
+)
+log.info(
+    "%s: %d images, %d cells in all", snakemake.input.model, len(summary), summary["cells"].sum()
+)

@@ -1,0 +1,181 @@
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from protoseg.dataset import (
+    MANIFEST_COLUMNS,
+    build_dataset,
+    open_split,
+    prepare_image,
+    prepare_mask,
+    scale_to_unit,
+    shard_files,
+    torch_dataset,
+)
+from protoseg.errors import ConfigError, InputError
+
+SIZE = [8, 12]
+SPLIT = {"key": "xy", "test": [10], "validation": []}
+DATASET_CFG = {"size": SIZE, "colour": "rgb", "mask_source": "state", "shard_size": 3}
+
+
+def make_set(folder, xys=(1, 2, 10), planes=(12, 14), shape=(16, 20), empty_state=None):
+    """Tiny catalogue + state masks: each state's mask is a box at a state-specific place."""
+    rows = []
+    (folder / "raw").mkdir(exist_ok=True)
+    (folder / "masks").mkdir(exist_ok=True)
+    for xy in xys:
+        state = f"day1t1xy{xy}"
+        mask = np.zeros(shape, np.uint16)
+        if state != empty_state:
+            mask[2 : 2 + xy % 5 + 4, 3:12] = 7
+        tifffile.imwrite(folder / "masks" / f"{state}.tif", mask)
+        for channel, modality in ((1, "brightfield"), (2, "fluorescent")):
+            for z in planes:
+                path = folder / "raw" / f"day1t1c{channel}xy{xy}z{z}.tif"
+                image = np.full((*shape, 3), 10 * channel + z + xy, np.uint8)
+                tifffile.imwrite(path, image)
+                rows.append({"path": str(path), "day": 1, "time": 1, "channel": channel, "modality": modality, "xy": xy, "z": z, "state": state})
+    catalogue = pd.DataFrame(rows)
+    catalogue.to_csv(folder / "catalogue.csv", index=False)
+    return folder / "catalogue.csv", str(folder / "masks" / "{state}.tif")
+
+
+def build(tmp_path, modalities=("brightfield", "fluorescent"), split=SPLIT, dataset_cfg=DATASET_CFG, **kwargs):
+    catalogue, masks = make_set(tmp_path, **kwargs)
+    return build_dataset(
+        catalogue, tmp_path / "ds", variant="all", modalities=list(modalities), split_cfg=split,
+        dataset_cfg=dataset_cfg, mask_path=masks, progress=False,
+    )
+
+
+def test_split_by_key_keeps_each_state_in_one_split(tmp_path):
+    manifest = build(tmp_path, xys=(1, 2, 3, 10), split={"key": "xy", "test": [10], "validation": [3]})
+    assert set(manifest.loc[manifest["split"] == "test", "xy"]) == {10}
+    assert set(manifest.loc[manifest["split"] == "validation", "xy"]) == {3}
+    assert manifest.groupby("state")["split"].nunique().max() == 1
+    # every image is one sample: 4 states x 2 planes x 2 modalities
+    assert len(manifest) == 16
+    assert len(open_split(tmp_path / "ds", "train")) == 8
+
+
+def test_manifest_columns_and_rows_point_at_the_right_sample(tmp_path):
+    manifest = build(tmp_path)
+    for column in MANIFEST_COLUMNS + ["xy"]:
+        assert column in manifest.columns
+    assert list(manifest["sample"]) == list(range(len(manifest)))
+    on_disk = pd.read_csv(tmp_path / "ds" / "manifest.csv")
+    assert list(on_disk.columns) == list(manifest.columns)
+    test = open_split(tmp_path / "ds", "test")
+    for index in range(len(test)):
+        sample = test[index]
+        # the raw image was constant 10 * channel + z + xy: the sample must carry that value
+        expected = (10 * sample.row["channel"] + sample.row["z"] + sample.row["xy"]) / 255
+        assert np.allclose(sample.image, expected, atol=1e-6)
+        assert sample.image.shape == (3, *SIZE) and sample.image.dtype == np.float32
+        assert sample.mask.shape == tuple(SIZE) and sample.mask.dtype == np.uint8
+
+
+def test_shards_hold_at_most_shard_size_samples(tmp_path):
+    manifest = build(tmp_path, xys=(1, 2, 3, 10))
+    assert manifest.groupby("shard").size().max() <= DATASET_CFG["shard_size"]
+    for shard, group in manifest.groupby("shard"):
+        images, masks = (np.load(path, mmap_mode="r") for path in shard_files(tmp_path / "ds", shard))
+        assert len(images) == len(masks) == len(group)
+        assert sorted(group["row"]) == list(range(len(group)))
+
+
+def test_scaling_by_dtype():
+    assert scale_to_unit(np.array([0, 255], np.uint8)).tolist() == [0.0, 1.0]
+    assert scale_to_unit(np.array([0, 65535, 4095], np.uint16))[:2].tolist() == [0.0, 1.0]
+    assert scale_to_unit(np.array([4095], np.uint16))[0] == pytest.approx(4095 / 65535)
+    assert scale_to_unit(np.array([-0.5, 0.5, 2.0], np.float32)).tolist() == [0.0, 0.5, 1.0]
+    with pytest.raises(InputError, match="signed"):
+        scale_to_unit(np.array([-1, 3], np.int16), "x.tif")
+
+
+def test_colour_rgb_repeats_grey_and_grey_converts_rgb():
+    grey = np.arange(16 * 16, dtype=np.uint8).reshape(16, 16)
+    rgb = prepare_image(grey, [8, 8], "rgb")
+    assert rgb.shape == (3, 8, 8)
+    assert np.array_equal(rgb[0], rgb[1]) and np.array_equal(rgb[1], rgb[2])
+    colour = np.zeros((16, 16, 3), np.uint8)
+    colour[..., 1] = 200  # pure green
+    one = prepare_image(colour, [8, 8], "grey")
+    assert one.shape == (1, 8, 8)
+    assert np.allclose(one, 0.587 * 200 / 255, atol=1e-3)
+
+
+def test_resize_is_linear_and_mask_binarised():
+    ramp = np.tile(np.linspace(0, 255, 32).astype(np.uint8), (4, 1))
+    image = prepare_image(ramp, [4, 16], "grey")[0]
+    assert np.all(np.diff(image[0]) > 0)  # interpolated ramp, not nearest-neighbour steps
+    labels = np.zeros((16, 16), np.uint16)
+    labels[4:8, 4:8] = 3
+    labels[8:12, 8:12] = 900
+    mask = prepare_mask(labels, [8, 8])
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 1}
+    assert mask[3, 3] == 1 and mask[5, 5] == 1 and mask[0, 0] == 0
+
+
+def test_split_leaving_train_or_test_empty_names_split_test(tmp_path):
+    with pytest.raises(ConfigError, match=r"split\.test.*train split is empty"):
+        build(tmp_path, xys=(10,), split={"key": "xy", "test": [10]})
+    other = tmp_path / "other"
+    other.mkdir()
+    with pytest.raises(ConfigError, match=r"split\.test.*test split is empty"), pytest.warns(UserWarning, match="match no image"):
+        build(other, xys=(1, 2), split={"key": "xy", "test": [99]})
+
+
+def test_unknown_modality_names_the_variant(tmp_path):
+    with pytest.raises(ConfigError, match=r"dataset\.variants\.all.*phase"):
+        build(tmp_path, modalities=("brightfield", "phase"))
+
+
+def test_state_without_mask_is_an_input_error_and_nothing_is_written(tmp_path):
+    catalogue, masks = make_set(tmp_path)
+    (tmp_path / "masks" / "day1t1xy2.tif").unlink()
+    with pytest.raises(InputError, match=r"day1t1xy2\.tif.*day1t1xy2 have no mask"):
+        build_dataset(catalogue, tmp_path / "ds", variant="all", modalities=["brightfield"], split_cfg=SPLIT,
+                      dataset_cfg=DATASET_CFG, mask_path=masks, progress=False)
+    assert not (tmp_path / "ds" / "manifest.csv").exists()
+
+
+def test_empty_mask_warns_and_is_kept(tmp_path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        manifest = build(tmp_path, empty_state="day1t1xy1")
+    assert any("empty mask" in str(w.message) for w in caught)
+    assert (manifest["state"] == "day1t1xy1").sum() == 4
+    train = open_split(tmp_path / "ds", "train")
+    index = int(np.flatnonzero(train.manifest["state"] == "day1t1xy1")[0])
+    assert train[index].mask.sum() == 0
+
+
+def test_per_z_mask_source_pairs_each_plane_with_its_own_mask(tmp_path):
+    catalogue, _ = make_set(tmp_path)
+    for state in ("day1t1xy1", "day1t1xy2", "day1t1xy10"):
+        for z in (12, 14):
+            mask = np.zeros((16, 20), np.uint16)
+            mask[: z - 8, :] = 1  # z12 -> 4 rows, z14 -> 6 rows
+            path = tmp_path / "per_z" / state / f"z{z}.tif"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tifffile.imwrite(path, mask)
+    build_dataset(catalogue, tmp_path / "ds", variant="bf", modalities=["brightfield"], split_cfg=SPLIT,
+                  dataset_cfg={**DATASET_CFG, "mask_source": "per_z"},
+                  mask_path=str(tmp_path / "per_z" / "{state}" / "z{z}.tif"), progress=False)
+    test = open_split(tmp_path / "ds", "test")
+    by_z = {test[i].row["z"]: test[i].mask.sum() for i in range(len(test))}
+    assert by_z[14] > by_z[12] > 0
+    assert test[0].row["mask"].endswith("z12.tif")
+
+
+def test_torch_dataset_gives_float_tensors(tmp_path):
+    build(tmp_path)
+    data = torch_dataset(tmp_path / "ds", "train")
+    image, mask = data[0]
+    assert tuple(image.shape) == (3, *SIZE) and tuple(mask.shape) == (1, *SIZE)
+    assert str(image.dtype) == "torch.float32" and str(mask.dtype) == "torch.float32"

@@ -1,0 +1,61 @@
+"""QC overlays: grid layout and size, outlines drawn where the masks are, bad input."""
+
+import numpy as np
+import pytest
+
+from protoseg.io import read_image, write_png
+from protoseg.qc import PLANE_COLOUR, STATE_COLOUR, grid_size, overlay_grid
+
+
+def stack(n, shape=(60, 80), colour=True):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 40, size=(n, *shape, 3) if colour else (n, *shape)).astype(np.uint8)
+    return list(images)
+
+
+def masks(n, shape=(60, 80)):
+    result = []
+    for k in range(n):
+        mask = np.zeros(shape, np.uint16)
+        mask[10:30, 10 + 5 * k : 30 + 5 * k] = 1
+        result.append(mask)
+    return result
+
+
+def test_grid_has_the_expected_size_and_is_written(tmp_path):
+    planes = [12, 14, 16]
+    grid = overlay_grid(
+        {"fluorescent": stack(3), "brightfield": stack(3, colour=False)}, masks(3), masks(1)[0], planes, panel_width=40
+    )
+    assert grid.dtype == np.uint8 and grid.shape == (*grid_size((60, 80), 3, 2, 40), 3)
+    path = tmp_path / "qc.png"
+    write_png(path, grid)
+    assert read_image(path).shape == grid.shape
+
+
+def test_panels_scale_down_large_images_only():
+    small = overlay_grid({"fluorescent": stack(2)}, masks(2), None, [1, 2], panel_width=400)
+    assert small.shape[:2] == grid_size((60, 80), 2, 1, 400)
+    assert grid_size((60, 80), 2, 1, 400) == grid_size((60, 80), 2, 1, 80)  # never enlarged
+
+
+def test_both_outlines_are_drawn():
+    grid = overlay_grid({"fluorescent": stack(2)}, masks(2), masks(1)[0], [1, 2], panel_width=80)
+    pixels = grid.reshape(-1, 3)
+    assert (pixels == PLANE_COLOUR).all(axis=1).sum() > 50
+    assert (pixels == STATE_COLOUR).all(axis=1).sum() > 50
+    without_state = overlay_grid({"fluorescent": stack(2)}, masks(2), None, [1, 2], panel_width=80)
+    assert not (without_state.reshape(-1, 3) == STATE_COLOUR).all(axis=1).any()
+
+
+def test_16_bit_grey_images_are_shown():
+    images = [np.full((60, 80), 1000, np.uint16), np.arange(60 * 80, dtype=np.uint16).reshape(60, 80)]
+    grid = overlay_grid({"fluorescent": images}, masks(2), None, [1, 2])
+    assert grid.dtype == np.uint8
+
+
+def test_mismatched_inputs_are_refused():
+    with pytest.raises(ValueError, match="2 images for 3 planes"):
+        overlay_grid({"fluorescent": stack(2)}, masks(3), None, [1, 2, 3])
+    with pytest.raises(ValueError, match="differs from mask shape"):
+        overlay_grid({"fluorescent": stack(2, shape=(50, 80))}, masks(2), None, [1, 2])
