@@ -56,7 +56,9 @@ class Merged:
     per_z: list[np.ndarray]  # uint16, one per plane
 
 
-def check_planes(planes: Sequence[np.ndarray], names: Sequence[str] | None = None) -> list[np.ndarray]:
+def check_planes(
+    planes: Sequence[np.ndarray], names: Sequence[str] | None = None
+) -> list[np.ndarray]:
     """Check plane masks are 2D integer label images of one shape; return them as arrays.
 
     ``names`` (paths or plane names, one per plane) are used in error messages.
@@ -73,7 +75,9 @@ def check_planes(planes: Sequence[np.ndarray], names: Sequence[str] | None = Non
         if not (np.issubdtype(plane.dtype, np.integer) or plane.dtype == bool):
             raise InputError(name, f"a mask must hold integer labels, got dtype {plane.dtype}")
         if plane.shape != arrays[0].shape:
-            raise InputError(name, f"mask shape {plane.shape} differs from {names[0]}'s {arrays[0].shape}")
+            raise InputError(
+                name, f"mask shape {plane.shape} differs from {names[0]}'s {arrays[0].shape}"
+            )
         if plane.size and plane.min() < 0:
             raise InputError(name, "mask labels must not be negative")
     return arrays
@@ -112,7 +116,9 @@ def track_cells(planes: Sequence[np.ndarray], same_cell_iou: float) -> pd.DataFr
     nodes = []  # (plane, label, area)
     for index, plane in enumerate(planes):
         labels, areas = _instances(plane)
-        nodes.extend((index, int(label), int(area)) for label, area in zip(labels, areas, strict=True))
+        nodes.extend(
+            (index, int(label), int(area)) for label, area in zip(labels, areas, strict=True)
+        )
     if not nodes:
         return pd.DataFrame({column: pd.Series(dtype="int64") for column in TRACK_COLUMNS})
     node_of = {(plane, label): k for k, (plane, label, _) in enumerate(nodes)}
@@ -166,10 +172,14 @@ def _number_cells(table: pd.DataFrame, planes: Sequence[np.ndarray]) -> pd.DataF
     return table
 
 
-def _footprints(planes: Sequence[np.ndarray], tracks: pd.DataFrame, footprint: str) -> dict[int, np.ndarray]:
+def _footprints(
+    planes: Sequence[np.ndarray], tracks: pd.DataFrame, footprint: str
+) -> dict[int, np.ndarray]:
     """Boolean footprint of every cell (see :data:`FOOTPRINTS`)."""
     if footprint not in FOOTPRINTS:
-        raise ConfigError("merge.footprint", f"unknown footprint '{footprint}' (use one of {list(FOOTPRINTS)})")
+        raise ConfigError(
+            "merge.footprint", f"unknown footprint '{footprint}' (use one of {list(FOOTPRINTS)})"
+        )
     result = {}
     for cell, rows in tracks.groupby("cell", sort=True):
         # Larger first, so ties (two instances, or equal typicality) go to the larger.
@@ -250,7 +260,9 @@ def merge_state(
 ) -> np.ndarray:
     """The state mask of one state's plane masks (uint16); see :func:`merge`."""
     planes = check_planes(planes)
-    return state_mask(planes, track_cells(planes, same_cell_iou), footprint=footprint, drop_covered=drop_covered)
+    return state_mask(
+        planes, track_cells(planes, same_cell_iou), footprint=footprint, drop_covered=drop_covered
+    )
 
 
 def merge(
@@ -282,6 +294,7 @@ def merge(
 
 
 # ---------------------------------------------------------------- instance tables
+
 
 def instance_arrays(merged: Merged, z: Sequence[int]) -> dict[str, np.ndarray]:
     """The arrays of a state's instance table (keys documented in docs/merge.md).
@@ -324,7 +337,9 @@ def instance_arrays(merged: Merged, z: Sequence[int]) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _bounding_boxes(masks: Sequence[np.ndarray], max_label: int) -> dict[int, tuple[int, int, int, int]]:
+def _bounding_boxes(
+    masks: Sequence[np.ndarray], max_label: int
+) -> dict[int, tuple[int, int, int, int]]:
     """Box (min_row, min_col, max_row, max_col; exclusive) of each label over all masks."""
     boxes: dict[int, tuple[int, int, int, int]] = {}
     for mask in masks:
@@ -334,7 +349,12 @@ def _bounding_boxes(masks: Sequence[np.ndarray], max_label: int) -> dict[int, tu
             box = (found[0].start, found[1].start, found[0].stop, found[1].stop)
             old = boxes.get(index + 1)
             if old is not None:
-                box = (min(old[0], box[0]), min(old[1], box[1]), max(old[2], box[2]), max(old[3], box[3]))
+                box = (
+                    min(old[0], box[0]),
+                    min(old[1], box[1]),
+                    max(old[2], box[2]),
+                    max(old[3], box[3]),
+                )
             boxes[index + 1] = box
     return boxes
 
@@ -373,6 +393,7 @@ def cell_mask(instances: dict, cell: int, plane: int | None = None) -> np.ndarra
 
 # ---------------------------------------------------------------- files in, files out
 
+
 def read_plane_masks(paths: Sequence[str | Path]) -> list[np.ndarray]:
     """Read a state's plane masks (2D integer label TIFFs of one shape), clear errors."""
     from protoseg.io import read_image  # local: keeps the array API importable alone
@@ -405,7 +426,9 @@ def merge_state_files(
     cfg = dict(merge_cfg or {})
     z = [int(value) for value in z]
     if len(plane_paths) != len(z) or len(per_z_paths) != len(z):
-        raise ValueError(f"{len(z)} planes, {len(plane_paths)} plane masks, {len(per_z_paths)} per-z outputs")
+        raise ValueError(
+            f"{len(z)} planes, {len(plane_paths)} plane masks, {len(per_z_paths)} per-z outputs"
+        )
     planes = read_plane_masks(plane_paths)
     merged = merge(
         planes,
@@ -415,13 +438,24 @@ def merge_state_files(
         names=[str(path) for path in plane_paths],
     )
     if qc_path is not None:
-        stacks = {modality: [read_image(path) for path in paths] for modality, paths in (images or {}).items()}
+        stacks = {
+            modality: [read_image(path) for path in paths]
+            for modality, paths in (images or {}).items()
+        }
         for modality, stack in stacks.items():
             for path, image in zip(images[modality], stack, strict=True):
                 if image.shape[:2] != merged.state_mask.shape:
-                    raise InputError(path, f"image shape {image.shape[:2]} differs from its masks' {merged.state_mask.shape}")
+                    raise InputError(
+                        path,
+                        f"image shape {image.shape[:2]} differs from its masks' {merged.state_mask.shape}",
+                    )
         grid = overlay_grid(
-            stacks, planes, merged.state_mask, z, panel_width=cfg.get("qc_panel_width", 360), title=state
+            stacks,
+            planes,
+            merged.state_mask,
+            z,
+            panel_width=cfg.get("qc_panel_width", 360),
+            title=state,
         )
     # Written last and together, once everything above has worked.
     write_tiff(state_path, merged.state_mask)
@@ -431,5 +465,11 @@ def merge_state_files(
     if qc_path is not None:
         write_png(qc_path, grid)
     cells = merged.tracks["cell"].nunique()
-    log.info("%s: %d cells over %d planes, %d in the state mask", state, cells, len(z), len(np.unique(merged.state_mask)) - 1)
+    log.info(
+        "%s: %d cells over %d planes, %d in the state mask",
+        state,
+        cells,
+        len(z),
+        len(np.unique(merged.state_mask)) - 1,
+    )
     return merged

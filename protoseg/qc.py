@@ -51,7 +51,11 @@ def _resize(image: np.ndarray, size: tuple[int, int], labels: bool) -> np.ndarra
 
 
 def outline(
-    panel: np.ndarray, labels: np.ndarray, colour: tuple[int, int, int], thickness: int = 1, mode: str = "inner"
+    panel: np.ndarray,
+    labels: np.ndarray,
+    colour: tuple[int, int, int],
+    thickness: int = 1,
+    mode: str = "inner",
 ) -> np.ndarray:
     """Draw the instance boundaries of ``labels`` on an RGB panel of the same size.
 
@@ -76,7 +80,9 @@ def panel_size(shape: tuple[int, int], panel_width: int) -> tuple[int, int]:
 def grid_size(shape: tuple[int, int], planes: int, rows: int, panel_width: int) -> tuple[int, int]:
     """(height, width) in pixels of the PNG :func:`overlay_grid` makes."""
     ph, pw = panel_size(shape, panel_width)
-    return HEADER + rows * ph + (rows - 1) * GAP + FOOTER, ROW_LABEL + planes * pw + (planes - 1) * GAP
+    return HEADER + rows * ph + (rows - 1) * GAP + FOOTER, ROW_LABEL + planes * pw + (
+        planes - 1
+    ) * GAP
 
 
 def _text(canvas: np.ndarray, text: str, origin: tuple[int, int], scale: float = 0.45) -> None:
@@ -101,13 +107,19 @@ def overlay_grid(
     z = list(z)
     if not images:
         raise ValueError("no images to draw")
-    shape = np.asarray(plane_masks[0]).shape[:2] if plane_masks else next(iter(images.values()))[0].shape[:2]
+    shape = (
+        np.asarray(plane_masks[0]).shape[:2]
+        if plane_masks
+        else next(iter(images.values()))[0].shape[:2]
+    )
     for modality, stack in images.items():
         if len(stack) != len(z):
             raise ValueError(f"{modality}: {len(stack)} images for {len(z)} planes")
         for plane, image in zip(z, stack, strict=True):
             if image.shape[:2] != shape:
-                raise ValueError(f"{modality} z{plane}: image shape {image.shape[:2]} differs from mask shape {shape}")
+                raise ValueError(
+                    f"{modality} z{plane}: image shape {image.shape[:2]} differs from mask shape {shape}"
+                )
     if len(plane_masks) != len(z):
         raise ValueError(f"{len(plane_masks)} plane masks for {len(z)} planes")
 
@@ -115,7 +127,9 @@ def overlay_grid(
     thickness = 2 if pw >= 300 else 1
     height, width = grid_size(shape, len(z), len(images), panel_width)
     canvas = np.full((height, width, 3), BACKGROUND, dtype=np.uint8)
-    small_state = _resize(np.asarray(state_mask), (ph, pw), labels=True) if state_mask is not None else None
+    small_state = (
+        _resize(np.asarray(state_mask), (ph, pw), labels=True) if state_mask is not None else None
+    )
 
     for column, plane in enumerate(z):
         x = ROW_LABEL + column * (pw + GAP)

@@ -42,7 +42,9 @@ def score(prediction: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     prediction = np.asarray(prediction)
     truth = np.asarray(truth)
     if prediction.shape != truth.shape:
-        raise ValueError(f"prediction shape {prediction.shape} differs from truth shape {truth.shape}")
+        raise ValueError(
+            f"prediction shape {prediction.shape} differs from truth shape {truth.shape}"
+        )
     n_pred = len(np.unique(prediction[prediction > 0]))
     n_true = len(np.unique(truth[truth > 0]))
     counts = {"n_pred": n_pred, "n_true": n_true}
@@ -64,6 +66,56 @@ def score(prediction: np.ndarray, truth: np.ndarray) -> dict[str, float]:
         "recall": float(at50["recall"]),
         "pixel_iou": float(pixel_iou),
     } | counts
+
+
+def build_pairs(
+    states: Iterable[str],
+    planes: Iterable[int],
+    *,
+    method: str,
+    plane_mask: str,
+    per_z_mask: str,
+    state_mask: str,
+    truth_plane: str,
+    truth_state: str,
+    classical_images: dict | None = None,
+) -> list[dict]:
+    """What is scored against what: one dict per (state, method, kind, plane).
+
+    The path arguments are templates with ``{state}`` and ``{z}``. ``classical_images``:
+    (state, z) -> image path, to score the classical method on those images too.
+    """
+    planes = list(planes)
+    pairs = []
+    for state in states:
+        for z in planes:
+            truth = truth_plane.format(state=state, z=z)
+            for kind, template in (("plane", plane_mask), ("per_z", per_z_mask)):
+                prediction = template.format(state=state, z=z)
+                pairs.append(
+                    dict(
+                        state=state,
+                        method=method,
+                        kind=kind,
+                        z=z,
+                        prediction=prediction,
+                        truth=truth,
+                    )
+                )
+            if classical_images:
+                image = classical_images[(state, z)]
+                pairs.append(
+                    dict(
+                        state=state, method="classical", kind="plane", z=z, image=image, truth=truth
+                    )
+                )
+        prediction, truth = state_mask.format(state=state), truth_state.format(state=state)
+        pairs.append(
+            dict(
+                state=state, method=method, kind="state", z=None, prediction=prediction, truth=truth
+            )
+        )
+    return pairs
 
 
 def score_pairs(pairs: Iterable[dict], classical: dict | None = None) -> pd.DataFrame:
@@ -91,8 +143,13 @@ def score_pairs(pairs: Iterable[dict], classical: dict | None = None) -> pd.Data
         if prediction.ndim != 2:
             raise InputError(source, f"expected a 2D label image, got shape {prediction.shape}")
         if prediction.shape != truth.shape:
-            raise InputError(source, f"shape {prediction.shape} differs from its truth {pair['truth']} {truth.shape}")
-        info = {key: value for key, value in pair.items() if key not in ("prediction", "truth", "image")}
+            raise InputError(
+                source,
+                f"shape {prediction.shape} differs from its truth {pair['truth']} {truth.shape}",
+            )
+        info = {
+            key: value for key, value in pair.items() if key not in ("prediction", "truth", "image")
+        }
         rows.append(info | score(prediction, truth))
     table = pd.DataFrame(rows)
     if "z" in table:  # plane numbers stay integers; state rows have none
@@ -100,7 +157,9 @@ def score_pairs(pairs: Iterable[dict], classical: dict | None = None) -> pd.Data
     return table
 
 
-def write_quality(pairs: Iterable[dict], csv_path, md_path, classical: dict | None = None) -> pd.DataFrame:
+def write_quality(
+    pairs: Iterable[dict], csv_path, md_path, classical: dict | None = None
+) -> pd.DataFrame:
     """Score ``pairs`` (see :func:`score_pairs`); write the per-image CSV and the Markdown summary."""
     from protoseg.io import write_csv, write_text
 
@@ -121,8 +180,16 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     z = pd.to_numeric(table["z"], errors="coerce").astype("Int64").astype("string").fillna("-")
     table = table.assign(z=z)
     aggregations = {name: "mean" for name in SCORES} | {name: "sum" for name in COUNTS}
-    per_plane = table.groupby(["method", "kind", "z"], sort=False).agg(images=("state", "size"), **{k: (k, v) for k, v in aggregations.items()}).reset_index()
-    overall = table.groupby(["method", "kind"], sort=False).agg(images=("state", "size"), **{k: (k, v) for k, v in aggregations.items()}).reset_index()
+    per_plane = (
+        table.groupby(["method", "kind", "z"], sort=False)
+        .agg(images=("state", "size"), **{k: (k, v) for k, v in aggregations.items()})
+        .reset_index()
+    )
+    overall = (
+        table.groupby(["method", "kind"], sort=False)
+        .agg(images=("state", "size"), **{k: (k, v) for k, v in aggregations.items()})
+        .reset_index()
+    )
     overall = overall[overall["kind"] != "state"].assign(z="all")
     summary = pd.concat([per_plane, overall], ignore_index=True)
     kind_order = {kind: k for k, kind in enumerate(KINDS)}
@@ -130,7 +197,9 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
         _kind=summary["kind"].map(kind_order),
         _z=pd.to_numeric(summary["z"], errors="coerce").astype("float64").fillna(np.inf),
     )
-    summary = summary.sort_values(["method", "_kind", "_z"], kind="stable").drop(columns=["_kind", "_z"])
+    summary = summary.sort_values(["method", "_kind", "_z"], kind="stable").drop(
+        columns=["_kind", "_z"]
+    )
     return summary.reset_index(drop=True)
 
 
@@ -148,7 +217,18 @@ def markdown(summary: pd.DataFrame) -> str:
     ]
     if summary.empty:
         return "\n".join([*lines, "No masks were scored.", ""])
-    header = ["method", "kind", "z", "images", "SA50", "mSA", "precision", "recall", "pixel IoU", "cells (pred/true)"]
+    header = [
+        "method",
+        "kind",
+        "z",
+        "images",
+        "SA50",
+        "mSA",
+        "precision",
+        "recall",
+        "pixel IoU",
+        "cells (pred/true)",
+    ]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|")
     for row in summary.itertuples(index=False):

@@ -336,3 +336,13 @@ def to_latex(variant: str, tables: dict) -> str:
         lines += [" & ".join(row) + r" \\" for row in _body(wide, digits, signed, missing="--")]
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines) + "\n"
+
+
+def write_variant_tables(variant: str, tables: dict, *, csv, instances_csv, md, tex) -> None:
+    """Write a variant's tables (:func:`variant_tables`) as CSV, Markdown and LaTeX."""
+    from protoseg.io import write_csv, write_text
+
+    write_csv(csv, flat_csv(tables))
+    write_csv(instances_csv, flat_instances_csv(tables))
+    write_text(md, to_markdown(variant, tables))
+    write_text(tex, to_latex(variant, tables))

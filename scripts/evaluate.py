@@ -2,13 +2,17 @@
 
 from pathlib import Path
 
-from protoseg.evaluate import evaluate_model, pooled_scores
-from protoseg.io import save_npz, write_csv
 from protoseg.logs import log_to_file
 
 snakemake = globals()["snakemake"]  # injected by Snakemake; named here for linters
 log = log_to_file(snakemake.log[0])
 
+import torch  # noqa: E402 - after the log is set up
+
+from protoseg.evaluate import evaluate_model, pooled_scores  # noqa: E402
+from protoseg.io import save_npz, write_csv  # noqa: E402
+
+torch.set_num_threads(max(1, snakemake.threads))
 per_image, overlay = evaluate_model(
     snakemake.input.model,
     Path(snakemake.input.manifest).parent,

@@ -12,7 +12,9 @@ from protoseg.quality import score
 
 DSB = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "dsb2018-stardist"
 # The demo config's settings (config/config.yaml, masks.classical).
-DEMO_SETTINGS = dict(enhance="ridge", sigma=1.0, threshold="li", split_depth=1.0, min_area=150, min_sharpness=0.15)
+DEMO_SETTINGS = dict(
+    enhance="ridge", sigma=1.0, threshold="li", split_depth=1.0, min_area=150, min_sharpness=0.15
+)
 
 
 def ring_image(centres, radii, shape=(120, 160), blur=None, seed=0):
@@ -75,20 +77,26 @@ def test_filled_nuclei_with_intensity_mode():
     yy, xx = np.mgrid[:100, :100]
     grey = np.zeros((100, 100), np.float32)
     truth = np.zeros((100, 100), np.uint16)
-    for label, (cy, cx, r) in enumerate([(25, 25, 10), (25, 70, 12), (70, 30, 9), (72, 52, 11), (72, 75, 11)], 1):
+    for label, (cy, cx, r) in enumerate(
+        [(25, 25, 10), (25, 70, 12), (70, 30, 9), (72, 52, 11), (72, 75, 11)], 1
+    ):
         inside = np.hypot(yy - cy, xx - cx) <= r
         grey[inside] = 0.5 + 0.1 * label
         truth[inside & (truth == 0)] = label
     grey = ndi.gaussian_filter(grey, 1.0) + np.random.default_rng(1).normal(0, 0.02, grey.shape)
     image = np.clip(grey * 3000, 0, 65535).astype(np.uint16)
-    labels = segment(image, enhance="intensity", sigma=1.0, threshold="otsu", min_area=30, split_depth=1.0)
+    labels = segment(
+        image, enhance="intensity", sigma=1.0, threshold="otsu", min_area=30, split_depth=1.0
+    )
     assert score(labels, truth)["sa50"] >= 0.8
 
 
 def test_result_does_not_depend_on_bit_depth():
     image, _ = ring_image([(40, 40), (70, 110)], [18, 22])
     as_16bit = image.astype(np.uint16) * 257
-    np.testing.assert_array_equal(segment(image, **DEMO_SETTINGS), segment(as_16bit, **DEMO_SETTINGS))
+    np.testing.assert_array_equal(
+        segment(image, **DEMO_SETTINGS), segment(as_16bit, **DEMO_SETTINGS)
+    )
 
 
 def test_blank_image_gives_an_empty_mask():
@@ -142,7 +150,13 @@ def test_real_fluorescent_nuclei_dsb2018():
     image = tifffile.imread(DSB / "img2d.tif")
     truth = tifffile.imread(DSB / "mask2d.tif")
     labels = segment(
-        image, enhance="intensity", sigma=1.5, threshold="li", background_sigma=10, split_depth=1.0, min_area=30
+        image,
+        enhance="intensity",
+        sigma=1.5,
+        threshold="li",
+        background_sigma=10,
+        split_depth=1.0,
+        min_area=30,
     )
     result = score(labels, truth)
     # docs/quality.md records SA50 0.80, mSA 0.46 with these settings.

@@ -77,7 +77,11 @@ def test_medoid_footprint_ignores_one_bad_plane():
 
 def test_per_z_masks_hold_a_cell_only_on_its_planes_with_state_ids():
     cell_a = [box(SHAPE, 2, 2, 12, 12, 1), box(SHAPE, 2, 2, 12, 12, 4), np.zeros(SHAPE, np.uint16)]
-    planes = [box(SHAPE, 25, 25, 35, 35, 2, into=cell_a[0].copy()), cell_a[1], box(SHAPE, 25, 25, 35, 35, 7)]
+    planes = [
+        box(SHAPE, 25, 25, 35, 35, 2, into=cell_a[0].copy()),
+        cell_a[1],
+        box(SHAPE, 25, 25, 35, 35, 7),
+    ]
     merged = merge(planes, 0.5)
     per_z = merged.per_z
     id_a, id_b = merged.state_mask[5, 5], merged.state_mask[30, 30]
@@ -103,8 +107,14 @@ def test_two_instances_of_one_plane_never_join_one_cell():
 
 
 def test_ids_do_not_depend_on_plane_labels():
-    a = [box(SHAPE, 2, 2, 12, 12, 1, into=box(SHAPE, 25, 25, 35, 35, 2)), box(SHAPE, 2, 2, 12, 12, 1)]
-    b = [box(SHAPE, 2, 2, 12, 12, 9, into=box(SHAPE, 25, 25, 35, 35, 4)), box(SHAPE, 2, 2, 12, 12, 5)]
+    a = [
+        box(SHAPE, 2, 2, 12, 12, 1, into=box(SHAPE, 25, 25, 35, 35, 2)),
+        box(SHAPE, 2, 2, 12, 12, 1),
+    ]
+    b = [
+        box(SHAPE, 2, 2, 12, 12, 9, into=box(SHAPE, 25, 25, 35, 35, 4)),
+        box(SHAPE, 2, 2, 12, 12, 5),
+    ]
     np.testing.assert_array_equal(merge_state(a, 0.5), merge_state(b, 0.5))
     # Reading order: the top-left cell is 1.
     assert merge_state(a, 0.5)[5, 5] == 1
@@ -139,7 +149,8 @@ def test_non_label_masks_are_refused():
 
 
 @pytest.mark.parametrize(
-    "kwargs, key", [(dict(same_cell_iou=1.5), "merge.same_cell_iou"), (dict(footprint="mean"), "merge.footprint")]
+    "kwargs, key",
+    [(dict(same_cell_iou=1.5), "merge.same_cell_iou"), (dict(footprint="mean"), "merge.footprint")],
 )
 def test_bad_settings_name_the_key(kwargs, key):
     args = dict(same_cell_iou=0.5) | kwargs
@@ -168,7 +179,9 @@ def test_instance_table_round_trip(tmp_path):
     for cell in table["ids"]:
         for index, mask in enumerate(merged.per_z):
             np.testing.assert_array_equal(cell_mask(table, cell, index), mask == cell)
-    np.testing.assert_array_equal(table["state_area"], [(merged.state_mask == c).sum() for c in (1, 2)])
+    np.testing.assert_array_equal(
+        table["state_area"], [(merged.state_mask == c).sum() for c in (1, 2)]
+    )
 
 
 def test_empty_instance_table_round_trip(tmp_path):

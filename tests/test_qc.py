@@ -25,7 +25,11 @@ def masks(n, shape=(60, 80)):
 def test_grid_has_the_expected_size_and_is_written(tmp_path):
     planes = [12, 14, 16]
     grid = overlay_grid(
-        {"fluorescent": stack(3), "brightfield": stack(3, colour=False)}, masks(3), masks(1)[0], planes, panel_width=40
+        {"fluorescent": stack(3), "brightfield": stack(3, colour=False)},
+        masks(3),
+        masks(1)[0],
+        planes,
+        panel_width=40,
     )
     assert grid.dtype == np.uint8 and grid.shape == (*grid_size((60, 80), 3, 2, 40), 3)
     path = tmp_path / "qc.png"
@@ -49,7 +53,10 @@ def test_both_outlines_are_drawn():
 
 
 def test_16_bit_grey_images_are_shown():
-    images = [np.full((60, 80), 1000, np.uint16), np.arange(60 * 80, dtype=np.uint16).reshape(60, 80)]
+    images = [
+        np.full((60, 80), 1000, np.uint16),
+        np.arange(60 * 80, dtype=np.uint16).reshape(60, 80),
+    ]
     grid = overlay_grid({"fluorescent": images}, masks(2), None, [1, 2])
     assert grid.dtype == np.uint8
 

@@ -6,7 +6,7 @@ import pytest
 import tifffile
 
 from protoseg.errors import InputError
-from protoseg.quality import markdown, score, summarise, write_quality
+from protoseg.quality import build_pairs, markdown, score, summarise, write_quality
 
 
 def squares(*specs, shape=(20, 20)):
@@ -79,15 +79,33 @@ def test_summary_means_over_states_and_planes():
 
 
 def test_write_quality_scores_files_and_the_classical_baseline(tmp_path):
-    truth_path, mask_path, image_path = tmp_path / "truth.tif", tmp_path / "mask.tif", tmp_path / "image.tif"
+    truth_path, mask_path, image_path = (
+        tmp_path / "truth.tif",
+        tmp_path / "mask.tif",
+        tmp_path / "image.tif",
+    )
     tifffile.imwrite(truth_path, TRUTH)
     tifffile.imwrite(mask_path, squares((2, 2, 5)))
     image = np.zeros(TRUTH.shape, np.uint8)
     image[TRUTH > 0] = 200
     tifffile.imwrite(image_path, image)
     pairs = [
-        dict(state="s", method="import", kind="plane", z=12, prediction=str(mask_path), truth=str(truth_path)),
-        dict(state="s", method="classical", kind="plane", z=12, image=str(image_path), truth=str(truth_path)),
+        dict(
+            state="s",
+            method="import",
+            kind="plane",
+            z=12,
+            prediction=str(mask_path),
+            truth=str(truth_path),
+        ),
+        dict(
+            state="s",
+            method="classical",
+            kind="plane",
+            z=12,
+            image=str(image_path),
+            truth=str(truth_path),
+        ),
     ]
     settings = dict(enhance="intensity", sigma=0.5, threshold="otsu", min_area=5, split_depth=1.0)
     write_quality(pairs, tmp_path / "q.csv", tmp_path / "q.md", classical=settings)
@@ -101,7 +119,45 @@ def test_write_quality_scores_files_and_the_classical_baseline(tmp_path):
 def test_prediction_of_the_wrong_shape_names_the_file(tmp_path):
     tifffile.imwrite(tmp_path / "truth.tif", TRUTH)
     tifffile.imwrite(tmp_path / "mask.tif", TRUTH[:10])
-    pair = dict(state="s", method="m", kind="plane", z=1, prediction=str(tmp_path / "mask.tif"), truth=str(tmp_path / "truth.tif"))
+    pair = dict(
+        state="s",
+        method="m",
+        kind="plane",
+        z=1,
+        prediction=str(tmp_path / "mask.tif"),
+        truth=str(tmp_path / "truth.tif"),
+    )
     with pytest.raises(InputError, match="mask.tif"):
         write_quality([pair], tmp_path / "q.csv", tmp_path / "q.md")
     assert not (tmp_path / "q.csv").exists()
+
+
+def test_build_pairs_covers_every_plane_and_state():
+    pairs = build_pairs(
+        ["s1", "s2"],
+        [12, 14],
+        method="classical",
+        plane_mask="p/{state}/z{z}.tif",
+        per_z_mask="q/{state}/z{z}.tif",
+        state_mask="s/{state}.tif",
+        truth_plane="t/{state}/z{z}.tif",
+        truth_state="t/{state}.tif",
+        classical_images={(s, z): f"raw/{s}z{z}.tif" for s in ("s1", "s2") for z in (12, 14)},
+    )
+    kinds = pd.DataFrame(pairs).groupby(["method", "kind"]).size().to_dict()
+    assert kinds == {
+        ("classical", "plane"): 8,
+        ("classical", "per_z"): 4,
+        ("classical", "state"): 2,
+    }
+    assert (
+        dict(
+            state="s2",
+            method="classical",
+            kind="per_z",
+            z=14,
+            prediction="q/s2/z14.tif",
+            truth="t/s2/z14.tif",
+        )
+        in pairs
+    )

@@ -149,3 +149,34 @@ def test_markdown_and_latex_text():
     assert latex.count(r"\begin{tabular}") == 1 and r"\bottomrule" in latex
     assert "0.76" in latex  # the study's z20 BCE F1
     assert "–" not in latex  # missing cells use LaTeX's en dash
+
+
+def test_tables_are_written_as_csv_markdown_and_latex(tmp_path):
+    _, _, result = build()
+    paths = {name: tmp_path / f"all.{name}" for name in ("csv", "md", "tex")}
+    tables.write_variant_tables(
+        "all",
+        result,
+        csv=paths["csv"],
+        instances_csv=tmp_path / "all_instances.csv",
+        md=paths["md"],
+        tex=paths["tex"],
+    )
+    written = pd.read_csv(paths["csv"])
+    micro = written[written["reduction"] == "micro"]
+    assert micro["z"].tolist() == [f"z{z}" for z in STUDY_PLANES] + ["overall"]
+    assert micro[["bce_f1", "mse_iou"]].stack().between(0, 1).all()
+    instances = pd.read_csv(tmp_path / "all_instances.csv")
+    assert {"bce_sa50", "mse_matched_f1"} <= set(instances.columns)
+    assert paths["md"].read_text().startswith("# Test-split scores")
+    assert paths["tex"].read_text().startswith(r"\begin{table}")
+    assert not list(tmp_path.glob(".*.tmp*"))  # atomic writes leave no temporary files
+
+
+def test_unreadable_or_incomplete_per_image_table_names_the_file(tmp_path):
+    from protoseg.errors import InputError
+
+    path = tmp_path / "per_image.csv"
+    fake_per_image([12]).drop(columns="tp").to_csv(path, index=False)
+    with pytest.raises(InputError, match=r"per_image\.csv.*tp"):
+        tables.read_per_image(path)

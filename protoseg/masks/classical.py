@@ -139,7 +139,9 @@ def segment(
     a neighbour to get its own label. ``min_sharpness``: drop objects whose outline
     sharpness is below this (0: keep all; see the module docstring).
     """
-    _check(sigma, min_area, max_area, enhance, threshold, background_sigma, split_depth, min_sharpness)
+    _check(
+        sigma, min_area, max_area, enhance, threshold, background_sigma, split_depth, min_sharpness
+    )
     grey = to_grey(image)
     if grey.max() - grey.min() < 1e-6:  # blank plane: nothing to find
         return np.zeros(grey.shape, dtype=np.uint16)
@@ -182,7 +184,9 @@ def segment(
     return labels.astype(np.uint16)
 
 
-def _check(sigma, min_area, max_area, enhance, threshold, background_sigma, split_depth, min_sharpness) -> None:
+def _check(
+    sigma, min_area, max_area, enhance, threshold, background_sigma, split_depth, min_sharpness
+) -> None:
     key = "masks.classical."
     if sigma < 0:
         raise ConfigError(key + "sigma", f"must be >= 0, got {sigma}")
@@ -191,9 +195,13 @@ def _check(sigma, min_area, max_area, enhance, threshold, background_sigma, spli
     if max_area is not None and max_area < max(min_area, 1):
         raise ConfigError(key + "max_area", f"must be >= min_area ({min_area}), got {max_area}")
     if enhance not in ENHANCE:
-        raise ConfigError(key + "enhance", f"unknown value '{enhance}' (use one of {list(ENHANCE)})")
+        raise ConfigError(
+            key + "enhance", f"unknown value '{enhance}' (use one of {list(ENHANCE)})"
+        )
     if threshold not in THRESHOLDS:
-        raise ConfigError(key + "threshold", f"unknown method '{threshold}' (use one of {sorted(THRESHOLDS)})")
+        raise ConfigError(
+            key + "threshold", f"unknown method '{threshold}' (use one of {sorted(THRESHOLDS)})"
+        )
     if background_sigma is not None and background_sigma < 0:
         raise ConfigError(key + "background_sigma", f"must be >= 0 or null, got {background_sigma}")
     if split_depth <= 0:

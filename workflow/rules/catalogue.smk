@@ -5,7 +5,7 @@ rule catalogue:
         CATALOGUE,
     params:
         data=config["data"],
-        raw_dir=RAW_DIR,
+        raw_dir=lambda wildcards: RAW_DIR,
     log:
         log_path("catalogue", "catalogue"),
     benchmark:

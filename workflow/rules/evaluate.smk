@@ -8,6 +8,8 @@ rule evaluate:
     input:
         model=f"{MODEL_DIR}/model.pt",
         manifest=DATASET_MANIFEST,
+        info=DATASET_INFO,
+        shards=DATASET_SHARDS,
     output:
         per_image=METRICS_PER_IMAGE,
         overlay=METRICS_OVERLAY,
@@ -18,7 +20,11 @@ rule evaluate:
     # torch for the model, elf (micro-sam's evaluation) for the instance scores.
     conda:
         f"{ENVS}/sam.yaml"
+    # torch's intra-op threads; Snakemake lowers this to --cores where that is less.
+    threads: 2
     resources:
+        # One shard of test images (shard_size x 3 x 512 x 512 float32 = 200 MB at 64) and
+        # the model; the study's size needs about 2 GB.
         mem_mb=4000,
         runtime=60,
     params:

@@ -23,10 +23,6 @@ rule merge:
             category="Masks",
             subcategory="QC",
         ),
-    params:
-        merge=config["merge"],
-        planes=PLANES,
-        modalities=QC_MODALITIES,
     log:
         log_path("merge"),
     benchmark:
@@ -37,6 +33,10 @@ rule merge:
         # Full-size stacks: 7 planes x 2 modalities of 2048 x 2880 RGB plus masks.
         mem_mb=4000,
         runtime=30,
+    params:
+        merge=config["merge"],
+        planes=PLANES,
+        modalities=QC_MODALITIES,
     script:
         f"{SCRIPTS}/merge.py"
 

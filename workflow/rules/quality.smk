@@ -2,38 +2,41 @@
 # generator writes its own): every plane mask, per-z mask and state mask of every state
 # scored (SA50, mSA, precision, recall, pixel IoU) -> one CSV row per image, a summary table.
 if TRUTH_DIR:
-    TRUTH_STATE = f"{TRUTH_DIR}/states/{{state}}.tif"
-    TRUTH_PLANE = f"{TRUTH_DIR}/planes/{{state}}/z{{z}}.tif"
-    COMPARE_CLASSICAL = (config.get("quality") or {}).get(
-        "compare_classical", False
-    ) and (config["masks"]["method"] != "classical")
+    from protoseg.quality import build_pairs
 
-    def quality_pairs():
-        """What is scored against what: one dict per (state, kind, plane)."""
-        method = config["masks"]["method"]
-        pairs = []
-        for state in STATES:
-            for z in PLANES:
-                truth = TRUTH_PLANE.format(state=state, z=z)
-                pairs.append(dict(state=state, method=method, kind="plane", z=z,
-                                  prediction=PLANE_MASK.format(state=state, z=z), truth=truth))
-                pairs.append(dict(state=state, method=method, kind="per_z", z=z,
-                                  prediction=PER_Z_MASK.format(state=state, z=z), truth=truth))
-                if COMPARE_CLASSICAL:
-                    image = raw_image(state, config["masks"]["modality"], z)
-                    pairs.append(dict(state=state, method="classical", kind="plane", z=z,
-                                      image=image, truth=truth))
-            pairs.append(dict(state=state, method=method, kind="state", z=None,
-                              prediction=STATE_MASK.format(state=state),
-                              truth=TRUTH_STATE.format(state=state)))
-        return pairs
-
-    QUALITY_PAIRS = quality_pairs()
+    QUALITY_METHOD = config["masks"]["method"]
+    COMPARE_CLASSICAL = QUALITY_METHOD != "classical" and (
+        config.get("quality") or {}
+    ).get("compare_classical", False)
+    QUALITY_PAIRS = build_pairs(
+        STATES,
+        PLANES,
+        method=QUALITY_METHOD,
+        plane_mask=PLANE_MASK,
+        per_z_mask=PER_Z_MASK,
+        state_mask=STATE_MASK,
+        truth_plane=f"{TRUTH_DIR}/planes/{{state}}/z{{z}}.tif",
+        truth_state=f"{TRUTH_DIR}/states/{{state}}.tif",
+        classical_images=(
+            {
+                (state, z): raw_image(state, config["masks"]["modality"], z)
+                for state in STATES
+                for z in PLANES
+            }
+            if COMPARE_CLASSICAL
+            else None
+        ),
+    )
 
     rule quality:
         input:
             sorted(
-                {p[key] for p in QUALITY_PAIRS for key in ("prediction", "truth", "image") if key in p}
+                {
+                    pair[key]
+                    for pair in QUALITY_PAIRS
+                    for key in ("prediction", "truth", "image")
+                    if key in pair
+                }
             ),
         output:
             csv=QUALITY_CSV,
@@ -43,9 +46,6 @@ if TRUTH_DIR:
                 category="Masks",
                 subcategory="Quality",
             ),
-        params:
-            pairs=QUALITY_PAIRS,
-            classical=config["masks"].get("classical") or {},
         log:
             log_path("quality", "quality"),
         benchmark:
@@ -53,6 +53,9 @@ if TRUTH_DIR:
         conda:
             # elf's evaluation functions (micro-sam's mSA / SA50) come with the SAM stack.
             f"{ENVS}/sam.yaml"
+        params:
+            pairs=QUALITY_PAIRS,
+            classical=config["masks"].get("classical") or {},
         script:
             f"{SCRIPTS}/quality.py"
 

@@ -1,0 +1,47 @@
+# Step 4: one U-Net per dataset variant and loss (train.losses). Checkpoints are written
+# every epoch under MODEL_DIR/checkpoints and are not outputs, so Snakemake keeps them when
+# a job fails: rerunning the job resumes from the newest one (protoseg.train).
+
+
+rule train:
+    input:
+        manifest=DATASET_MANIFEST,
+        info=DATASET_INFO,
+        shards=DATASET_SHARDS,
+    output:
+        model=f"{MODEL_DIR}/model.pt",
+        history=report(
+            f"{MODEL_DIR}/history.csv",
+            caption="../report/training.rst",
+            category="Training",
+            subcategory="{variant}-{loss}",
+            labels={"model": "{variant}-{loss}", "figure": "history"},
+        ),
+        curve=report(
+            f"{MODEL_DIR}/curve.png",
+            caption="../report/training.rst",
+            category="Training",
+            subcategory="{variant}-{loss}",
+            labels={"model": "{variant}-{loss}", "figure": "loss curve"},
+        ),
+    params:
+        model=config["model"],
+        train=config["train"],
+    log:
+        log_path("train", "{variant}-{loss}"),
+    benchmark:
+        benchmark_path("train", "{variant}-{loss}")
+    conda:
+        f"{ENVS}/torch.yaml"
+    # torch's intra-op threads; Snakemake lowers this to --cores where that is less.
+    threads: 4
+    resources:
+        # Demo: < 1 GB. The study's 512 x 512, batch 16, depth-4 U-Net: about 6 GB on a
+        # CPU node (activations); on a GPU the same in GPU memory with AMP.
+        mem_mb=8000,
+        runtime=240,
+    script:
+        f"{SCRIPTS}/train.py"
+
+
+register_targets(expand(f"{MODEL_DIR}/model.pt", variant=VARIANTS, loss=LOSSES))
