@@ -116,3 +116,21 @@ def test_predict_image_returns_probabilities_at_the_raw_size():
     )
     assert probabilities.shape == (50, 70)
     assert 0 <= probabilities.min() and probabilities.max() <= 1
+
+
+def test_tiled_prediction_with_the_project_unet():
+    from protoseg.model import build_model
+
+    torch.manual_seed(0)
+    unet = build_model({"depth": 2, "base_channels": 4}, in_channels=3).eval()
+    image = _random_image(3, 50, 70)
+    tiled = inference.predict_tiled(unet, image, tile=32, overlap=8)
+    assert tiled.shape == (50, 70) and tiled.dtype == np.float32
+    assert np.isfinite(tiled).all() and 0 <= tiled.min() and tiled.max() <= 1
+    # One tile covering a whole tile-sized image is exactly the untiled prediction.
+    crop = image[:, :32, :32]
+    np.testing.assert_allclose(
+        inference.predict_tiled(unet, crop, tile=32, overlap=8),
+        inference.predict_probabilities(unet, crop[None])[0],
+        atol=1e-6,
+    )

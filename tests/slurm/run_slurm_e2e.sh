@@ -27,13 +27,18 @@ cleanup() {
     for pid in "${STARTED_PIDS[@]}"; do
         kill "$pid" 2>/dev/null || true
     done
+    # The daemons are not our children (they fork away): poll until they are gone, so
+    # that they write no more state files into the folder removed below.
+    for pid in "${STARTED_PIDS[@]}"; do
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    done
     if [[ $INSTALLED_CONF == 1 ]]; then
         rm -f /etc/slurm/slurm.conf /etc/slurm/gres.conf
     fi
     if [[ "${PROTOSEG_SLURM_KEEP:-0}" == 1 || $status -ne 0 ]]; then
         echo "work folder kept: $WORK" >&2
     else
-        rm -rf "$WORK"
+        rm -rf "$WORK" || echo "could not remove $WORK" >&2
     fi
     exit $status
 }
@@ -165,14 +170,26 @@ EOF
 # ---------------------------------------------------------------- the tiny workflow
 RUN="$WORK/run"
 mkdir -p "$RUN/config"
-PYTHONPATH="$REPO" python - "$RUN/config/config.yaml" <<'EOF'
+PYTHONPATH="$REPO" python - "$RUN/config/config.yaml" "$WORK/new_images" <<'EOF'
 import sys
+from pathlib import Path
 
+import numpy as np
+import tifffile
 import yaml
 
 from tests.workflow_helpers import tiny_config
 
-yaml.safe_dump(tiny_config(), open(sys.argv[1], "w"), sort_keys=False)
+# A new image for rule predict (so it runs through SLURM too): bright discs on dark.
+new_images = Path(sys.argv[2])
+new_images.mkdir()
+yy, xx = np.mgrid[:80, :100]
+image = np.zeros((80, 100, 3), np.uint8)
+image[((yy - 40) ** 2 + (xx - 30) ** 2 < 150) | ((yy - 30) ** 2 + (xx - 70) ** 2 < 100)] = (40, 60, 250)
+tifffile.imwrite(new_images / "new_field.tif", image)
+config = tiny_config()
+config["predict"]["input_dir"] = str(new_images)
+yaml.safe_dump(config, open(sys.argv[1], "w"), sort_keys=False)
 EOF
 
 log "running the tiny workflow through the slurm profile"

@@ -13,20 +13,23 @@ if PREDICT.get("input_dir"):
     PREDICT_DIR = f"{RESULTS}/predictions/{{variant}}-{{loss}}"
     PREDICT_SUMMARY = f"{PREDICT_DIR}/predictions.csv"
 
-    def predict_outputs(kind, suffix):
-        return expand(
+    # Per image: NAME_binary.tif, NAME_labels.tif, NAME_overlay.png ({variant}-{loss} kept).
+    PREDICT_OUTPUTS = {
+        kind: expand(
             f"{PREDICT_DIR}/{{stem}}_{kind}.{suffix}",
             stem=PREDICT_STEMS,
             allow_missing=True,
         )
+        for kind, suffix in (("binary", "tif"), ("labels", "tif"), ("overlay", "png"))
+    }
 
     rule predict:
         input:
             model=f"{MODEL_DIR}/model.pt",
             images=PREDICT_IMAGES,
         output:
-            binary=predict_outputs("binary", "tif"),
-            labels=predict_outputs("labels", "tif"),
+            binary=PREDICT_OUTPUTS["binary"],
+            labels=PREDICT_OUTPUTS["labels"],
             overlays=[
                 report(
                     path,
@@ -34,7 +37,7 @@ if PREDICT.get("input_dir"):
                     category="Predictions on new images",
                     subcategory="{variant}-{loss}",
                 )
-                for path in predict_outputs("overlay", "png")
+                for path in PREDICT_OUTPUTS["overlay"]
             ],
             summary=PREDICT_SUMMARY,
         log:
