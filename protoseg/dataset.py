@@ -14,7 +14,7 @@ study did:
 * **mask**: instance labels -> 0/255 uint8, resized with ``cv2.INTER_LINEAR`` like the
   image, then binarised (> 0 -> 1), stored as uint8.
 
-Layout of ``dataset_dir`` (see docs/dataset.md):
+Layout of ``dataset_dir`` (the choice of format: docs/benchmarks/dataset.md):
 
 * ``manifest.csv``: one row per sample: ``sample, split, shard, row, image, mask, state,
   z, modality, channel`` plus the split key column;

@@ -2,32 +2,27 @@
 # resized and binarised, split by the catalogue column split.key (never by random image),
 # written as memory-mappable shards plus a manifest (protoseg.dataset).
 DATASET = config["dataset"]
-DATASET_MASK = STATE_MASK if DATASET.get("mask_source", "state") == "state" else PER_Z_MASK
+DATASET_MASK = (
+    STATE_MASK if DATASET.get("mask_source", "state") == "state" else PER_Z_MASK
+)
 DATASET_INFO = f"{DATASET_DIR}/dataset.json"
 DATASET_SHARDS = f"{DATASET_DIR}/shards"
-
-
-def dataset_masks(wildcards):
-    """Every mask of the chosen mask_source: the dataset pairs each image with one."""
-    if DATASET_MASK == STATE_MASK:
-        return expand(STATE_MASK, state=STATES)
-    return expand(PER_Z_MASK, state=STATES, z=PLANES)
+# Every mask of the chosen mask_source: the dataset pairs each image with one.
+DATASET_MASKS = (
+    expand(STATE_MASK, state=STATES)
+    if DATASET_MASK == STATE_MASK
+    else expand(PER_Z_MASK, state=STATES, z=PLANES)
+)
 
 
 rule dataset:
     input:
         catalogue=CATALOGUE,
-        masks=dataset_masks,
+        masks=DATASET_MASKS,
     output:
         manifest=DATASET_MANIFEST,
         info=DATASET_INFO,
         shards=directory(DATASET_SHARDS),
-    params:
-        modalities=lambda wildcards: DATASET["variants"][wildcards.variant]["modalities"],
-        split=config["split"],
-        dataset=DATASET,
-        # filled in per image by protoseg.dataset: {state} and {z}
-        mask_template=lambda wildcards: DATASET_MASK,
     log:
         log_path("dataset", "{variant}"),
     benchmark:
@@ -39,6 +34,14 @@ rule dataset:
         # full-size image; see docs/benchmarks/dataset.md.
         mem_mb=2000,
         runtime=60,
+    params:
+        modalities=lambda wildcards: DATASET["variants"][wildcards.variant][
+            "modalities"
+        ],
+        split=config["split"],
+        dataset=DATASET,
+        # filled in per image by protoseg.dataset: {state} and {z}
+        mask_template=lambda wildcards: DATASET_MASK,
     script:
         f"{SCRIPTS}/dataset.py"
 

@@ -24,9 +24,6 @@ rule train:
             subcategory="{variant}-{loss}",
             labels={"model": "{variant}-{loss}", "figure": "loss curve"},
         ),
-    params:
-        model=config["model"],
-        train=config["train"],
     log:
         log_path("train", "{variant}-{loss}"),
     benchmark:
@@ -40,6 +37,9 @@ rule train:
         # CPU node (activations); on a GPU the same in GPU memory with AMP.
         mem_mb=8000,
         runtime=240,
+    params:
+        model=config["model"],
+        train=config["train"],
     script:
         f"{SCRIPTS}/train.py"
 
