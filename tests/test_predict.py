@@ -292,5 +292,5 @@ def test_predict_rule_segments_a_folder_with_a_trained_model(tmp_path):
         assert read_image(paths["overlay"]).shape == (*shape, 3)
     # Every model gets a predict job: the dry run of rule all lists the ones not yet run.
     models = len(config["dataset"]["variants"]) * len(config["train"]["losses"])
-    dry = run_snakemake(workdir, "-n")
-    assert re.search(rf"^predict\s+{models - 1}\s*$", dry.stdout, flags=re.MULTILINE), dry.stdout[-2000:]
+    dry = run_snakemake(workdir, "-n").stdout
+    assert re.search(rf"^predict\s+{models - 1}\s*$", dry, flags=re.MULTILINE), dry[-2000:]
