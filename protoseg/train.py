@@ -174,10 +174,18 @@ def _prune_checkpoints(model_dir: Path, keep: int) -> None:
         old.unlink()
 
 
-def _fingerprint(architecture: dict, settings: dict, loss: str, info: dict, samples: int) -> str:
+def _dataset_stamp(dataset_dir: str | Path) -> list:
+    """Name, size and modification time of the manifest and every shard: a rebuilt data set
+    (new masks, say) gets a new stamp, so old checkpoints are not resumed on new data."""
+    folder = Path(dataset_dir)
+    files = [folder / datasets.MANIFEST_NAME, *sorted((folder / datasets.SHARD_DIR).glob("*.npy"))]
+    return [(path.name, path.stat().st_size, path.stat().st_mtime_ns) for path in files if path.is_file()]
+
+
+def _fingerprint(architecture: dict, settings: dict, loss: str, info: dict, stamp: list) -> str:
     """What a checkpoint must match to be resumed: same model, recipe, loss and data."""
     recipe = {k: v for k, v in settings.items() if k not in ("device", "workers", "keep_checkpoints")}
-    return json.dumps({"architecture": architecture, "train": recipe, "loss": loss, "dataset": info, "samples": samples}, sort_keys=True, default=str)
+    return json.dumps({"architecture": architecture, "train": recipe, "loss": loss, "dataset": info, "files": stamp}, sort_keys=True, default=str)
 
 
 # ---------------------------------------------------------------- outputs
@@ -249,7 +257,7 @@ def train_model(
     if len(train_data) == 0:
         raise ConfigError("split.test", f"{dataset_dir}: the train split is empty")
     architecture = architecture_from_config(model_cfg, info["channels"])
-    fingerprint = _fingerprint(architecture, settings, loss, info, len(train_data))
+    fingerprint = _fingerprint(architecture, settings, loss, info, _dataset_stamp(dataset_dir))
 
     seed = int(settings["seed"])
     seed_everything(seed)

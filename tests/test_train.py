@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -118,3 +120,14 @@ def test_augmentation_moves_image_and_mask_together():
     assert len(seen) > 1
     same_images, _ = augment_batch(images, masks, generator, flip=False, rotate90=False)
     assert torch.equal(same_images, images)
+
+
+def test_rebuilt_dataset_is_not_resumed(dataset_dir, tmp_path):
+    train_model(dataset_dir, tmp_path / "m", model_cfg=MODEL_CFG, train_cfg={**TRAIN_CFG, "epochs": 1}, loss="bce", progress=False)
+    manifest = dataset_dir / "manifest.csv"
+    stat = manifest.stat()
+    os.utime(manifest, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # as if rebuilt
+    epochs_run = []
+    with pytest.warns(UserWarning, match="other settings or data"):
+        train_model(dataset_dir, tmp_path / "m", model_cfg=MODEL_CFG, train_cfg={**TRAIN_CFG, "epochs": 1}, loss="bce", progress=False, on_epoch_end=epochs_run.append)
+    assert epochs_run == [1]

@@ -80,3 +80,22 @@ def test_rerun_has_nothing_to_do(finished_run):
     workdir, _ = finished_run
     result = run_snakemake(workdir, "-n")
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_report_renders_in_a_browser(finished_run, tmp_path):
+    workdir, _ = finished_run
+    run_snakemake(workdir, "--report", "results/report.html")
+    report = workdir / "results" / "report.html"
+    html = report.read_text(errors="replace")
+    for label in ("metrics_vs_z", "catalogue"):
+        assert label in html
+    from protoseg.report_check import find_chromium, screenshot
+
+    if find_chromium() is None:
+        pytest.skip("no Chromium installed (Debian package `chromium`); the HTML checks above ran")
+    png = screenshot(report, tmp_path / "report.png")
+    import cv2
+
+    image = cv2.imread(str(png))
+    assert image is not None and image.shape[0] > 500
+    assert image.std() > 10  # a rendered page, not a blank one
