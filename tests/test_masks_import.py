@@ -199,3 +199,11 @@ def test_method_inputs_name_the_files_each_method_reads(tmp_path):
         {"method": "sam-prompted", "prompted": {"prompts": "p.csv"}}, "s1", [12]
     ) == ["p.csv"]
     assert method_inputs({"method": "classical"}, "s1", [12]) == []
+
+
+def test_template_can_find_truth_beside_the_image(tmp_path):
+    from protoseg.masks.imported import import_path
+
+    image = tmp_path / "fig1" / "nucleus" / "240417YZ15_p0026_t00001_z001.png"
+    path = import_path(".", "{image_dir}/../gt/{stem}.png", "s", 1, image)
+    assert path.resolve() == (tmp_path / "fig1" / "gt" / "240417YZ15_p0026_t00001_z001.png").resolve()

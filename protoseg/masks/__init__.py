@@ -82,7 +82,9 @@ def _import_settings(masks_cfg: dict) -> tuple[str | None, str]:
     return section.get("dir"), section.get("template") or DEFAULT_TEMPLATE
 
 
-def method_inputs(masks_cfg: dict, state: str, planes: Sequence[int]) -> list[str]:
+def method_inputs(
+    masks_cfg: dict, state: str, planes: Sequence[int], image_paths: Sequence[str | Path] | None = None
+) -> list[str]:
     """Files ``masks.method`` reads besides the images (the workflow's rule inputs).
 
     The prompts CSV for ``sam-prompted``, the state's mask files for ``import``; editing
@@ -95,7 +97,8 @@ def method_inputs(masks_cfg: dict, state: str, planes: Sequence[int]) -> list[st
         from protoseg.masks.imported import import_path
 
         import_dir, template = _import_settings(masks_cfg)
-        return [str(import_path(import_dir, template, state, z)) for z in planes]
+        paths = image_paths if image_paths is not None else [None] * len(planes)
+        return [str(import_path(import_dir, template, state, z, path)) for z, path in zip(planes, paths, strict=True)]
     return []
 
 
@@ -106,6 +109,7 @@ def check_method(
     planes: Sequence[int],
     state: str | None = None,
     states: Sequence[str] | None = None,
+    image_paths: Sequence[str | Path] | None = None,
 ) -> None:
     """Raise :class:`ConfigError`/:class:`InputError` for anything that would stop the run later.
 
@@ -136,8 +140,9 @@ def check_method(
         from protoseg.masks.imported import import_path
 
         import_dir, template = _import_settings(masks_cfg)
-        for z in planes:
-            path = import_path(import_dir, template, state, z)
+        paths = image_paths if image_paths is not None else [None] * len(planes)
+        for z, image_path in zip(planes, paths, strict=True):
+            path = import_path(import_dir, template, state, z, image_path)
             if not path.is_file():
                 raise InputError(
                     path,
@@ -153,8 +158,12 @@ def make_plane_mask(
     state: str,
     z: int,
     embedding_dir: str | Path | None = None,
+    image_path: str | Path | None = None,
 ) -> np.ndarray:
     """Instance labels (uint16, 0 = background) of one plane's image by ``method``.
+
+    ``image_path`` (the file ``image`` came from) lets an ``import`` template find a mask
+    stored beside its image.
 
     ``masks_cfg`` is the config's ``masks`` section. ``embedding_dir`` overrides
     ``masks.sam.embeddings_dir`` (the root of the SAM embedding cache). A plane with no
@@ -196,7 +205,7 @@ def make_plane_mask(
         from protoseg.masks.imported import import_path, load_imported_mask
 
         import_dir, template = _import_settings(masks_cfg)
-        mask = load_imported_mask(import_path(import_dir, template, state, z), image.shape)
+        mask = load_imported_mask(import_path(import_dir, template, state, z, image_path), image.shape)
     mask = np.asarray(mask)
     if mask.dtype != np.uint16:
         mask = mask.astype(np.uint16)
@@ -227,7 +236,7 @@ def make_state_masks(
         raise ValueError(
             f"{state}: {len(image_paths)} images, {len(output_paths)} outputs and {len(planes)} planes; they must match"
         )
-    check_method(method, masks_cfg, planes=planes, state=state, states=states)
+    check_method(method, masks_cfg, planes=planes, state=state, states=states, image_paths=image_paths)
     images = [read_image(path) for path in image_paths]
     if method == "sam-prompted":
         from protoseg.masks import prompts
@@ -238,8 +247,8 @@ def make_state_masks(
             prompts.check_inside(rows, _prompts_path(masks_cfg), image.shape[:2])
 
     masks = []
-    for z, image in tqdm(
-        list(zip(planes, images, strict=True)), desc=f"masks {state} ({method})", unit="plane"
+    for z, image, image_path in tqdm(
+        list(zip(planes, images, image_paths, strict=True)), desc=f"masks {state} ({method})", unit="plane"
     ):
         masks.append(
             make_plane_mask(
@@ -249,6 +258,7 @@ def make_state_masks(
                 state=state,
                 z=int(z),
                 embedding_dir=embedding_dir,
+                image_path=image_path,
             )
         )
     for path, mask in zip(output_paths, masks, strict=True):

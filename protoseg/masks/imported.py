@@ -22,20 +22,33 @@ from protoseg.io import read_image
 DEFAULT_TEMPLATE = "{state}/z{z}.tif"
 
 
-def import_path(import_dir: str | Path | None, template: str, state: str, z: int) -> Path:
-    """Where the imported mask of ``state``'s plane ``z`` is expected."""
+def import_path(
+    import_dir: str | Path | None, template: str, state: str, z: int, image_path: str | Path | None = None
+) -> Path:
+    """Where the imported mask of ``state``'s plane ``z`` is expected.
+
+    The template may use ``{state}`` and ``{z}``, and, when the image the mask belongs to
+    is known, ``{image_dir}`` (its folder), ``{stem}`` (its name without suffix) and
+    ``{name}``: ground truth kept beside the images under the same names, as in
+    ``fig1/nucleus/A.png`` -> ``fig1/gt/A.png``, is ``{image_dir}/../gt/{stem}.png``.
+    """
     if not import_dir:
         raise ConfigError(
             "masks.import.dir",
             "must name the folder of imported masks when masks.method is 'import'",
         )
     try:
-        name = template.format(state=state, z=z)
+        image_fields = {}
+        if image_path is not None:
+            image_path = Path(image_path)
+            image_fields = {"image_dir": str(image_path.parent), "stem": image_path.stem, "name": image_path.name}
+        name = template.format(state=state, z=z, **image_fields)
     except (KeyError, IndexError, ValueError) as error:
         raise ConfigError(
             "masks.import.template",
-            f"'{template}' is not a valid template ({error!r}); it may use {{state}} and {{z}} only",
+            f"'{template}' is not a valid template ({error!r}); it may use {{state}}, {{z}}, {{image_dir}}, {{stem}} and {{name}}",
         ) from error
+    # An absolute {image_dir} makes the template absolute and import_dir is then ignored.
     return Path(import_dir) / name
 
 
