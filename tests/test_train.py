@@ -131,3 +131,16 @@ def test_rebuilt_dataset_is_not_resumed(dataset_dir, tmp_path):
     with pytest.warns(UserWarning, match="other settings or data"):
         train_model(dataset_dir, tmp_path / "m", model_cfg=MODEL_CFG, train_cfg={**TRAIN_CFG, "epochs": 1}, loss="bce", progress=False, on_epoch_end=epochs_run.append)
     assert epochs_run == [1]
+
+
+def test_batch_norm_recalibration_sets_population_statistics():
+    norm = torch.nn.BatchNorm2d(2)
+    model = torch.nn.Sequential(norm)
+    batches = [torch.randn(4, 2, 3, 3) + shift for shift in (0.0, 10.0)]
+    for batch in batches:  # drifted moving averages, as after training
+        model.train()(batch * 3)
+    loader = [(batch, None) for batch in batches]
+    assert training.recalibrate_batch_norm(model, loader, torch.device("cpu"), use_amp=False) == 1
+    expected = torch.stack([b.mean(dim=(0, 2, 3)) for b in batches]).mean(0)
+    assert torch.allclose(norm.running_mean, expected, atol=1e-5)
+    assert norm.momentum == 0.1 and not model.training

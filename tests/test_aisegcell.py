@@ -1,0 +1,168 @@
+"""config/aisegcell.yaml: real bright-field images named by another lab (aiSEGcell, CC-BY-4.0).
+
+The data stay in ../shared/data/aisegcell (never copied into the repository); the tests that
+read them are skipped where that folder is absent.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import yaml
+from skimage.measure import label as connected_components
+from snakemake.utils import validate
+
+from protoseg import naming
+from protoseg.cli import SCHEMA, validate_config
+from protoseg.io import read_image
+from protoseg.masks.imported import import_path
+from tests.test_paper_config import leaf_keys
+from tests.workflow_helpers import REPO, demo_config, run_snakemake, write_project
+
+AISEGCELL = REPO / "config" / "aisegcell.yaml"
+DATA = (REPO / ".." / "shared" / "data" / "aisegcell").resolve()
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} not present")
+
+# Two states for the end-to-end run: different sizes and colour storage in one set.
+TRAIN_STATE = "200925SK30_p30_t1"  # fig1, 2048 x 2044, stored RGB with R = G = B
+TEST_STATE = "240418YZ16_p16_t1"  # suppl_fig3, 1024 x 1024 grey
+
+
+def aisegcell() -> dict:
+    return yaml.safe_load(AISEGCELL.read_text())
+
+
+def test_config_validates_against_the_schema():
+    config = aisegcell()
+    validate_config(config, SCHEMA)
+    validate(config, str(SCHEMA))  # as the Snakefile does
+
+
+def test_config_sets_every_key_the_demo_config_has():
+    missing = leaf_keys(demo_config()) - leaf_keys(aisegcell())
+    assert not missing, f"config/aisegcell.yaml lacks {sorted(missing)}"
+
+
+def test_every_key_is_commented():
+    lines = AISEGCELL.read_text().splitlines()
+    for index, line in enumerate(lines):
+        match = re.match(r"^(\s*)([A-Za-z_][\w]*):", line)
+        if not match or match.group(2) == "modalities":
+            continue
+        before = [previous for previous in lines[:index] if previous.strip()]
+        commented = "#" in line or (before and before[-1].lstrip().startswith("#"))
+        # a key right after a commented sibling (min_area / max_area pairs)
+        sibling_commented = any(
+            re.match(rf"^{match.group(1)}\S", previous) and "#" in previous
+            for previous in lines[max(0, index - 6) : index]
+        )
+        assert commented or sibling_commented, f"line {index + 1} has no comment: {line!r}"
+
+
+def test_config_asks_for_what_the_issue_asks():
+    config = aisegcell()
+    assert config["data"]["source"] == "folder"
+    assert config["data"]["raw_dir"] == "../shared/data/aisegcell"
+    assert config["masks"]["method"] == "import" and config["quality"]["compare_classical"]
+    assert config["split"]["key"] == "experiment"
+    assert {name: v["modalities"] for name, v in config["dataset"]["variants"].items()} == {
+        "brightfield": ["brightfield"],
+        "all": ["brightfield", "nucleus"],
+    }
+    assert sorted(config["train"]["losses"]) == ["bce", "mse"]
+
+
+@needs_data
+def test_catalogue_of_the_real_folder_has_18_states_with_their_truth():
+    data = aisegcell()["data"]
+    records = naming.records_from_config(data, DATA)
+    assert records["state"].nunique() == 18
+    assert len(records) == 36
+    assert set(records["modality"]) == {"brightfield", "nucleus"}
+    masks = aisegcell()["masks"]
+    nucleus = records[records["modality"] == "nucleus"]
+    for state, path in zip(nucleus["state"], nucleus["path"], strict=True):
+        truth = import_path(masks["import"]["dir"], masks["import"]["template"], state, 1, path)
+        assert truth.is_file(), truth
+
+
+@needs_data
+def test_split_holds_out_whole_experiments():
+    config = aisegcell()
+    records = naming.records_from_config(config["data"], DATA)
+    test = naming.states_in_split(records, config["split"], "test")
+    train = naming.states_in_split(records, config["split"], "train")
+    assert len(test) == 6 and len(train) == 12
+    experiments = records.groupby("state")["experiment"].first()
+    assert not set(experiments[test]) & set(experiments[train])
+
+
+def tiny_aisegcell() -> dict:
+    """Two states (2048 x 2044 RGB-stored, 1024 x 1024 grey), 32 px, 1 epoch."""
+    config = copy.deepcopy(aisegcell())
+    config["data"]["raw_dir"] = str(DATA)
+    keep = r"(fig1/(brightfield|nucleus)/200925SK30_p0030|suppl_fig3/(brightfield|nucleus)/240418YZ16_p0016)"
+    config["data"]["ignore"] = [*config["data"]["ignore"], rf"^(?!{keep})"]
+    config["split"]["test"] = ["240418YZ16"]
+    config["dataset"]["size"] = [32, 32]
+    config["model"].update({"depth": 2, "base_channels": 4})
+    config["train"].update({"epochs": 1, "batch_size": 2})
+    return config
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    if not DATA.is_dir():
+        pytest.skip(f"{DATA} not present")
+    workdir = tmp_path_factory.mktemp("aisegcell")
+    # As config/config.yaml of the working directory: read alone, not merged into the demo's.
+    write_project(workdir, tiny_aisegcell())
+    run_snakemake(workdir)
+    return workdir
+
+
+@pytest.mark.slow
+def test_tiny_run_catalogues_images_of_different_sizes(finished_run):
+    catalogue = pd.read_csv(finished_run / "results" / "catalogue.csv")
+    assert sorted(catalogue["state"].unique()) == sorted([TRAIN_STATE, TEST_STATE])
+    sizes = catalogue.groupby("state")[["height", "width"]].first()
+    assert tuple(sizes.loc[TRAIN_STATE]) == (2048, 2044)
+    assert tuple(sizes.loc[TEST_STATE]) == (1024, 1024)
+    assert set(catalogue.groupby("state")["channels"].first()) == {1, 3}
+
+
+@pytest.mark.slow
+def test_tiny_run_imports_the_gt_as_instances(finished_run):
+    mask = tifffile.imread(finished_run / "results" / "masks" / "planes" / TEST_STATE / "z1.tif")
+    truth = read_image(DATA / "suppl_fig3" / "gt" / "240418YZ16_p0016_t00001_z001.png")
+    assert mask.dtype == np.uint16 and mask.shape == truth.shape
+    assert mask.max() == connected_components(truth > 0, connectivity=1).max()
+    assert np.array_equal(mask > 0, truth > 0)
+
+
+@pytest.mark.slow
+def test_tiny_run_scores_the_classical_method_against_the_gt(finished_run):
+    quality = pd.read_csv(finished_run / "results" / "masks" / "quality.csv")
+    classical = quality[quality["method"] == "classical"]
+    assert sorted(classical["state"]) == sorted([TRAIN_STATE, TEST_STATE])
+    assert classical["sa50"].between(0, 1).all()
+    # The imported gt scored against itself: a check that the truth path is the gt.
+    imported = quality[quality["method"] == "import"]
+    assert np.allclose(imported[imported["kind"] == "plane"]["sa50"], 1.0)
+    assert "classical" in (finished_run / "results" / "masks" / "quality.md").read_text()
+
+
+@pytest.mark.slow
+def test_tiny_run_evaluates_every_model_on_the_held_out_experiment(finished_run):
+    for variant in ("brightfield", "all"):
+        for loss in ("bce", "mse"):
+            per_image = pd.read_csv(finished_run / "results" / "metrics" / f"{variant}-{loss}" / "per_image.csv")
+            assert set(per_image["state"]) == {TEST_STATE}
+        table = pd.read_csv(finished_run / "results" / "tables" / f"{variant}_instances.csv")
+        assert len(table) > 0
+    assert (finished_run / "results" / "tables" / "summary.csv").is_file()
