@@ -63,7 +63,16 @@ def study_catalogue(paths: list[Path], images: int) -> pd.DataFrame:
         xy = 10 if state % 10 == 0 else state + 1  # about a tenth of the states are xy10
         for z in PLANES:
             for channel, modality in ((1, "brightfield"), (2, "fluorescent")):
-                rows.append({"path": str(paths[len(rows) % len(paths)]), "channel": channel, "modality": modality, "xy": xy, "z": z, "state": f"day1t{state}xy{xy}"})
+                rows.append(
+                    {
+                        "path": str(paths[len(rows) % len(paths)]),
+                        "channel": channel,
+                        "modality": modality,
+                        "xy": xy,
+                        "z": z,
+                        "state": f"day1t{state}xy{xy}",
+                    }
+                )
         state += 1
     return pd.DataFrame(rows[:images])
 
@@ -89,8 +98,16 @@ print(json.dumps({"seconds": seconds, "import_rss_mb": import_rss, "traced_peak_
 
 
 def measure(catalogue: Path, mask: Path, out: Path, shard_size: int) -> dict:
-    args = json.dumps({"catalogue": str(catalogue), "mask": str(mask), "out": str(out), "shard_size": shard_size})
-    result = subprocess.run([sys.executable, "-c", CHILD, args], check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    args = json.dumps(
+        {"catalogue": str(catalogue), "mask": str(mask), "out": str(out), "shard_size": shard_size}
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, args],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     row = json.loads(result.stdout.strip().splitlines()[-1])
     row["disk_mb"] = sum(p.stat().st_size for p in (out / "shards").glob("*.npy")) / 2**20
     return row
@@ -99,15 +116,23 @@ def measure(catalogue: Path, mask: Path, out: Path, shard_size: int) -> dict:
 def baseline_rss() -> float:
     code = "import resource, pandas, protoseg.dataset; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as the measured builds
-    return float(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env).stdout)
+    return float(
+        subprocess.run(
+            [sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env
+        ).stdout
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, nargs="+", default=[140, STUDY_IMAGES], help="dataset sizes to build")
+    parser.add_argument(
+        "--images", type=int, nargs="+", default=[140, STUDY_IMAGES], help="dataset sizes to build"
+    )
     parser.add_argument("--shard-sizes", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--distinct", type=int, default=6, help="distinct full-size images on disk")
-    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument(
+        "--work", type=Path, default=None, help="scratch folder (default: a temporary one)"
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/dataset.md"))
     args = parser.parse_args()
 
@@ -121,10 +146,18 @@ def main() -> None:
             catalogue = work / f"catalogue-{images}.csv"
             study_catalogue(paths, images).to_csv(catalogue, index=False)
             for shard_size in args.shard_sizes:
-                if images == max(args.images) and shard_size != max(args.shard_sizes) and len(args.images) > 1:
+                if (
+                    images == max(args.images)
+                    and shard_size != max(args.shard_sizes)
+                    and len(args.images) > 1
+                ):
                     continue  # the full size once, at the largest shard size: the trend shows on the smaller set
                 out = work / f"ds-{images}-{shard_size}"
-                row = {"images": images, "shard_size": shard_size, **measure(catalogue, mask, out, shard_size)}
+                row = {
+                    "images": images,
+                    "shard_size": shard_size,
+                    **measure(catalogue, mask, out, shard_size),
+                }
                 shutil.rmtree(out)
                 print(row, flush=True)
                 rows.append(row)
@@ -132,7 +165,9 @@ def main() -> None:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     table = pd.DataFrame(rows)
-    table["shard_buffer_mb"] = table["shard_size"] * 3 * 512 * 512 * 4 / 2**20 + table["shard_size"] * 512 * 512 / 2**20
+    table["shard_buffer_mb"] = (
+        table["shard_size"] * 3 * 512 * 512 * 4 / 2**20 + table["shard_size"] * 512 * 512 / 2**20
+    )
     write_report(args.out, table, base)
 
 
@@ -164,10 +199,18 @@ FORMAT_NOTES = [
 
 def write_report(path: Path, table: pd.DataFrame, base: float) -> None:
     table = table.astype({"images": str, "shard_size": str})  # keep counts as integers in the table
-    shown = table.rename(columns={
-        "images": "images", "shard_size": "shard size", "import_rss_mb": "RSS after imports MB", "seconds": "build s", "maxrss_mb": "peak RSS MB",
-        "traced_peak_mb": "peak traced MB", "shard_buffer_mb": "shard buffer MB", "disk_mb": "shards on disk MB",
-    })
+    shown = table.rename(
+        columns={
+            "images": "images",
+            "shard_size": "shard size",
+            "import_rss_mb": "RSS after imports MB",
+            "seconds": "build s",
+            "maxrss_mb": "peak RSS MB",
+            "traced_peak_mb": "peak traced MB",
+            "shard_buffer_mb": "shard buffer MB",
+            "disk_mb": "shards on disk MB",
+        }
+    )
     lines = [
         "# Dataset build: peak memory at the study's size",
         "",

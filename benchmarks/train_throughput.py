@@ -39,8 +39,18 @@ from protoseg.model import UNet, count_parameters
 
 DOCS = Path("docs/benchmarks")
 CASES = {
-    "demo": {"size": 128, "batch": 16, "protoseg": {"depth": 3, "base_channels": 8}, "monai": (8, 8, 16, 32, 64, 8)},
-    "study": {"size": 512, "batch": 16, "protoseg": {"depth": 4, "base_channels": 64}, "monai": (64, 128, 256, 512, 1024, 64)},
+    "demo": {
+        "size": 128,
+        "batch": 16,
+        "protoseg": {"depth": 3, "base_channels": 8},
+        "monai": (8, 8, 16, 32, 64, 8),
+    },
+    "study": {
+        "size": 512,
+        "batch": 16,
+        "protoseg": {"depth": 4, "base_channels": 64},
+        "monai": (64, 128, 256, 512, 1024, 64),
+    },
 }
 
 
@@ -95,20 +105,44 @@ def synthetic_dataset(folder: Path, samples: int, size: int, shard_size: int = 6
         name = shard_name("train", index)
         image_file, mask_file = shard_files(folder, name)
         image_file.parent.mkdir(parents=True, exist_ok=True)
-        images = np.lib.format.open_memmap(image_file, mode="w+", dtype=np.float32, shape=(count, 3, size, size))
-        masks = np.lib.format.open_memmap(mask_file, mode="w+", dtype=np.uint8, shape=(count, size, size))
+        images = np.lib.format.open_memmap(
+            image_file, mode="w+", dtype=np.float32, shape=(count, 3, size, size)
+        )
+        masks = np.lib.format.open_memmap(
+            mask_file, mode="w+", dtype=np.uint8, shape=(count, size, size)
+        )
         for row in range(count):
             images[row] = rng.random((3, size, size), dtype=np.float32)
             masks[row] = rng.random((size, size)) > 0.5
-            rows.append({"sample": start + row, "split": "train", "shard": name, "row": row, "image": f"synthetic{start + row}",
-                         "mask": "synthetic", "state": f"s{(start + row) // 14}", "z": 12 + 2 * ((start + row) % 7), "modality": "brightfield", "channel": 1})
+            rows.append(
+                {
+                    "sample": start + row,
+                    "split": "train",
+                    "shard": name,
+                    "row": row,
+                    "image": f"synthetic{start + row}",
+                    "mask": "synthetic",
+                    "state": f"s{(start + row) // 14}",
+                    "z": 12 + 2 * ((start + row) % 7),
+                    "modality": "brightfield",
+                    "channel": 1,
+                }
+            )
         images.flush()
         masks.flush()
         del images, masks
     pd.DataFrame(rows).to_csv(folder / MANIFEST_NAME, index=False)
-    info = {"variant": "synthetic", "modalities": ["brightfield"], "size": [size, size], "colour": "rgb", "channels": 3,
-            "mask_source": "state", "shard_size": shard_size, "split": {"key": "xy", "test": [10], "validation": []},
-            "samples": {"train": samples, "validation": 0, "test": 0}}
+    info = {
+        "variant": "synthetic",
+        "modalities": ["brightfield"],
+        "size": [size, size],
+        "colour": "rgb",
+        "channels": 3,
+        "mask_source": "state",
+        "shard_size": shard_size,
+        "split": {"key": "xy", "test": [10], "validation": []},
+        "samples": {"train": samples, "validation": 0, "test": 0},
+    }
     (folder / INFO_NAME).write_text(json.dumps(info))
     return folder
 
@@ -122,12 +156,33 @@ def time_epoch(samples: int, workers: int, amp: bool) -> dict:
         started = time.perf_counter()
         synthetic_dataset(work / "ds", samples, 512)
         write_seconds = time.perf_counter() - started
-        train_cfg = {"epochs": 1, "batch_size": 16, "lr_min": 1e-4, "lr_max": 1e-2, "lr_half_cycle_epochs": 4, "seed": 0,
-                     "device": "auto", "amp": amp, "workers": workers, "augment": {"flip": True, "rotate90": True}}
-        history = train_model(work / "ds", work / "model", model_cfg={"depth": 4, "base_channels": 64, "batch_norm": True},
-                              train_cfg=train_cfg, loss="bce", progress=False)
-        return {"samples": samples, "workers": workers, "amp": amp, "epoch_seconds": float(history["seconds"].iloc[0]),
-                "dataset_write_seconds": write_seconds}
+        train_cfg = {
+            "epochs": 1,
+            "batch_size": 16,
+            "lr_min": 1e-4,
+            "lr_max": 1e-2,
+            "lr_half_cycle_epochs": 4,
+            "seed": 0,
+            "device": "auto",
+            "amp": amp,
+            "workers": workers,
+            "augment": {"flip": True, "rotate90": True},
+        }
+        history = train_model(
+            work / "ds",
+            work / "model",
+            model_cfg={"depth": 4, "base_channels": 64, "batch_norm": True},
+            train_cfg=train_cfg,
+            loss="bce",
+            progress=False,
+        )
+        return {
+            "samples": samples,
+            "workers": workers,
+            "amp": amp,
+            "epoch_seconds": float(history["seconds"].iloc[0]),
+            "dataset_write_seconds": write_seconds,
+        }
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -160,19 +215,39 @@ def run(args) -> dict:
                     print("MONAI is not installed: pip install monai (benchmark only)")
                     continue
                 torch.manual_seed(0)
-                ips = time_steps(model, device, case["batch"], case["size"], amp, args.warmup, args.steps)
-                row = {"case": case_name, "size": case["size"], "batch": case["batch"], "model": model_name,
-                       "parameters": count_parameters(model), "precision": precision, "images_per_s": ips}
+                ips = time_steps(
+                    model, device, case["batch"], case["size"], amp, args.warmup, args.steps
+                )
+                row = {
+                    "case": case_name,
+                    "size": case["size"],
+                    "batch": case["batch"],
+                    "model": model_name,
+                    "parameters": count_parameters(model),
+                    "precision": precision,
+                    "images_per_s": ips,
+                }
                 print(row, flush=True)
                 rows.append(row)
                 del model
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-    epochs = [time_epoch(samples, workers, device.type == "cuda") for samples in args.epoch_images for workers in args.workers]
+    epochs = [
+        time_epoch(samples, workers, device.type == "cuda")
+        for samples in args.epoch_images
+        for workers in args.workers
+    ]
     for epoch in epochs:
         print(epoch, flush=True)
-    return {"device": device.type, "hardware": describe(device), "date": time.strftime("%Y-%m-%d"),
-            "steps": args.steps, "warmup": args.warmup, "throughput": rows, "epochs": epochs}
+    return {
+        "device": device.type,
+        "hardware": describe(device),
+        "date": time.strftime("%Y-%m-%d"),
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "throughput": rows,
+        "epochs": epochs,
+    }
 
 
 # What the numbers say; kept here so that a re-render keeps it.
@@ -215,24 +290,36 @@ def render(out: Path) -> None:
     for path in sorted(out.parent.glob("training_*.json")):
         result = json.loads(path.read_text())
         table = pd.DataFrame(result["throughput"])
-        lines += [f"## {result['device'].upper()}: {result['hardware']}", "",
-                  f"{result['date']}; {result['warmup']} untimed, then {result['steps']} timed steps per row.", ""]
+        lines += [
+            f"## {result['device'].upper()}: {result['hardware']}",
+            "",
+            f"{result['date']}; {result['warmup']} untimed, then {result['steps']} timed steps per row.",
+            "",
+        ]
         if not table.empty:
             table["parameters"] = table["parameters"].map(lambda n: f"{n / 1e6:.2f} M")
             table["images_per_s"] = table["images_per_s"].map(lambda v: f"{v:.3g}")
             lines += [table.to_markdown(index=False), ""]
-            study = [r for r in result["throughput"] if r["case"] == "study" and r["model"] == "protoseg"]
+            study = [
+                r for r in result["throughput"] if r["case"] == "study" and r["model"] == "protoseg"
+            ]
             if study:
                 best = max(r["images_per_s"] for r in study)
-                lines += [f"At this rate one epoch of the study (2030 images, 512 x 512) takes {2030 / best:,.0f} s of "
-                          f"compute ({1015 / best:,.0f} s for the 1015 bright-field images); its 50 epochs "
-                          f"{50 * 2030 / best / 3600:,.1f} h.", ""]
+                lines += [
+                    f"At this rate one epoch of the study (2030 images, 512 x 512) takes {2030 / best:,.0f} s of "
+                    f"compute ({1015 / best:,.0f} s for the 1015 bright-field images); its 50 epochs "
+                    f"{50 * 2030 / best / 3600:,.1f} h.",
+                    "",
+                ]
         for epoch in result.get("epochs", []):
-            lines += [f"One real epoch of `protoseg.train` with the study's configuration (depth-4, 64-channel U-Net, "
-                      f"batch 16, {'AMP' if epoch['amp'] else 'fp32'}, {epoch['workers']} DataLoader workers, flips and "
-                      f"rotations, shards memory-mapped from disk, checkpoint included) on {epoch['samples']} synthetic "
-                      f"512 x 512 samples: **{epoch['epoch_seconds']:.1f} s** (writing the "
-                      f"{epoch['samples'] * 3.25 / 1024:.1f} GB of shards took {epoch['dataset_write_seconds']:.0f} s).", ""]
+            lines += [
+                f"One real epoch of `protoseg.train` with the study's configuration (depth-4, 64-channel U-Net, "
+                f"batch 16, {'AMP' if epoch['amp'] else 'fp32'}, {epoch['workers']} DataLoader workers, flips and "
+                f"rotations, shards memory-mapped from disk, checkpoint included) on {epoch['samples']} synthetic "
+                f"512 x 512 samples: **{epoch['epoch_seconds']:.1f} s** (writing the "
+                f"{epoch['samples'] * 3.25 / 1024:.1f} GB of shards took {epoch['dataset_write_seconds']:.0f} s).",
+                "",
+            ]
         if result.get("notes"):
             lines += [result["notes"], ""]
     out.write_text("\n".join(lines + NOTES))
@@ -244,15 +331,39 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cases", nargs="+", default=["demo", "study"], choices=list(CASES))
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "amp"])
-    parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 5 on CPU, 20 on CUDA)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 1 on CPU, 5 on CUDA)")
-    parser.add_argument("--study-batch", type=int, default=None, help="batch at 512 x 512 (default 16; 2 on CPU)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="timed steps (default: 5 on CPU, 20 on CUDA)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="untimed steps first (default: 1 on CPU, 5 on CUDA)",
+    )
+    parser.add_argument(
+        "--study-batch", type=int, default=None, help="batch at 512 x 512 (default 16; 2 on CPU)"
+    )
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--epoch-images", type=int, nargs="*", default=[], help="also time one real epoch on this many samples")
-    parser.add_argument("--workers", type=int, nargs="+", default=[8], help="DataLoader workers for --epoch-images")
-    parser.add_argument("--json", type=Path, default=None, help="where the results go (default docs/benchmarks/training_{device}.json)")
+    parser.add_argument(
+        "--epoch-images",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also time one real epoch on this many samples",
+    )
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[8], help="DataLoader workers for --epoch-images"
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="where the results go (default docs/benchmarks/training_{device}.json)",
+    )
     parser.add_argument("--out", type=Path, default=DOCS / "training.md")
-    parser.add_argument("--render", action="store_true", help="only rebuild the markdown from the JSON files")
+    parser.add_argument(
+        "--render", action="store_true", help="only rebuild the markdown from the JSON files"
+    )
     args = parser.parse_args()
     if not args.render:
         cuda = args.device.startswith("cuda")

@@ -51,7 +51,18 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
 COLOURS = ("rgb", "grey")
 MASK_SOURCES = ("state", "per_z")
-MANIFEST_COLUMNS = ["sample", "split", "shard", "row", "image", "mask", "state", "z", "modality", "channel"]
+MANIFEST_COLUMNS = [
+    "sample",
+    "split",
+    "shard",
+    "row",
+    "image",
+    "mask",
+    "state",
+    "z",
+    "modality",
+    "channel",
+]
 SHARD_DIR = "shards"
 MANIFEST_NAME = "manifest.csv"
 INFO_NAME = "dataset.json"
@@ -72,7 +83,9 @@ def scale_to_unit(image: np.ndarray, source: str | Path = "image") -> np.ndarray
     if np.issubdtype(image.dtype, np.integer):
         info = np.iinfo(image.dtype)
         if info.min < 0:
-            raise InputError(source, f"signed integer image ({image.dtype}); expected unsigned intensities")
+            raise InputError(
+                source, f"signed integer image ({image.dtype}); expected unsigned intensities"
+            )
         return image.astype(np.float32) / np.float32(info.max)
     if np.issubdtype(image.dtype, np.floating):
         return np.clip(image.astype(np.float32), 0.0, 1.0)
@@ -82,7 +95,9 @@ def scale_to_unit(image: np.ndarray, source: str | Path = "image") -> np.ndarray
 def convert_colour(image: np.ndarray, colour: str, source: str | Path = "image") -> np.ndarray:
     """A float image (H x W or H x W x C) as H x W x 3 (``rgb``) or H x W x 1 (``grey``)."""
     if colour not in COLOURS:
-        raise ConfigError("dataset.colour", f"unknown colour '{colour}'; use one of {', '.join(COLOURS)}")
+        raise ConfigError(
+            "dataset.colour", f"unknown colour '{colour}'; use one of {', '.join(COLOURS)}"
+        )
     if image.ndim == 3 and image.shape[2] == 4:
         image = image[..., :3]  # alpha carries no intensity
     if image.ndim == 3 and image.shape[2] == 1:
@@ -91,7 +106,9 @@ def convert_colour(image: np.ndarray, colour: str, source: str | Path = "image")
         grey = image
         return np.repeat(grey[..., None], 3, axis=2) if colour == "rgb" else grey[..., None]
     if image.ndim != 3 or image.shape[2] != 3:
-        raise InputError(source, f"expected a greyscale, RGB or RGBA image, got shape {image.shape}")
+        raise InputError(
+            source, f"expected a greyscale, RGB or RGBA image, got shape {image.shape}"
+        )
     if colour == "rgb":
         return image
     return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)[..., None]
@@ -106,7 +123,9 @@ def resize(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
     return resized
 
 
-def prepare_image(image: np.ndarray, size: Sequence[int], colour: str, source: str | Path = "image") -> np.ndarray:
+def prepare_image(
+    image: np.ndarray, size: Sequence[int], colour: str, source: str | Path = "image"
+) -> np.ndarray:
     """Scale to [0, 1], convert colour, resize: float32 C x H x W."""
     unit = convert_colour(scale_to_unit(image, source), colour, source)
     return np.ascontiguousarray(resize(unit, size).transpose(2, 0, 1), dtype=np.float32)
@@ -148,18 +167,25 @@ def assign_splits(catalogue: pd.DataFrame, split_cfg: dict) -> pd.Series:
     """
     key = split_cfg.get("key", "xy")
     if key not in catalogue.columns:
-        raise ConfigError("split.key", f"'{key}' is not a catalogue column (columns: {list(catalogue.columns)})")
+        raise ConfigError(
+            "split.key", f"'{key}' is not a catalogue column (columns: {list(catalogue.columns)})"
+        )
     values = catalogue[key].map(naming.parse_value)
     test = {naming.parse_value(v) for v in split_cfg.get("test", [])}
     validation = {naming.parse_value(v) for v in split_cfg.get("validation", []) or []}
     both = test & validation
     if both:
-        raise ConfigError("split.validation", f"values {sorted(both, key=str)} are also in split.test")
+        raise ConfigError(
+            "split.validation", f"values {sorted(both, key=str)} are also in split.test"
+        )
     present = set(values)
     for name, chosen in (("split.test", test), ("split.validation", validation)):
         missing = chosen - present
         if missing:
-            warnings.warn(f"config key '{name}': values {sorted(missing, key=str)} match no image (column '{key}')", stacklevel=2)
+            warnings.warn(
+                f"config key '{name}': values {sorted(missing, key=str)} match no image (column '{key}')",
+                stacklevel=2,
+            )
     splits = pd.Series("train", index=catalogue.index, dtype=object)
     splits[values.isin(test)] = "test"
     splits[values.isin(validation)] = "validation"
@@ -193,7 +219,9 @@ def plan_samples(
     chosen = chosen[chosen["modality"].isin(modalities)].copy()
     if chosen.empty:
         raise ConfigError(f"dataset.variants.{variant}", f"no image of modalities {modalities}")
-    chosen["mask"] = [str(mask_path(state, int(z))) for state, z in zip(chosen["state"], chosen["z"], strict=True)]
+    chosen["mask"] = [
+        str(mask_path(state, int(z))) for state, z in zip(chosen["state"], chosen["z"], strict=True)
+    ]
     for mask, state in zip(chosen["mask"], chosen["state"], strict=True):
         if not Path(mask).is_file():
             raise InputError(mask, f"mask file not found: the images of state {state} have no mask")
@@ -264,7 +292,9 @@ def build_dataset(
     size = [int(v) for v in dataset_cfg["size"]]
     colour = dataset_cfg.get("colour", "rgb")
     if colour not in COLOURS:
-        raise ConfigError("dataset.colour", f"unknown colour '{colour}'; use one of {', '.join(COLOURS)}")
+        raise ConfigError(
+            "dataset.colour", f"unknown colour '{colour}'; use one of {', '.join(COLOURS)}"
+        )
     shard_size = int(dataset_cfg.get("shard_size", DEFAULT_SHARD_SIZE))
     if shard_size < 1:
         raise ConfigError("dataset.shard_size", "must be at least 1")
@@ -292,10 +322,16 @@ def build_dataset(
                     mask_cache.clear()
                     labels = read_image(sample.mask)
                     if labels.shape[:2] != image.shape[:2]:
-                        raise InputError(sample.mask, f"mask is {labels.shape[:2]} but image {sample.image} is {image.shape[:2]}")
+                        raise InputError(
+                            sample.mask,
+                            f"mask is {labels.shape[:2]} but image {sample.image} is {image.shape[:2]}",
+                        )
                     mask_cache[sample.mask] = prepare_mask(labels, size, sample.mask)
                     if not labels.any():
-                        warnings.warn(f"{sample.mask}: empty mask (no cells); its images are kept as all-background samples", stacklevel=2)
+                        warnings.warn(
+                            f"{sample.mask}: empty mask (no cells); its images are kept as all-background samples",
+                            stacklevel=2,
+                        )
                 images[row] = prepare_image(image, size, colour, sample.image)
                 masks[row] = mask_cache[sample.mask]
                 shards.append(name)
@@ -321,12 +357,18 @@ def build_dataset(
         "interpolation": "linear",
         "mask_source": dataset_cfg.get("mask_source", "state"),
         "shard_size": shard_size,
-        "split": {"key": split_cfg.get("key", "xy"), "test": list(split_cfg.get("test", [])), "validation": list(split_cfg.get("validation", []) or [])},
+        "split": {
+            "key": split_cfg.get("key", "xy"),
+            "test": list(split_cfg.get("test", [])),
+            "validation": list(split_cfg.get("validation", []) or []),
+        },
         "samples": {split: int((manifest["split"] == split).sum()) for split in SPLITS},
     }
     write_text(dataset_dir / INFO_NAME, json.dumps(info, indent=2) + "\n")
     write_csv(dataset_dir / MANIFEST_NAME, manifest)
-    log.info("dataset %s: %s samples per split in %d shards", variant, info["samples"], len(set(shards)))
+    log.info(
+        "dataset %s: %s samples per split in %d shards", variant, info["samples"], len(set(shards))
+    )
     return manifest
 
 
@@ -382,8 +424,13 @@ class SplitData(Sequence):
             image_file, mask_file = shard_files(self.dataset_dir, shard)
             for path in (image_file, mask_file):
                 if not path.is_file():
-                    raise InputError(path, "shard named in the manifest is missing (rebuild the data set)")
-            self._shards[shard] = (np.load(image_file, mmap_mode="r"), np.load(mask_file, mmap_mode="r"))
+                    raise InputError(
+                        path, "shard named in the manifest is missing (rebuild the data set)"
+                    )
+            self._shards[shard] = (
+                np.load(image_file, mmap_mode="r"),
+                np.load(mask_file, mmap_mode="r"),
+            )
         return self._shards[shard]
 
     def arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -399,7 +446,9 @@ class SplitData(Sequence):
 
     def __getitem__(self, index: int) -> Sample:
         image, mask = self.arrays(index)
-        return Sample(image, mask, self.manifest.iloc[index if index >= 0 else index + len(self)].to_dict())
+        return Sample(
+            image, mask, self.manifest.iloc[index if index >= 0 else index + len(self)].to_dict()
+        )
 
     def __getstate__(self):  # memory maps are reopened after pickling (DataLoader workers)
         state = self.__dict__.copy()

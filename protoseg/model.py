@@ -75,7 +75,10 @@ class UNet(nn.Module):
         if base_channels < 1:
             raise ConfigError("model.base_channels", f"must be at least 1, got {base_channels}")
         if upsample not in UPSAMPLE_MODES:
-            raise ConfigError("model.upsample", f"unknown mode '{upsample}'; use one of {', '.join(UPSAMPLE_MODES)}")
+            raise ConfigError(
+                "model.upsample",
+                f"unknown mode '{upsample}'; use one of {', '.join(UPSAMPLE_MODES)}",
+            )
         self.architecture = {
             "in_channels": int(in_channels),
             "out_channels": int(out_channels),
@@ -87,7 +90,9 @@ class UNet(nn.Module):
         widths = [base_channels * 2**level for level in range(depth + 1)]
         self.down = nn.ModuleList([double_conv(in_channels, widths[0], batch_norm)])
         self.down.extend(double_conv(widths[i], widths[i + 1], batch_norm) for i in range(depth))
-        self.up = nn.ModuleList(Up(widths[i + 1], widths[i], batch_norm, upsample) for i in reversed(range(depth)))
+        self.up = nn.ModuleList(
+            Up(widths[i + 1], widths[i], batch_norm, upsample) for i in reversed(range(depth))
+        )
         self.head = nn.Conv2d(widths[0], out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -143,9 +148,13 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise InputError(path, f"not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from error
+        raise InputError(
+            path, f"not a readable PyTorch checkpoint ({type(error).__name__}: {error})"
+        ) from error
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(path, f"not a protoseg U-Net checkpoint (expected format '{CHECKPOINT_FORMAT}')")
+        raise InputError(
+            path, f"not a protoseg U-Net checkpoint (expected format '{CHECKPOINT_FORMAT}')"
+        )
     return payload
 
 
@@ -164,14 +173,22 @@ def load_model(
     stored = payload["architecture"]
     if expected_architecture is not None:
         differing = {
-            key: (stored.get(key), value) for key, value in expected_architecture.items() if stored.get(key) != value
+            key: (stored.get(key), value)
+            for key, value in expected_architecture.items()
+            if stored.get(key) != value
         }
         if differing:
-            described = ", ".join(f"{key}: file has {have}, expected {want}" for key, (have, want) in differing.items())
+            described = ", ".join(
+                f"{key}: file has {have}, expected {want}"
+                for key, (have, want) in differing.items()
+            )
             raise InputError(path, f"checkpoint of another architecture ({described})")
     try:
         model = UNet(**stored)
         model.load_state_dict(payload["state_dict"])
     except (RuntimeError, TypeError, ConfigError) as error:
-        raise InputError(path, f"weights do not fit the U-Net architecture {stored}: {str(error).splitlines()[0]}") from error
+        raise InputError(
+            path,
+            f"weights do not fit the U-Net architecture {stored}: {str(error).splitlines()[0]}",
+        ) from error
     return model.to(device).eval(), payload.get("meta", {})

@@ -71,13 +71,18 @@ class TrainingError(ProtosegError):
 
 def settings_from_config(train_cfg: dict) -> dict:
     """Config ``train`` with defaults filled in and checked (``losses`` left out)."""
-    settings = {key: train_cfg.get(key, value) for key, value in DEFAULTS.items() if key != "augment"}
+    settings = {
+        key: train_cfg.get(key, value) for key, value in DEFAULTS.items() if key != "augment"
+    }
     settings["augment"] = {**DEFAULTS["augment"], **(train_cfg.get("augment") or {})}
     for key in ("epochs", "batch_size"):
         if int(settings[key]) < 1:
             raise ConfigError(f"train.{key}", f"must be at least 1, got {settings[key]}")
     if not 0 < float(settings["lr_min"]) <= float(settings["lr_max"]):
-        raise ConfigError("train.lr_max", f"need 0 < lr_min <= lr_max, got {settings['lr_min']} and {settings['lr_max']}")
+        raise ConfigError(
+            "train.lr_max",
+            f"need 0 < lr_min <= lr_max, got {settings['lr_min']} and {settings['lr_max']}",
+        )
     if float(settings["lr_half_cycle_epochs"]) <= 0:
         raise ConfigError("train.lr_half_cycle_epochs", "must be positive")
     return settings
@@ -107,7 +112,13 @@ def restore_rng_states(states: dict) -> None:
 
 
 # ---------------------------------------------------------------- augmentation
-def augment_batch(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator, flip: bool, rotate90: bool):
+def augment_batch(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    generator: torch.Generator,
+    flip: bool,
+    rotate90: bool,
+):
     """Random flips and quarter turns, drawn per sample from ``generator``, applied alike to image and mask.
 
     Quarter turns of non-square images would change their shape, so those get half turns only.
@@ -115,7 +126,9 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor, generator: torch.Ge
     if not (flip or rotate90):
         return images, masks
     count = images.shape[0]
-    draws = torch.randint(0, 4, (count, 3), generator=generator)  # always drawn: same RNG use whatever is on
+    draws = torch.randint(
+        0, 4, (count, 3), generator=generator
+    )  # always drawn: same RNG use whatever is on
     square = images.shape[-1] == images.shape[-2]
     out_images, out_masks = [], []
     for index in range(count):
@@ -127,7 +140,10 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor, generator: torch.Ge
         if rotate90:
             turns = int(draws[index, 2]) if square else 2 * (int(draws[index, 2]) % 2)
             if turns:
-                image, mask = torch.rot90(image, turns, (-2, -1)), torch.rot90(mask, turns, (-2, -1))
+                image, mask = (
+                    torch.rot90(image, turns, (-2, -1)),
+                    torch.rot90(mask, turns, (-2, -1)),
+                )
         out_images.append(image)
         out_masks.append(mask)
     return torch.stack(out_images), torch.stack(out_masks)
@@ -210,13 +226,29 @@ def _dataset_stamp(dataset_dir: str | Path) -> list:
     (new masks, say) gets a new stamp, so old checkpoints are not resumed on new data."""
     folder = Path(dataset_dir)
     files = [folder / datasets.MANIFEST_NAME, *sorted((folder / datasets.SHARD_DIR).glob("*.npy"))]
-    return [(path.name, path.stat().st_size, path.stat().st_mtime_ns) for path in files if path.is_file()]
+    return [
+        (path.name, path.stat().st_size, path.stat().st_mtime_ns)
+        for path in files
+        if path.is_file()
+    ]
 
 
 def _fingerprint(architecture: dict, settings: dict, loss: str, info: dict, stamp: list) -> str:
     """What a checkpoint must match to be resumed: same model, recipe, loss and data."""
-    recipe = {k: v for k, v in settings.items() if k not in ("device", "workers", "keep_checkpoints")}
-    return json.dumps({"architecture": architecture, "train": recipe, "loss": loss, "dataset": info, "files": stamp}, sort_keys=True, default=str)
+    recipe = {
+        k: v for k, v in settings.items() if k not in ("device", "workers", "keep_checkpoints")
+    }
+    return json.dumps(
+        {
+            "architecture": architecture,
+            "train": recipe,
+            "loss": loss,
+            "dataset": info,
+            "files": stamp,
+        },
+        sort_keys=True,
+        default=str,
+    )
 
 
 # ---------------------------------------------------------------- outputs
@@ -243,7 +275,14 @@ def plot_curve(history: pd.DataFrame, title: str = ""):
 
 
 # ---------------------------------------------------------------- training
-def make_loader(data, batch_size: int, shuffle: bool, generator: torch.Generator | None, workers: int, device: torch.device):
+def make_loader(
+    data,
+    batch_size: int,
+    shuffle: bool,
+    generator: torch.Generator | None,
+    workers: int,
+    device: torch.device,
+):
     return DataLoader(
         data,
         batch_size=batch_size,
@@ -295,8 +334,26 @@ def train_model(
     model = build_model(model_cfg, info["channels"]).to(device)
     shuffle_generator = torch.Generator().manual_seed(seed)
     augment_generator = torch.Generator().manual_seed(seed + 1)
-    loader = make_loader(train_data, int(settings["batch_size"]), True, shuffle_generator, int(settings["workers"]), device)
-    validation_loader = make_loader(validation_data, int(settings["batch_size"]), False, None, int(settings["workers"]), device) if len(validation_data) else None
+    loader = make_loader(
+        train_data,
+        int(settings["batch_size"]),
+        True,
+        shuffle_generator,
+        int(settings["workers"]),
+        device,
+    )
+    validation_loader = (
+        make_loader(
+            validation_data,
+            int(settings["batch_size"]),
+            False,
+            None,
+            int(settings["workers"]),
+            device,
+        )
+        if len(validation_data)
+        else None
+    )
 
     optimizer = torch.optim.Adam(model.parameters(), lr=float(settings["lr_min"]))
     steps_per_epoch = len(loader)
@@ -314,7 +371,9 @@ def train_model(
 
     last = latest_checkpoint(model_dir)
     if last is not None:
-        state = torch.load(last, map_location=device, weights_only=False)  # our own file: holds RNG tuples
+        state = torch.load(
+            last, map_location=device, weights_only=False
+        )  # our own file: holds RNG tuples
         if state.get("fingerprint") == fingerprint:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -327,13 +386,22 @@ def train_model(
             start_epoch = int(state["epoch"]) + 1
             log.info("%s: resuming from %s (epoch %d done)", name, last, state["epoch"])
         else:
-            warnings.warn(f"{last}: written with other settings or data; training {name} from scratch", stacklevel=2)
+            warnings.warn(
+                f"{last}: written with other settings or data; training {name} from scratch",
+                stacklevel=2,
+            )
             for old in checkpoint_dir(model_dir).glob("epoch-*.pt"):
                 old.unlink()
 
     log.info(
         "%s: %d train / %d validation samples, %d parameters, device %s%s, %d steps per epoch",
-        name, len(train_data), len(validation_data), count_parameters(model), device, " (AMP)" if use_amp else "", steps_per_epoch,
+        name,
+        len(train_data),
+        len(validation_data),
+        count_parameters(model),
+        device,
+        " (AMP)" if use_amp else "",
+        steps_per_epoch,
     )
     epochs = int(settings["epochs"])
     augment = settings["augment"]
@@ -341,12 +409,23 @@ def train_model(
     for epoch in range(start_epoch, epochs + 1):
         started = time.perf_counter()
         total, count, lrs = 0.0, 0, []
-        bar = tqdm(loader, desc=f"{name} epoch {epoch}/{epochs}", unit="batch", disable=not progress, leave=False)
+        bar = tqdm(
+            loader,
+            desc=f"{name} epoch {epoch}/{epochs}",
+            unit="batch",
+            disable=not progress,
+            leave=False,
+        )
         for images, masks in bar:
             # Augment after the transfer: on a GPU the flips run there, and the pinned batch
             # copies asynchronously (augmenting first would copy unpinned tensors on the CPU).
-            images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-            images, masks = augment_batch(images, masks, augment_generator, bool(augment["flip"]), bool(augment["rotate90"]))
+            images, masks = (
+                images.to(device, non_blocking=True),
+                masks.to(device, non_blocking=True),
+            )
+            images, masks = augment_batch(
+                images, masks, augment_generator, bool(augment["flip"]), bool(augment["rotate90"])
+            )
             lrs.append(optimizer.param_groups[0]["lr"])
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
@@ -364,17 +443,32 @@ def train_model(
             scaler.update()
             with warnings.catch_warnings():
                 # Under AMP the scaler skips steps with overflowing gradients; the schedule goes on regardless.
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+                warnings.filterwarnings(
+                    "ignore", message="Detected call of `lr_scheduler.step\\(\\)` before"
+                )
                 scheduler.step()
             total += batch_loss.item() * images.shape[0]
             count += images.shape[0]
             bar.set_postfix(loss=f"{total / count:.4f}")
-        row = {"epoch": epoch, "train_loss": total / count, "lr": float(np.mean(lrs)), "val_loss": math.nan, "val_f1": math.nan, "val_iou": math.nan}
+        row = {
+            "epoch": epoch,
+            "train_loss": total / count,
+            "lr": float(np.mean(lrs)),
+            "val_loss": math.nan,
+            "val_f1": math.nan,
+            "val_iou": math.nan,
+        }
         if validation_loader is not None:
             row.update(evaluate(model, validation_loader, loss_fn, device, use_amp))
         row["seconds"] = time.perf_counter() - started
         history.append(row)
-        log.info("%s epoch %d/%d: %s", name, epoch, epochs, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
+        log.info(
+            "%s epoch %d/%d: %s",
+            name,
+            epoch,
+            epochs,
+            ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"),
+        )
 
         state = {
             "fingerprint": fingerprint,
@@ -395,9 +489,15 @@ def train_model(
             on_epoch_end(epoch)
 
     if settings["recalibrate_bn"]:
-        ordered = make_loader(train_data, int(settings["batch_size"]), False, None, int(settings["workers"]), device)
+        ordered = make_loader(
+            train_data, int(settings["batch_size"]), False, None, int(settings["workers"]), device
+        )
         layers = recalibrate_batch_norm(model, ordered, device, use_amp)
-        log.info("%s: batch-norm statistics of %d layers recomputed over the training images", name, layers)
+        log.info(
+            "%s: batch-norm statistics of %d layers recomputed over the training images",
+            name,
+            layers,
+        )
     table = pd.DataFrame(history, columns=HISTORY_COLUMNS)
     meta = {
         "name": name,

@@ -10,7 +10,9 @@ log = log_to_file(snakemake.log[0])
 from protoseg.dataset import SHARD_DIR, build_dataset  # noqa: E402 - after the log is set up
 
 dataset_dir = Path(snakemake.output.manifest).parent
-assert Path(snakemake.output.shards) == dataset_dir / SHARD_DIR, "shards must sit beside the manifest"
+assert Path(snakemake.output.shards) == dataset_dir / SHARD_DIR, (
+    "shards must sit beside the manifest"
+)
 manifest = build_dataset(
     snakemake.input.catalogue,
     dataset_dir,

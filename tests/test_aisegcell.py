@@ -162,7 +162,9 @@ def test_tiny_run_scores_the_classical_method_against_the_gt(finished_run):
 def test_tiny_run_evaluates_every_model_on_the_held_out_experiment(finished_run):
     for variant in ("brightfield", "all"):
         for loss in tiny_aisegcell()["train"]["losses"]:
-            per_image = pd.read_csv(finished_run / "results" / "metrics" / f"{variant}-{loss}" / "per_image.csv")
+            per_image = pd.read_csv(
+                finished_run / "results" / "metrics" / f"{variant}-{loss}" / "per_image.csv"
+            )
             assert set(per_image["state"]) == {TEST_STATE}
         table = pd.read_csv(finished_run / "results" / "tables" / f"{variant}_instances.csv")
         assert len(table) > 0

@@ -38,22 +38,47 @@ def make_set(folder, xys=(1, 2, 10), planes=(12, 14), shape=(16, 20), empty_stat
                 path = folder / "raw" / f"day1t1c{channel}xy{xy}z{z}.tif"
                 image = np.full((*shape, 3), 10 * channel + z + xy, np.uint8)
                 tifffile.imwrite(path, image)
-                rows.append({"path": str(path), "day": 1, "time": 1, "channel": channel, "modality": modality, "xy": xy, "z": z, "state": state})
+                rows.append(
+                    {
+                        "path": str(path),
+                        "day": 1,
+                        "time": 1,
+                        "channel": channel,
+                        "modality": modality,
+                        "xy": xy,
+                        "z": z,
+                        "state": state,
+                    }
+                )
     catalogue = pd.DataFrame(rows)
     catalogue.to_csv(folder / "catalogue.csv", index=False)
     return folder / "catalogue.csv", str(folder / "masks" / "{state}.tif")
 
 
-def build(tmp_path, modalities=("brightfield", "fluorescent"), split=SPLIT, dataset_cfg=DATASET_CFG, **kwargs):
+def build(
+    tmp_path,
+    modalities=("brightfield", "fluorescent"),
+    split=SPLIT,
+    dataset_cfg=DATASET_CFG,
+    **kwargs,
+):
     catalogue, masks = make_set(tmp_path, **kwargs)
     return build_dataset(
-        catalogue, tmp_path / "ds", variant="all", modalities=list(modalities), split_cfg=split,
-        dataset_cfg=dataset_cfg, mask_path=masks, progress=False,
+        catalogue,
+        tmp_path / "ds",
+        variant="all",
+        modalities=list(modalities),
+        split_cfg=split,
+        dataset_cfg=dataset_cfg,
+        mask_path=masks,
+        progress=False,
     )
 
 
 def test_split_by_key_keeps_each_state_in_one_split(tmp_path):
-    manifest = build(tmp_path, xys=(1, 2, 3, 10), split={"key": "xy", "test": [10], "validation": [3]})
+    manifest = build(
+        tmp_path, xys=(1, 2, 3, 10), split={"key": "xy", "test": [10], "validation": [3]}
+    )
     assert set(manifest.loc[manifest["split"] == "test", "xy"]) == {10}
     assert set(manifest.loc[manifest["split"] == "validation", "xy"]) == {3}
     assert manifest.groupby("state")["split"].nunique().max() == 1
@@ -83,7 +108,9 @@ def test_shards_hold_at_most_shard_size_samples(tmp_path):
     manifest = build(tmp_path, xys=(1, 2, 3, 10))
     assert manifest.groupby("shard").size().max() <= DATASET_CFG["shard_size"]
     for shard, group in manifest.groupby("shard"):
-        images, masks = (np.load(path, mmap_mode="r") for path in shard_files(tmp_path / "ds", shard))
+        images, masks = (
+            np.load(path, mmap_mode="r") for path in shard_files(tmp_path / "ds", shard)
+        )
         assert len(images) == len(masks) == len(group)
         assert sorted(group["row"]) == list(range(len(group)))
 
@@ -126,7 +153,10 @@ def test_split_leaving_train_or_test_empty_names_split_test(tmp_path):
         build(tmp_path, xys=(10,), split={"key": "xy", "test": [10]})
     other = tmp_path / "other"
     other.mkdir()
-    with pytest.raises(ConfigError, match=r"split\.test.*test split is empty"), pytest.warns(UserWarning, match="match no image"):
+    with (
+        pytest.raises(ConfigError, match=r"split\.test.*test split is empty"),
+        pytest.warns(UserWarning, match="match no image"),
+    ):
         build(other, xys=(1, 2), split={"key": "xy", "test": [99]})
 
 
@@ -139,8 +169,16 @@ def test_state_without_mask_is_an_input_error_and_nothing_is_written(tmp_path):
     catalogue, masks = make_set(tmp_path)
     (tmp_path / "masks" / "day1t1xy2.tif").unlink()
     with pytest.raises(InputError, match=r"day1t1xy2\.tif.*day1t1xy2 have no mask"):
-        build_dataset(catalogue, tmp_path / "ds", variant="all", modalities=["brightfield"], split_cfg=SPLIT,
-                      dataset_cfg=DATASET_CFG, mask_path=masks, progress=False)
+        build_dataset(
+            catalogue,
+            tmp_path / "ds",
+            variant="all",
+            modalities=["brightfield"],
+            split_cfg=SPLIT,
+            dataset_cfg=DATASET_CFG,
+            mask_path=masks,
+            progress=False,
+        )
     assert not (tmp_path / "ds" / "manifest.csv").exists()
 
 
@@ -164,9 +202,16 @@ def test_per_z_mask_source_pairs_each_plane_with_its_own_mask(tmp_path):
             path = tmp_path / "per_z" / state / f"z{z}.tif"
             path.parent.mkdir(parents=True, exist_ok=True)
             tifffile.imwrite(path, mask)
-    build_dataset(catalogue, tmp_path / "ds", variant="bf", modalities=["brightfield"], split_cfg=SPLIT,
-                  dataset_cfg={**DATASET_CFG, "mask_source": "per_z"},
-                  mask_path=str(tmp_path / "per_z" / "{state}" / "z{z}.tif"), progress=False)
+    build_dataset(
+        catalogue,
+        tmp_path / "ds",
+        variant="bf",
+        modalities=["brightfield"],
+        split_cfg=SPLIT,
+        dataset_cfg={**DATASET_CFG, "mask_source": "per_z"},
+        mask_path=str(tmp_path / "per_z" / "{state}" / "z{z}.tif"),
+        progress=False,
+    )
     test = open_split(tmp_path / "ds", "test")
     by_z = {test[i].row["z"]: test[i].mask.sum() for i in range(len(test))}
     assert by_z[14] > by_z[12] > 0

@@ -16,16 +16,23 @@ def batch():
 
 def test_bce_matches_torch_on_logits_and_probabilities(batch):
     logits, target = batch
-    assert torch.allclose(get_loss("bce")(logits, target), F.binary_cross_entropy_with_logits(logits, target))
+    assert torch.allclose(
+        get_loss("bce")(logits, target), F.binary_cross_entropy_with_logits(logits, target)
+    )
     probabilities = torch.sigmoid(logits)
-    assert torch.allclose(get_loss("bce", from_logits=False)(probabilities, target), F.binary_cross_entropy(probabilities, target))
+    assert torch.allclose(
+        get_loss("bce", from_logits=False)(probabilities, target),
+        F.binary_cross_entropy(probabilities, target),
+    )
 
 
 def test_mse_is_on_probabilities(batch):
     logits, target = batch
     expected = F.mse_loss(torch.sigmoid(logits), target)
     assert torch.allclose(get_loss("mse")(logits, target), expected)
-    assert torch.allclose(get_loss("mse", from_logits=False)(torch.sigmoid(logits), target), expected)
+    assert torch.allclose(
+        get_loss("mse", from_logits=False)(torch.sigmoid(logits), target), expected
+    )
 
 
 def test_soft_dice(batch):

@@ -16,8 +16,15 @@ torch.set_num_threads(1)
 
 MODEL_CFG = {"depth": 2, "base_channels": 2, "batch_norm": True}
 TRAIN_CFG = {
-    "epochs": 3, "batch_size": 4, "lr_min": 1e-3, "lr_max": 1e-2, "lr_half_cycle_epochs": 1,
-    "seed": 3, "device": "cpu", "amp": True, "augment": {"flip": True, "rotate90": True},
+    "epochs": 3,
+    "batch_size": 4,
+    "lr_min": 1e-3,
+    "lr_max": 1e-2,
+    "lr_half_cycle_epochs": 1,
+    "seed": 3,
+    "device": "cpu",
+    "amp": True,
+    "augment": {"flip": True, "rotate90": True},
 }
 
 
@@ -34,20 +41,43 @@ def dataset_dir(tmp_path_factory):
         disc = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 < 36
         tifffile.imwrite(folder / f"{state}.tif", disc.astype(np.uint16))
         for z in (12, 14):
-            image = np.clip(60 + 120 * disc[..., None] + rng.normal(0, 10, (24, 24, 3)), 0, 255).astype(np.uint8)
+            image = np.clip(
+                60 + 120 * disc[..., None] + rng.normal(0, 10, (24, 24, 3)), 0, 255
+            ).astype(np.uint8)
             path = folder / f"day1t1c1xy{xy}z{z}.tif"
             tifffile.imwrite(path, image)
-            rows.append({"path": str(path), "channel": 1, "modality": "brightfield", "xy": xy, "z": z, "state": state})
+            rows.append(
+                {
+                    "path": str(path),
+                    "channel": 1,
+                    "modality": "brightfield",
+                    "xy": xy,
+                    "z": z,
+                    "state": state,
+                }
+            )
     build_dataset(
-        pd.DataFrame(rows), folder / "ds", variant="bf", modalities=["brightfield"],
+        pd.DataFrame(rows),
+        folder / "ds",
+        variant="bf",
+        modalities=["brightfield"],
         split_cfg={"key": "xy", "test": [10], "validation": [5]},
-        dataset_cfg={"size": [16, 16], "colour": "rgb", "shard_size": 4}, mask_path=str(folder / "{state}.tif"), progress=False,
+        dataset_cfg={"size": [16, 16], "colour": "rgb", "shard_size": 4},
+        mask_path=str(folder / "{state}.tif"),
+        progress=False,
     )
     return folder / "ds"
 
 
 def test_tiny_training_run_writes_every_output(dataset_dir, tmp_path):
-    history = train_model(dataset_dir, tmp_path / "m", model_cfg=MODEL_CFG, train_cfg=TRAIN_CFG, loss="bce", progress=False)
+    history = train_model(
+        dataset_dir,
+        tmp_path / "m",
+        model_cfg=MODEL_CFG,
+        train_cfg=TRAIN_CFG,
+        loss="bce",
+        progress=False,
+    )
     for name in ("model.pt", "history.csv", "curve.png"):
         assert (tmp_path / "m" / name).stat().st_size > 0
     table = pd.read_csv(tmp_path / "m" / "history.csv")
@@ -55,54 +85,112 @@ def test_tiny_training_run_writes_every_output(dataset_dir, tmp_path):
     assert table[["train_loss", "lr", "val_loss", "val_f1", "val_iou"]].notna().all().all()
     assert table["lr"].between(TRAIN_CFG["lr_min"], TRAIN_CFG["lr_max"]).all()
     assert table["lr"].nunique() > 1  # the cyclic schedule moves
-    assert sorted(p.name for p in (tmp_path / "m" / "checkpoints").iterdir()) == ["epoch-002.pt", "epoch-003.pt"]
+    assert sorted(p.name for p in (tmp_path / "m" / "checkpoints").iterdir()) == [
+        "epoch-002.pt",
+        "epoch-003.pt",
+    ]
     model, meta = load_model(tmp_path / "m" / "model.pt")
     assert meta["loss"] == "bce" and meta["epochs"] == 3 and meta["dataset"]["channels"] == 3
     assert model.architecture["depth"] == 2
 
 
 def test_interrupted_run_resumes_to_the_same_weights(dataset_dir, tmp_path):
-    train_model(dataset_dir, tmp_path / "straight", model_cfg=MODEL_CFG, train_cfg=TRAIN_CFG, loss="mse", progress=False)
+    train_model(
+        dataset_dir,
+        tmp_path / "straight",
+        model_cfg=MODEL_CFG,
+        train_cfg=TRAIN_CFG,
+        loss="mse",
+        progress=False,
+    )
 
     def crash_after_two(epoch):
         if epoch == 2:
             raise KeyboardInterrupt("simulated crash")
 
     with pytest.raises(KeyboardInterrupt):
-        train_model(dataset_dir, tmp_path / "resumed", model_cfg=MODEL_CFG, train_cfg=TRAIN_CFG, loss="mse", progress=False, on_epoch_end=crash_after_two)
+        train_model(
+            dataset_dir,
+            tmp_path / "resumed",
+            model_cfg=MODEL_CFG,
+            train_cfg=TRAIN_CFG,
+            loss="mse",
+            progress=False,
+            on_epoch_end=crash_after_two,
+        )
     assert not (tmp_path / "resumed" / "model.pt").exists()
     torch.manual_seed(12345)  # the resumed run must not depend on the process's RNG state
     epochs_run = []
-    train_model(dataset_dir, tmp_path / "resumed", model_cfg=MODEL_CFG, train_cfg=TRAIN_CFG, loss="mse", progress=False, on_epoch_end=epochs_run.append)
+    train_model(
+        dataset_dir,
+        tmp_path / "resumed",
+        model_cfg=MODEL_CFG,
+        train_cfg=TRAIN_CFG,
+        loss="mse",
+        progress=False,
+        on_epoch_end=epochs_run.append,
+    )
     assert epochs_run == [3]
     straight, _ = load_model(tmp_path / "straight" / "model.pt")
     resumed, _ = load_model(tmp_path / "resumed" / "model.pt")
-    for (key, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+    for (key, a), b in zip(
+        straight.state_dict().items(), resumed.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b), key
-    losses = [pd.read_csv(tmp_path / run / "history.csv")["train_loss"] for run in ("straight", "resumed")]
+    losses = [
+        pd.read_csv(tmp_path / run / "history.csv")["train_loss"] for run in ("straight", "resumed")
+    ]
     assert losses[0].equals(losses[1])
 
 
 def test_changed_settings_do_not_resume(dataset_dir, tmp_path):
-    train_model(dataset_dir, tmp_path / "m", model_cfg=MODEL_CFG, train_cfg={**TRAIN_CFG, "epochs": 1}, loss="bce", progress=False)
+    train_model(
+        dataset_dir,
+        tmp_path / "m",
+        model_cfg=MODEL_CFG,
+        train_cfg={**TRAIN_CFG, "epochs": 1},
+        loss="bce",
+        progress=False,
+    )
     epochs_run = []
     with pytest.warns(UserWarning, match="other settings"):
-        train_model(dataset_dir, tmp_path / "m", model_cfg=MODEL_CFG, train_cfg={**TRAIN_CFG, "epochs": 1, "lr_max": 5e-2}, loss="bce", progress=False, on_epoch_end=epochs_run.append)
+        train_model(
+            dataset_dir,
+            tmp_path / "m",
+            model_cfg=MODEL_CFG,
+            train_cfg={**TRAIN_CFG, "epochs": 1, "lr_max": 5e-2},
+            loss="bce",
+            progress=False,
+            on_epoch_end=epochs_run.append,
+        )
     assert epochs_run == [1]
 
 
-def test_nan_loss_stops_with_model_and_epoch_and_keeps_last_checkpoint(dataset_dir, tmp_path, monkeypatch):
+def test_nan_loss_stops_with_model_and_epoch_and_keeps_last_checkpoint(
+    dataset_dir, tmp_path, monkeypatch
+):
     class NanInSecondEpoch(BCELoss):
         calls = 0
 
         def forward(self, output, target):
             NanInSecondEpoch.calls += 1
             loss = super().forward(output, target)
-            return loss * float("nan") if NanInSecondEpoch.calls > 2 else loss  # 8 samples / batch 4 = 2 steps an epoch
+            return (
+                loss * float("nan") if NanInSecondEpoch.calls > 2 else loss
+            )  # 8 samples / batch 4 = 2 steps an epoch
 
     monkeypatch.setattr(training, "get_loss", lambda name: NanInSecondEpoch())
-    with pytest.raises(TrainingError, match=r"model bf-bce: the loss became nan in epoch 2.*epoch-001\.pt"):
-        train_model(dataset_dir, tmp_path / "bf-bce", model_cfg=MODEL_CFG, train_cfg=TRAIN_CFG, loss="bce", progress=False)
+    with pytest.raises(
+        TrainingError, match=r"model bf-bce: the loss became nan in epoch 2.*epoch-001\.pt"
+    ):
+        train_model(
+            dataset_dir,
+            tmp_path / "bf-bce",
+            model_cfg=MODEL_CFG,
+            train_cfg=TRAIN_CFG,
+            loss="bce",
+            progress=False,
+        )
     assert (tmp_path / "bf-bce" / "checkpoints" / "epoch-001.pt").is_file()
     assert not (tmp_path / "bf-bce" / "model.pt").exists()
 
@@ -123,13 +211,28 @@ def test_augmentation_moves_image_and_mask_together():
 
 
 def test_rebuilt_dataset_is_not_resumed(dataset_dir, tmp_path):
-    train_model(dataset_dir, tmp_path / "m", model_cfg=MODEL_CFG, train_cfg={**TRAIN_CFG, "epochs": 1}, loss="bce", progress=False)
+    train_model(
+        dataset_dir,
+        tmp_path / "m",
+        model_cfg=MODEL_CFG,
+        train_cfg={**TRAIN_CFG, "epochs": 1},
+        loss="bce",
+        progress=False,
+    )
     manifest = dataset_dir / "manifest.csv"
     stat = manifest.stat()
     os.utime(manifest, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # as if rebuilt
     epochs_run = []
     with pytest.warns(UserWarning, match="other settings or data"):
-        train_model(dataset_dir, tmp_path / "m", model_cfg=MODEL_CFG, train_cfg={**TRAIN_CFG, "epochs": 1}, loss="bce", progress=False, on_epoch_end=epochs_run.append)
+        train_model(
+            dataset_dir,
+            tmp_path / "m",
+            model_cfg=MODEL_CFG,
+            train_cfg={**TRAIN_CFG, "epochs": 1},
+            loss="bce",
+            progress=False,
+            on_epoch_end=epochs_run.append,
+        )
     assert epochs_run == [1]
 
 
