@@ -9,7 +9,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The demo config is the default. A --configfile replaces it whole instead of being laid
+# over it key by key: a real data set's channel names must not inherit the demo's.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"
@@ -29,6 +33,6 @@ include: "workflow/rules/predict.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_targets,
-    default_target: True

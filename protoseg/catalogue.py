@@ -49,8 +49,13 @@ def build_catalogue(paths: list[str | Path], raw_dir: str | Path, data_cfg: dict
     """Parse, open and check every image; return the catalogue table."""
     if not paths:
         raise InputError(raw_dir, "no images found (check data.raw_dir and data.pattern)")
-    records = naming.parse_paths(paths, raw_dir, data_cfg)
-    naming.check_complete(records, data_cfg, raw_dir)
+    if data_cfg.get("sample_sheet"):
+        # The sheet, not the names, says what each file is.
+        records = naming.read_sample_sheet(data_cfg["sample_sheet"], data_cfg, raw_dir)
+        records = records[records["path"].isin([str(path) for path in paths])].reset_index(drop=True)
+    else:
+        records = naming.parse_paths(paths, raw_dir, data_cfg)
+    naming.check_complete(records, data_cfg, data_cfg.get("sample_sheet") or raw_dir)
     catalogue = describe_images(records, progress=progress)
     check_shapes(catalogue)
     ordered = [c for c in STANDARD_COLUMNS if c in catalogue.columns]

@@ -66,3 +66,23 @@ def test_incomplete_state_and_empty_input_are_errors(tmp_path):
         build_catalogue(paths[:3], tmp_path, DATA_CFG, progress=False)
     with pytest.raises(InputError, match="no images found"):
         build_catalogue([], tmp_path, DATA_CFG, progress=False)
+
+
+def test_sample_sheet_names_the_images_instead_of_the_pattern(tmp_path):
+    import pandas as pd
+
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    rows = []
+    for channel, modality_folder in (("1", "bf"), ("2", "fl")):
+        for z in (12, 14):
+            path = folder / f"{modality_folder}_plane{z}.tif"  # names the pattern cannot parse
+            tifffile.imwrite(path, np.zeros((8, 8), np.uint8))
+            rows.append({"path": path.name, "day": 3, "time": 1, "xy": 7, "channel": channel, "z": z})
+    sheet = tmp_path / "sheet.csv"
+    pd.DataFrame(rows).to_csv(sheet, index=False)
+    cfg = {**DATA_CFG, "sample_sheet": str(sheet)}
+    paths = [folder / row["path"] for row in rows]
+    catalogue = build_catalogue(paths, folder, cfg, progress=False)
+    assert catalogue["state"].unique().tolist() == ["day3t1xy7"]
+    assert sorted(catalogue["modality"].unique()) == ["brightfield", "fluorescent"]
