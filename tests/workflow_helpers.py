@@ -18,16 +18,16 @@ def demo_config() -> dict:
 
 
 def tiny_config() -> dict:
-    """The demo config shrunk to seconds: 3 states, 3 planes, small images, 2 epochs."""
+    """The demo config shrunk to seconds: 3 states, 3 planes, small images, 6 epochs."""
     config = copy.deepcopy(demo_config())
     config["data"]["planes"] = [12, 18, 24]
     config["demo"].update({"days": [1], "times": [1], "xy": [1, 2, 10], "height": 96, "width": 128})
     config["demo"]["cells"] = [4, 6]
     config["demo"]["cell_radius"] = [9, 16]
-    config["dataset"]["size"] = [32, 32]
+    config["dataset"]["size"] = [48, 64]
     config["dataset"]["shard_size"] = 8
     config["model"].update({"depth": 2, "base_channels": 4})
-    config["train"].update({"epochs": 2, "batch_size": 4})
+    config["train"].update({"epochs": 6, "batch_size": 4})
     return config
 
 
