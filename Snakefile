@@ -19,6 +19,13 @@ if not workflow.overwrite_configfiles:
 report: "workflow/report/workflow.rst"
 
 
+wildcard_constraints:
+    state=r"[^/]+",
+    z=r"\d+",
+    variant=r"[A-Za-z0-9_]+",
+    loss=r"[A-Za-z0-9_]+",
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/catalogue.smk"

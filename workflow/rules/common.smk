@@ -1,4 +1,4 @@
-# Shared by every rule file: config validation, the image list known at parse time,
+# Shared by all rule files. It holds config validation, the image list known at parse time,
 # output path templates (gathered here so one image's way through the DAG reads as a
 # straight line) and the targets of `rule all`.
 import sys
@@ -29,13 +29,6 @@ MODEL_DIR = f"{RESULTS}/models/{{variant}}-{{loss}}"
 METRICS_DIR = f"{RESULTS}/metrics/{{variant}}-{{loss}}"
 TABLES_DIR = f"{RESULTS}/tables"
 FIGURES_DIR = f"{RESULTS}/figures"
-
-wildcard_constraints:
-    state=r"[^/]+",
-    z=r"\d+",
-    variant=r"[A-Za-z0-9_]+",
-    loss=r"[A-Za-z0-9_]+",
-
 
 # ---------------------------------------------------------------- the images
 # Known at parse time from the file names alone (cheap, no image is opened), so a bad

@@ -12,7 +12,10 @@ rule masks:
         images=lambda wildcards: state_images(wildcards.state, MASKS["modality"]),
         # the prompts CSV (sam-prompted) or the state's mask files (import)
         method_inputs=lambda wildcards: method_inputs(
-            MASKS, wildcards.state, PLANES, state_images(wildcards.state, MASKS["modality"])
+            MASKS,
+            wildcards.state,
+            PLANES,
+            state_images(wildcards.state, MASKS["modality"]),
         ),
     output:
         expand(PLANE_MASK, z=PLANES, allow_missing=True),
