@@ -258,7 +258,8 @@ NOTES = [
     "torch's default of 2 threads under that load, OpenMP threads wait on each other and throughput "
     "falls 4-5x below the 1-thread rate: on a shared node give training one thread per core it really "
     "has (the rule's `threads`). Uncontended, the demo trains its 42-84 images an epoch at about "
-    "90 images/s, so the demo's 4 models take about 2 minutes. The study's U-Net at 512 x 512 runs at "
+    "90 images/s (about 1 s an epoch for the 84 images of `all`), so the demo's 4 models (50 epochs) "
+    "train in 2-3 minutes. The study's U-Net at 512 x 512 runs at "
     "about 0.1 image/s here: the study's 50 epochs are not a CPU job (about two weeks on 2 cores).",
     "- **CUDA (H100).** AMP (float16 autocast + GradScaler) speeds the study's U-Net up 1.5x over "
     "float32; at the demo's tiny size it is slower (the network is too small to pay for the casts). "
