@@ -33,7 +33,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -66,17 +68,25 @@ def read_image(path: str | Path) -> np.ndarray:
         try:
             image = tifffile.imread(path)
         except Exception as error:  # tifffile raises many types for corrupt files
-            raise InputError(path, f"unreadable or truncated TIFF ({type(error).__name__}: {error})") from error
+            raise InputError(
+                path, f"unreadable or truncated TIFF ({type(error).__name__}: {error})"
+            ) from error
     elif suffix in OTHER_IMAGE_SUFFIXES:
         image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if image is None:
             raise InputError(path, "unreadable or truncated image (OpenCV could not decode it)")
         if image.ndim == 3 and image.shape[2] in (3, 4):
-            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB if image.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
+            image = cv2.cvtColor(
+                image, cv2.COLOR_BGR2RGB if image.shape[2] == 3 else cv2.COLOR_BGRA2RGBA
+            )
     else:
-        raise InputError(path, f"unsupported image type '{path.suffix}' (use one of {sorted(IMAGE_SUFFIXES)})")
+        raise InputError(
+            path, f"unsupported image type '{path.suffix}' (use one of {sorted(IMAGE_SUFFIXES)})"
+        )
     if image.ndim not in (2, 3):
-        raise InputError(path, f"expected a 2D greyscale or colour image, got an array of shape {image.shape}")
+        raise InputError(
+            path, f"expected a 2D greyscale or colour image, got an array of shape {image.shape}"
+        )
     return np.asarray(image)
 
 
@@ -92,7 +102,9 @@ def image_header(path: str | Path) -> tuple[tuple[int, ...], str]:
             tifffile.imread(path)
             return shape, dtype
         except Exception as error:
-            raise InputError(path, f"unreadable or truncated TIFF ({type(error).__name__}: {error})") from error
+            raise InputError(
+                path, f"unreadable or truncated TIFF ({type(error).__name__}: {error})"
+            ) from error
     image = read_image(path)
     return tuple(image.shape), str(image.dtype)
 

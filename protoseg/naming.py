@@ -119,7 +119,9 @@ def scan_folder(raw_dir: str | Path, data_cfg: dict) -> pd.DataFrame:
         try:
             ignore.append(re.compile(expression))
         except re.error as error:
-            raise ConfigError("data.ignore", f"'{expression}' is not a valid regular expression: {error}") from error
+            raise ConfigError(
+                "data.ignore", f"'{expression}' is not a valid regular expression: {error}"
+            ) from error
     paths = []
     for path in sorted(p for p in raw_dir.rglob("*") if p.is_file()):
         relpath = path.relative_to(raw_dir).as_posix()
@@ -133,12 +135,24 @@ def parse_paths(paths: list[str | Path], raw_dir: str | Path, data_cfg: dict) ->
     regex = compile_pattern(data_cfg["pattern"], data_cfg["state_format"])
     rows = []
     for path in map(Path, paths):
-        relpath = path.relative_to(raw_dir).as_posix() if path.is_relative_to(raw_dir) else path.name
+        relpath = (
+            path.relative_to(raw_dir).as_posix() if path.is_relative_to(raw_dir) else path.name
+        )
         match = regex.search(relpath)
         if match is None:
-            hint = "" if path.suffix.lower() in IMAGE_SUFFIXES else " (not an image? skip it with data.ignore)"
-            raise InputError(path, f"name does not match data.pattern '{data_cfg['pattern']}'{hint}")
-        fields = {name: parse_value(value) for name, value in match.groupdict().items() if value is not None}
+            hint = (
+                ""
+                if path.suffix.lower() in IMAGE_SUFFIXES
+                else " (not an image? skip it with data.ignore)"
+            )
+            raise InputError(
+                path, f"name does not match data.pattern '{data_cfg['pattern']}'{hint}"
+            )
+        fields = {
+            name: parse_value(value)
+            for name, value in match.groupdict().items()
+            if value is not None
+        }
         rows.append({"path": str(path), **fields})
     return _finish_records(rows, data_cfg, raw_dir)
 
@@ -197,7 +211,9 @@ def records_from_config(data_cfg: dict, raw_dir: str | Path) -> pd.DataFrame:
     return records
 
 
-def study_file_name(day: int, time: int, channel: int | str, xy: int, z: int, suffix: str = ".tif") -> str:
+def study_file_name(
+    day: int, time: int, channel: int | str, xy: int, z: int, suffix: str = ".tif"
+) -> str:
     """The study's naming scheme, e.g. ``day1t1c1xy10z15.tif``."""
     return f"day{day}t{time}c{channel}xy{xy}z{z}{suffix}"
 
@@ -212,7 +228,14 @@ def demo_records(demo_cfg: dict, data_cfg: dict, raw_dir: str | Path) -> pd.Data
                     for z in data_cfg["planes"]:
                         name = study_file_name(day, time, channel, xy, z)
                         rows.append(
-                            {"path": str(Path(raw_dir) / name), "day": day, "time": time, "channel": channel, "xy": xy, "z": int(z)}
+                            {
+                                "path": str(Path(raw_dir) / name),
+                                "day": day,
+                                "time": time,
+                                "channel": channel,
+                                "xy": xy,
+                                "z": int(z),
+                            }
                         )
     return _finish_records(rows, data_cfg, raw_dir)
 
@@ -222,11 +245,15 @@ def states_in_split(records: pd.DataFrame, split_cfg: dict, split: str) -> list[
     key = split_cfg["key"]
     if key not in records.columns:
         known = [c for c in records.columns if c not in ("path", "modality")]
-        raise ConfigError("split.key", f"'{key}' is not a column of the image records (known: {known})")
+        raise ConfigError(
+            "split.key", f"'{key}' is not a column of the image records (known: {known})"
+        )
     per_state = records.groupby("state")[key].unique()
     mixed = per_state[per_state.map(len) > 1]
     if len(mixed):
-        raise ConfigError("split.key", f"'{key}' takes several values within state {mixed.index[0]}")
+        raise ConfigError(
+            "split.key", f"'{key}' takes several values within state {mixed.index[0]}"
+        )
     value_of_state = per_state.map(lambda values: parse_value(values[0]))
     test = {parse_value(v) for v in split_cfg["test"]}
     validation = {parse_value(v) for v in split_cfg.get("validation", [])}
@@ -243,7 +270,11 @@ def states_in_split(records: pd.DataFrame, split_cfg: dict, split: str) -> list[
 
 def lookup(records: pd.DataFrame, *, state: str, modality: str, z: int) -> str:
     """Path of the one image of a state, modality and plane."""
-    hit = records[(records["state"] == state) & (records["modality"] == modality) & (records["z"] == int(z))]
+    hit = records[
+        (records["state"] == state) & (records["modality"] == modality) & (records["z"] == int(z))
+    ]
     if len(hit) != 1:
-        raise InputError(state, f"expected one image of modality {modality} at z{z}, found {len(hit)}")
+        raise InputError(
+            state, f"expected one image of modality {modality} at z{z}, found {len(hit)}"
+        )
     return hit["path"].iloc[0]

@@ -18,7 +18,9 @@ def find_chromium() -> str | None:
     return None
 
 
-def screenshot(html: str | Path, png: str | Path, width: int = 1400, height: int = 1000, wait_ms: int = 8000) -> Path:
+def screenshot(
+    html: str | Path, png: str | Path, width: int = 1400, height: int = 1000, wait_ms: int = 8000
+) -> Path:
     """Render ``html`` in headless Chromium and save a PNG screenshot of the window."""
     chromium = find_chromium()
     if chromium is None:
@@ -26,10 +28,19 @@ def screenshot(html: str | Path, png: str | Path, width: int = 1400, height: int
     png = Path(png).resolve()
     with tempfile.TemporaryDirectory() as profile:
         command = [
-            chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={profile}", f"--window-size={width},{height}",
-            f"--virtual-time-budget={wait_ms}", f"--screenshot={png}",
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            f"--window-size={width},{height}",
+            f"--virtual-time-budget={wait_ms}",
+            f"--screenshot={png}",
             Path(html).resolve().as_uri(),
         ]
         subprocess.run(command, check=True, capture_output=True, timeout=120)

@@ -30,7 +30,18 @@ def test_catalogue_has_one_row_per_image_with_header_columns(tmp_path):
     catalogue = build_catalogue(paths, tmp_path, DATA_CFG, progress=False)
     assert len(catalogue) == 8
     assert list(catalogue.columns[:12]) == [
-        "path", "day", "time", "channel", "modality", "xy", "z", "state", "height", "width", "channels", "dtype",
+        "path",
+        "day",
+        "time",
+        "channel",
+        "modality",
+        "xy",
+        "z",
+        "state",
+        "height",
+        "width",
+        "channels",
+        "dtype",
     ]
     row = catalogue[catalogue["state"] == "day1t1xy10"].iloc[0]
     assert (row["height"], row["width"], row["channels"], row["dtype"]) == (20, 30, 3, "uint8")
@@ -56,7 +67,10 @@ def test_not_a_tiff_at_all_is_named(tmp_path):
 def test_mixed_shapes_within_a_state_are_an_error(tmp_path):
     paths = write_state(tmp_path, 10)
     tifffile.imwrite(paths[3], np.zeros((21, 30, 3), dtype=np.uint8))
-    with pytest.raises(InputError, match=r"day1t1c2xy10z14\.tif: shape 21x30 differs from the other images of state day1t1xy10"):
+    with pytest.raises(
+        InputError,
+        match=r"day1t1c2xy10z14\.tif: shape 21x30 differs from the other images of state day1t1xy10",
+    ):
         build_catalogue(paths, tmp_path, DATA_CFG, progress=False)
 
 
@@ -78,7 +92,9 @@ def test_sample_sheet_names_the_images_instead_of_the_pattern(tmp_path):
         for z in (12, 14):
             path = folder / f"{modality_folder}_plane{z}.tif"  # names the pattern cannot parse
             tifffile.imwrite(path, np.zeros((8, 8), np.uint8))
-            rows.append({"path": path.name, "day": 3, "time": 1, "xy": 7, "channel": channel, "z": z})
+            rows.append(
+                {"path": path.name, "day": 3, "time": 1, "xy": 7, "channel": channel, "z": z}
+            )
     sheet = tmp_path / "sheet.csv"
     pd.DataFrame(rows).to_csv(sheet, index=False)
     cfg = {**DATA_CFG, "sample_sheet": str(sheet)}

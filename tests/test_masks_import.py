@@ -206,4 +206,6 @@ def test_template_can_find_truth_beside_the_image(tmp_path):
 
     image = tmp_path / "fig1" / "nucleus" / "240417YZ15_p0026_t00001_z001.png"
     path = import_path(".", "{image_dir}/../gt/{stem}.png", "s", 1, image)
-    assert path.resolve() == (tmp_path / "fig1" / "gt" / "240417YZ15_p0026_t00001_z001.png").resolve()
+    assert (
+        path.resolve() == (tmp_path / "fig1" / "gt" / "240417YZ15_p0026_t00001_z001.png").resolve()
+    )

@@ -31,7 +31,9 @@ def test_parse_value_treats_zero_padded_digits_as_numbers():
 
 
 def test_study_name_parses_into_fields(tmp_path):
-    records = naming.parse_paths([tmp_path / "day1t1c1xy10z15.tif"], tmp_path, {**DATA_CFG, "planes": [15]})
+    records = naming.parse_paths(
+        [tmp_path / "day1t1c1xy10z15.tif"], tmp_path, {**DATA_CFG, "planes": [15]}
+    )
     row = records.iloc[0]
     assert (row["day"], row["time"], row["channel"], row["xy"], row["z"]) == (1, 1, "1", 10, 15)
     assert row["modality"] == "brightfield"
@@ -51,7 +53,9 @@ def test_scan_folder_skips_ignored_files_and_orders_records(tmp_path):
 def test_bad_name_is_an_error_naming_the_file(tmp_path):
     folder = touch_study_set(tmp_path / "raw")
     (folder / "day1t1c1xy10_z12.tif").write_bytes(b"")
-    with pytest.raises(InputError, match=r"day1t1c1xy10_z12\.tif: name does not match data\.pattern"):
+    with pytest.raises(
+        InputError, match=r"day1t1c1xy10_z12\.tif: name does not match data\.pattern"
+    ):
         naming.scan_folder(folder, DATA_CFG)
 
 
@@ -69,18 +73,25 @@ def test_unknown_channel_and_unconfigured_plane_are_errors(tmp_path):
 def test_two_files_for_one_state_channel_plane_are_an_error(tmp_path):
     folder = touch_study_set(tmp_path / "raw")
     (folder / "day1t1c1xy010z12.tif").write_bytes(b"")  # xy010 == xy10
-    with pytest.raises(InputError, match=r"same state \(day1t1xy10\), channel \(1\) and plane \(z12\)"):
+    with pytest.raises(
+        InputError, match=r"same state \(day1t1xy10\), channel \(1\) and plane \(z12\)"
+    ):
         naming.scan_folder(folder, DATA_CFG)
 
 
 def test_missing_plane_or_channel_is_reported_with_the_state(tmp_path):
     folder = touch_study_set(tmp_path / "raw")
     (folder / "day1t2c2xy3z14.tif").unlink()
-    with pytest.raises(InputError, match=r"state day1t2xy3 has no image of channel 2 \(fluorescent\) at plane\(s\) z14"):
+    with pytest.raises(
+        InputError,
+        match=r"state day1t2xy3 has no image of channel 2 \(fluorescent\) at plane\(s\) z14",
+    ):
         naming.records_from_config(DATA_CFG, folder)
     for path in folder.glob("*c2*"):
         path.unlink()
-    with pytest.raises(InputError, match=r"no image of channel 2 \(fluorescent\) at plane\(s\) z12, z14"):
+    with pytest.raises(
+        InputError, match=r"no image of channel 2 \(fluorescent\) at plane\(s\) z12, z14"
+    ):
         naming.records_from_config(DATA_CFG, folder)
 
 
@@ -94,7 +105,10 @@ def test_empty_or_missing_folder_is_an_error(tmp_path):
 
 def test_pattern_without_required_groups_is_a_config_error():
     with pytest.raises(ConfigError, match=r"config key 'data\.pattern'.*\['z'\]"):
-        naming.compile_pattern(r"^day(?P<day>\d+)t(?P<time>\d+)c(?P<channel>\d+)xy(?P<xy>\d+)", naming.STUDY_STATE_FORMAT)
+        naming.compile_pattern(
+            r"^day(?P<day>\d+)t(?P<time>\d+)c(?P<channel>\d+)xy(?P<xy>\d+)",
+            naming.STUDY_STATE_FORMAT,
+        )
     with pytest.raises(ConfigError, match=r"not a valid regular expression"):
         naming.compile_pattern(r"^(?P<z>", naming.STUDY_STATE_FORMAT)
 
@@ -119,7 +133,14 @@ def test_other_lab_naming_with_channel_from_folder(tmp_path):
 def test_sample_sheet_reads_paths_and_fields(tmp_path):
     folder = touch_study_set(tmp_path / "raw", states=((2, 1, 5),))
     rows = [
-        {"path": naming.study_file_name(2, 1, c, 5, z), "day": 2, "time": 1, "xy": 5, "channel": c, "z": z}
+        {
+            "path": naming.study_file_name(2, 1, c, 5, z),
+            "day": 2,
+            "time": 1,
+            "xy": 5,
+            "channel": c,
+            "z": z,
+        }
         for c in (1, 2)
         for z in (12, 14)
     ]
@@ -133,15 +154,21 @@ def test_sample_sheet_reads_paths_and_fields(tmp_path):
 def test_sample_sheet_errors_name_the_sheet(tmp_path):
     sheet = tmp_path / "sheet.csv"
     pd.DataFrame([{"path": "a.tif", "channel": 1}]).to_csv(sheet, index=False)
-    with pytest.raises(InputError, match=r"sheet\.csv: missing column\(s\) \['z', 'day', 'time', 'xy'\]"):
+    with pytest.raises(
+        InputError, match=r"sheet\.csv: missing column\(s\) \['z', 'day', 'time', 'xy'\]"
+    ):
         naming.read_sample_sheet(sheet, DATA_CFG, tmp_path)
-    pd.DataFrame([{"path": "gone.tif", "channel": 1, "z": 12, "day": 1, "time": 1, "xy": 1}]).to_csv(sheet, index=False)
+    pd.DataFrame(
+        [{"path": "gone.tif", "channel": 1, "z": 12, "day": 1, "time": 1, "xy": 1}]
+    ).to_csv(sheet, index=False)
     with pytest.raises(InputError, match=r"sheet\.csv: line 2: image .*gone\.tif not found"):
         naming.read_sample_sheet(sheet, DATA_CFG, tmp_path)
 
 
 def test_split_by_key_keeps_states_apart(tmp_path):
-    folder = touch_study_set(tmp_path / "raw", states=((1, 1, 10), (1, 2, 10), (1, 1, 3), (1, 1, 4)))
+    folder = touch_study_set(
+        tmp_path / "raw", states=((1, 1, 10), (1, 2, 10), (1, 1, 3), (1, 1, 4))
+    )
     records = naming.scan_folder(folder, DATA_CFG)
     split = {"key": "xy", "test": ["10"], "validation": [4]}
     test = naming.states_in_split(records, split, "test")
@@ -159,4 +186,7 @@ def test_demo_records_follow_the_study_naming():
     records = naming.demo_records(demo, DATA_CFG, "raw")
     assert len(records) == 1 * 2 * 2 * 2 * 2
     assert "raw/day1t2c2xy10z14.tif" in records["path"].tolist()
-    assert naming.lookup(records, state="day1t2xy10", modality="fluorescent", z=14) == "raw/day1t2c2xy10z14.tif"
+    assert (
+        naming.lookup(records, state="day1t2xy10", modality="fluorescent", z=14)
+        == "raw/day1t2c2xy10z14.tif"
+    )

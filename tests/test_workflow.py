@@ -22,7 +22,9 @@ def finished_run(tmp_path_factory):
 def test_catalogue_lists_every_image(finished_run):
     workdir, config = finished_run
     catalogue = pd.read_csv(workdir / "results" / "catalogue.csv")
-    n_states = len(config["demo"]["days"]) * len(config["demo"]["times"]) * len(config["demo"]["xy"])
+    n_states = (
+        len(config["demo"]["days"]) * len(config["demo"]["times"]) * len(config["demo"]["xy"])
+    )
     assert len(catalogue) == n_states * len(config["data"]["planes"]) * 2
     assert set(catalogue["modality"]) == {"brightfield", "fluorescent"}
     assert (catalogue["height"] == config["demo"]["height"]).all()
@@ -31,7 +33,9 @@ def test_catalogue_lists_every_image(finished_run):
 def test_masks_are_instance_labels_per_plane_and_state(finished_run):
     workdir, config = finished_run
     for z in config["data"]["planes"]:
-        plane = tifffile.imread(workdir / "results" / "masks" / "planes" / "day1t1xy1" / f"z{z}.tif")
+        plane = tifffile.imread(
+            workdir / "results" / "masks" / "planes" / "day1t1xy1" / f"z{z}.tif"
+        )
         assert plane.dtype == np.uint16
         assert plane.shape == (config["demo"]["height"], config["demo"]["width"])
     state = tifffile.imread(workdir / "results" / "masks" / "states" / "day1t1xy1.tif")
@@ -55,7 +59,9 @@ def test_every_model_is_trained_and_evaluated(finished_run):
             assert (model_dir / "model.pt").stat().st_size > 0
             history = pd.read_csv(model_dir / "history.csv")
             assert len(history) == config["train"]["epochs"]
-            per_image = pd.read_csv(workdir / "results" / "metrics" / f"{variant}-{loss}" / "per_image.csv")
+            per_image = pd.read_csv(
+                workdir / "results" / "metrics" / f"{variant}-{loss}" / "per_image.csv"
+            )
             # Only test-split images (xy10) are evaluated.
             assert len(per_image) > 0
             assert per_image["state"].str.endswith("xy10").all()
@@ -68,7 +74,11 @@ def test_tables_have_the_study_layout(finished_run):
         table = pd.read_csv(workdir / "results" / "tables" / f"{variant}.csv")
         pooled = table[table["reduction"] == "micro"]
         assert pooled["z"].tolist() == planes + ["overall"]
-        score_columns = [f"{loss}_{metric}" for loss in config["train"]["losses"] for metric in ("accuracy", "f1", "iou")]
+        score_columns = [
+            f"{loss}_{metric}"
+            for loss in config["train"]["losses"]
+            for metric in ("accuracy", "f1", "iou")
+        ]
         values = pooled[score_columns].to_numpy(dtype=float)
         assert np.isfinite(values).all()
         assert ((values >= 0) & (values <= 1)).all()

@@ -24,7 +24,10 @@ def write_images(raw_dir, states=((1, 1, 1), (1, 1, 10))):
     for day, time, xy in states:
         for channel in (1, 2):
             for z in (12, 14):
-                tifffile.imwrite(raw_dir / naming.study_file_name(day, time, channel, xy, z), np.zeros((24, 32, 3), np.uint8))
+                tifffile.imwrite(
+                    raw_dir / naming.study_file_name(day, time, channel, xy, z),
+                    np.zeros((24, 32, 3), np.uint8),
+                )
 
 
 def test_catalogue_of_a_folder(tmp_path):
@@ -33,7 +36,9 @@ def test_catalogue_of_a_folder(tmp_path):
     run_snakemake(tmp_path, "results/catalogue.csv")
     lines = (tmp_path / "results" / "catalogue.csv").read_text().splitlines()
     assert len(lines) == 1 + 8
-    assert lines[0].startswith("path,day,time,channel,modality,xy,z,state,height,width,channels,dtype")
+    assert lines[0].startswith(
+        "path,day,time,channel,modality,xy,z,state,height,width,channels,dtype"
+    )
 
 
 @pytest.mark.parametrize(

@@ -83,7 +83,10 @@ def _import_settings(masks_cfg: dict) -> tuple[str | None, str]:
 
 
 def method_inputs(
-    masks_cfg: dict, state: str, planes: Sequence[int], image_paths: Sequence[str | Path] | None = None
+    masks_cfg: dict,
+    state: str,
+    planes: Sequence[int],
+    image_paths: Sequence[str | Path] | None = None,
 ) -> list[str]:
     """Files ``masks.method`` reads besides the images (the workflow's rule inputs).
 
@@ -98,7 +101,10 @@ def method_inputs(
 
         import_dir, template = _import_settings(masks_cfg)
         paths = image_paths if image_paths is not None else [None] * len(planes)
-        return [str(import_path(import_dir, template, state, z, path)) for z, path in zip(planes, paths, strict=True)]
+        return [
+            str(import_path(import_dir, template, state, z, path))
+            for z, path in zip(planes, paths, strict=True)
+        ]
     return []
 
 
@@ -205,7 +211,9 @@ def make_plane_mask(
         from protoseg.masks.imported import import_path, load_imported_mask
 
         import_dir, template = _import_settings(masks_cfg)
-        mask = load_imported_mask(import_path(import_dir, template, state, z, image_path), image.shape)
+        mask = load_imported_mask(
+            import_path(import_dir, template, state, z, image_path), image.shape
+        )
     mask = np.asarray(mask)
     if mask.dtype != np.uint16:
         mask = mask.astype(np.uint16)
@@ -236,7 +244,9 @@ def make_state_masks(
         raise ValueError(
             f"{state}: {len(image_paths)} images, {len(output_paths)} outputs and {len(planes)} planes; they must match"
         )
-    check_method(method, masks_cfg, planes=planes, state=state, states=states, image_paths=image_paths)
+    check_method(
+        method, masks_cfg, planes=planes, state=state, states=states, image_paths=image_paths
+    )
     images = [read_image(path) for path in image_paths]
     if method == "sam-prompted":
         from protoseg.masks import prompts
@@ -248,7 +258,9 @@ def make_state_masks(
 
     masks = []
     for z, image, image_path in tqdm(
-        list(zip(planes, images, image_paths, strict=True)), desc=f"masks {state} ({method})", unit="plane"
+        list(zip(planes, images, image_paths, strict=True)),
+        desc=f"masks {state} ({method})",
+        unit="plane",
     ):
         masks.append(
             make_plane_mask(

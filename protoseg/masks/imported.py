@@ -23,7 +23,11 @@ DEFAULT_TEMPLATE = "{state}/z{z}.tif"
 
 
 def import_path(
-    import_dir: str | Path | None, template: str, state: str, z: int, image_path: str | Path | None = None
+    import_dir: str | Path | None,
+    template: str,
+    state: str,
+    z: int,
+    image_path: str | Path | None = None,
 ) -> Path:
     """Where the imported mask of ``state``'s plane ``z`` is expected.
 
@@ -41,7 +45,11 @@ def import_path(
         image_fields = {}
         if image_path is not None:
             image_path = Path(image_path)
-            image_fields = {"image_dir": str(image_path.parent), "stem": image_path.stem, "name": image_path.name}
+            image_fields = {
+                "image_dir": str(image_path.parent),
+                "stem": image_path.stem,
+                "name": image_path.name,
+            }
         name = template.format(state=state, z=z, **image_fields)
     except (KeyError, IndexError, ValueError) as error:
         raise ConfigError(
