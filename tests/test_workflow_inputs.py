@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import tifffile
+import yaml
 
 from protoseg import naming
 from tests.workflow_helpers import run_snakemake, tiny_config, write_project
@@ -79,3 +80,26 @@ def test_truncated_tiff_leaves_no_catalogue(tmp_path):
     log = (tmp_path / "logs" / "catalogue" / "catalogue.log").read_text()
     assert "day1t1c2xy10z14.tif: unreadable or truncated TIFF" in log
     assert not (tmp_path / "results" / "catalogue.csv").exists()
+
+
+def test_a_configfile_replaces_the_demo_config_instead_of_merging(tmp_path):
+    # Channels named differently from the demo's "1"/"2": merged key by key, the demo's
+    # channels would be added and every state would lack "channel 1".
+    raw = tmp_path / "raw"
+    for channel in ("bf", "fl"):
+        (raw / channel).mkdir(parents=True)
+        tifffile.imwrite(raw / channel / "s01_z1.tif", np.zeros((24, 32), np.uint8))
+    write_project(tmp_path, tiny_config())
+    other = folder_config(raw)
+    other["data"].update(
+        {
+            "pattern": r"^(?P<channel>bf|fl)/s(?P<xy>\d+)_z(?P<z>\d+)\.tif$",
+            "state_format": "s{xy}",
+            "channels": {"bf": "brightfield", "fl": "fluorescent"},
+            "planes": [1],
+        }
+    )
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    result = run_snakemake(tmp_path, "results/catalogue.csv", "--configfile", str(tmp_path / "other.yaml"))
+    assert result.returncode == 0
+    assert (tmp_path / "results" / "catalogue.csv").read_text().count("\n") == 1 + 2
