@@ -38,8 +38,8 @@ def test_paper_config_validates_against_the_schema():
 
 
 def test_paper_config_sets_every_key_the_demo_config_has():
-    # Snakemake lays paper.yaml over config/config.yaml: a key missing here would
-    # silently keep the demo's (small, fast) value.
+    # A --configfile replaces the demo config whole, so a key missing here would fall
+    # back to a code default nobody chose for the study: set them all explicitly.
     missing = leaf_keys(demo_config()) - leaf_keys(paper())
     assert not missing, f"config/paper.yaml lacks {sorted(missing)}"
 
