@@ -100,6 +100,8 @@ def test_a_configfile_replaces_the_demo_config_instead_of_merging(tmp_path):
         }
     )
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
-    result = run_snakemake(tmp_path, "results/catalogue.csv", "--configfile", str(tmp_path / "other.yaml"))
+    result = run_snakemake(
+        tmp_path, "results/catalogue.csv", "--configfile", str(tmp_path / "other.yaml")
+    )
     assert result.returncode == 0
     assert (tmp_path / "results" / "catalogue.csv").read_text().count("\n") == 1 + 2
