@@ -23,7 +23,7 @@ wildcard_constraints:
     state=r"[^/]+",
     z=r"\d+",
     variant=r"[A-Za-z0-9_]+",
-    loss=r"[A-Za-z0-9_]+",
+    loss=r"[A-Za-z0-9_+]+",
 
 
 include: "workflow/rules/common.smk"

@@ -69,13 +69,20 @@ def validate_config(config: dict, schema: str | Path = SCHEMA) -> None:
 
 
 # ---------------------------------------------------------------- predict
-def _tile(text: str) -> int | tuple[int, int]:
+def _tile(text: str) -> tuple[int, int]:
     parts = [int(part) for part in text.lower().replace("x", ",").split(",") if part.strip()]
     if len(parts) == 1 and parts[0] > 0:
-        return parts[0]
+        return (parts[0], parts[0])
     if len(parts) == 2 and min(parts) > 0:
         return (parts[0], parts[1])
     raise argparse.ArgumentTypeError(f"expected N or HxW with positive sizes, got '{text}'")
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a share in [0, 1), got {text}")
+    return value
 
 
 def _probability(text: str) -> float:
@@ -86,12 +93,13 @@ def _probability(text: str) -> float:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from protoseg.device import resolve_device
+    from protoseg.device import resolve_device, resolve_precision
     from protoseg.predict import load_prediction_model, predict_files
 
     if not Path(args.model).is_file():
         raise InputError(args.model, "model file not found")
     device = resolve_device(args.device, key="--device")
+    precision = resolve_precision(args.precision, device, key="--precision")
     model = load_prediction_model(args.model, device=device)
     summary = predict_files(
         model,
@@ -104,6 +112,7 @@ def run_predict(args: argparse.Namespace) -> int:
         min_distance=args.min_distance,
         min_area=args.min_area,
         device=device,
+        precision=precision,
         progress=not args.quiet,
     )
     if not args.quiet:
@@ -156,21 +165,22 @@ def build_parser() -> argparse.ArgumentParser:
         type=_tile,
         default=None,
         metavar="N|HxW",
-        help="tile size at the training scale (default: the training image size)",
+        help="tile size at the training scale (default: the model's training size or patch)",
     )
     predict.add_argument(
         "--overlap",
-        type=int,
-        default=32,
-        metavar="N",
-        help="pixels shared by neighbouring tiles (default: 32)",
+        type=_share,
+        default=0.5,
+        metavar="F",
+        help="share of a tile its neighbour covers too; overlaps are blended (default: 0.5)",
     )
     predict.add_argument(
         "--threshold",
         type=_probability,
-        default=0.5,
+        default=None,
         metavar="T",
-        help="probability above which a pixel is cell (default: 0.5)",
+        help="probability above which a pixel is cell (default: the model's, chosen on "
+        "validation images in training)",
     )
     predict.add_argument(
         "--instances",
@@ -198,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         choices=["auto", "cuda", "mps", "cpu"],
         help="torch device (default: auto = cuda, mps or cpu)",
+    )
+    predict.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="autocast precision (default: auto = bf16 on CPUs with native bf16, fp16 on CUDA)",
     )
     predict.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
     predict.set_defaults(run=run_predict)

@@ -1,28 +1,31 @@
-"""Training data sets: images and binary masks, split by a catalogue column, on disk in shards.
+"""Training data sets: images, binary and instance masks, split by a catalogue column, on
+disk in memory-mapped shards.
 
 One sample is one image (the study's "all" data set holds the bright-field and the
 fluorescent image of a plane as two samples) paired with its mask, the merged mask of its
-state (the study) or its plane's per-z mask. What the build does to each sample, as the
-study did:
+state (the study) or its plane's per-z mask. Images are prepared by
+:func:`protoseg.transforms.prepare_image` (the same function inference uses): intensity
+(``dataset.normalise``: ``dtype``, the study's integer / dtype maximum, or ``percentile``,
+per image), colour (``dataset.colour``), then one of two geometries (``dataset.geometry``):
 
-* **image**: read (RGB order), scaled to [0, 1] (uint8 / 255, uint16 / 65535, other
-  integer types by their dtype's maximum, bool as 0/1, floating point taken as already in
-  [0, 1] and clipped), colour handled by ``dataset.colour`` (``rgb``: 3 channels, greyscale
-  repeated; ``grey``: 1 channel, RGB converted to luminance 0.299 R + 0.587 G + 0.114 B, as
-  OpenCV does; an alpha channel is dropped), then resized with ``cv2.INTER_LINEAR`` to
-  ``dataset.size`` [height, width] and stored channels-first as float32;
-* **mask**: instance labels -> 0/255 uint8, resized with ``cv2.INTER_LINEAR`` like the
-  image, then binarised (> 0 -> 1), stored as uint8.
+* ``resize`` (the study): every whole image resized (linear) to ``dataset.size``; the mask
+  resized as a 0/255 image and binarised (> 0 -> 1). Samples share one shape and are stored
+  ``dataset.shard_size`` to a shard.
+* ``patches`` (real microscopes): every image rescaled by one factor, ``dataset.scale`` or
+  ``target_diameter / cell_diameter``, so cells keep their size whatever the image size;
+  training cuts patches (:mod:`protoseg.sampling`). Each sample is its own shard, with its
+  instance labels (nearest neighbour) and up to :data:`FOREGROUND_LIMIT` cell pixels.
 
 Layout of ``dataset_dir`` (the choice of format: docs/benchmarks/dataset.md):
 
 * ``manifest.csv``: one row per sample: ``sample, split, shard, row, image, mask, state,
-  z, modality, channel`` plus the split key column;
-* ``dataset.json``: size, colour, channels, variant modalities, split and mask source;
-* ``shards/{split}-{k:03d}-images.npy`` (float32, N x C x H x W) and
-  ``shards/{split}-{k:03d}-masks.npy`` (uint8, N x H x W), at most ``dataset.shard_size``
-  samples each. Plain ``.npy`` so that readers memory-map them and touch only the samples
-  they use (compressed ``.npz`` must be decompressed whole to read one sample).
+  z, modality, channel``, the split key column, the original and stored size and the number
+  of cells of its mask;
+* ``dataset.json``: the :class:`DatasetRecord` (geometry, preprocessing, split, ...);
+* ``shards/{shard}-images.npy`` (float32, N x C x H x W), ``{shard}-masks.npy`` (uint8,
+  N x H x W), and for ``patches`` ``{shard}-instances.npy`` (uint32) and
+  ``{shard}-foreground.npy`` (int32 K x 2). Plain ``.npy`` so that readers memory-map them
+  and touch only the pages they use.
 
 The build streams image by image into one shard buffer, so its memory is one shard plus one
 full-size image, whatever the number of images.
@@ -37,7 +40,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
@@ -45,11 +47,20 @@ from tqdm import tqdm
 from protoseg import naming
 from protoseg.errors import ConfigError, InputError
 from protoseg.io import atomic_path, read_image, write_csv, write_text
+from protoseg.transforms import (
+    COLOURS,
+    GEOMETRIES,
+    NORMALISATIONS,
+    Preprocessing,
+    binary_mask,
+    label_image,
+    prepare_image,
+    resize_labels,
+)
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
-COLOURS = ("rgb", "grey")
 MASK_SOURCES = ("state", "per_z")
 MANIFEST_COLUMNS = [
     "sample",
@@ -67,84 +78,10 @@ SHARD_DIR = "shards"
 MANIFEST_NAME = "manifest.csv"
 INFO_NAME = "dataset.json"
 DEFAULT_SHARD_SIZE = 64
-
-
-# ---------------------------------------------------------------- per-image transforms
-def scale_to_unit(image: np.ndarray, source: str | Path = "image") -> np.ndarray:
-    """``image`` as float32 in [0, 1]: integer types divided by their dtype's maximum.
-
-    uint8 / 255, uint16 / 65535 (a 12-bit camera's images stay dim: the scale is the
-    dtype's, never the image's own maximum, so every image of a set is scaled alike),
-    bool as 0/1, floating point clipped to [0, 1].
-    """
-    image = np.asarray(image)
-    if image.dtype == bool:
-        return image.astype(np.float32)
-    if np.issubdtype(image.dtype, np.integer):
-        info = np.iinfo(image.dtype)
-        if info.min < 0:
-            raise InputError(
-                source, f"signed integer image ({image.dtype}); expected unsigned intensities"
-            )
-        return image.astype(np.float32) / np.float32(info.max)
-    if np.issubdtype(image.dtype, np.floating):
-        return np.clip(image.astype(np.float32), 0.0, 1.0)
-    raise InputError(source, f"unsupported pixel type {image.dtype}")
-
-
-def convert_colour(image: np.ndarray, colour: str, source: str | Path = "image") -> np.ndarray:
-    """A float image (H x W or H x W x C) as H x W x 3 (``rgb``) or H x W x 1 (``grey``)."""
-    if colour not in COLOURS:
-        raise ConfigError(
-            "dataset.colour", f"unknown colour '{colour}'; use one of {', '.join(COLOURS)}"
-        )
-    if image.ndim == 3 and image.shape[2] == 4:
-        image = image[..., :3]  # alpha carries no intensity
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[..., 0]
-    if image.ndim == 2:
-        grey = image
-        return np.repeat(grey[..., None], 3, axis=2) if colour == "rgb" else grey[..., None]
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise InputError(
-            source, f"expected a greyscale, RGB or RGBA image, got shape {image.shape}"
-        )
-    if colour == "rgb":
-        return image
-    return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)[..., None]
-
-
-def resize(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """Resize H x W (x C) to ``size`` = [height, width] with linear interpolation."""
-    height, width = int(size[0]), int(size[1])
-    resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-    if image.ndim == 3 and resized.ndim == 2:  # OpenCV drops a single channel axis
-        resized = resized[..., None]
-    return resized
-
-
-def prepare_image(
-    image: np.ndarray, size: Sequence[int], colour: str, source: str | Path = "image"
-) -> np.ndarray:
-    """Scale to [0, 1], convert colour, resize: float32 C x H x W."""
-    unit = convert_colour(scale_to_unit(image, source), colour, source)
-    return np.ascontiguousarray(resize(unit, size).transpose(2, 0, 1), dtype=np.float32)
-
-
-def prepare_mask(mask: np.ndarray, size: Sequence[int], source: str | Path = "mask") -> np.ndarray:
-    """Instance labels -> binary uint8 H x W at ``size``: resized linearly, then > 0 -> 1.
-
-    The labels become 0/255 uint8 first (a binary mask image, as the study saved and read
-    them), so OpenCV's fixed-point interpolation decides the fringe: a pixel becomes cell
-    where the interpolated value rounds to at least 1 of 255.
-    """
-    mask = np.asarray(mask)
-    if mask.ndim == 3 and mask.shape[2] == 1:
-        mask = mask[..., 0]
-    if mask.ndim != 2:
-        raise InputError(source, f"expected a 2D label mask, got shape {mask.shape}")
-    binary = np.where(mask > 0, np.uint8(255), np.uint8(0))
-    return (resize(binary, size) > 0).astype(np.uint8)
+# Cell pixels kept per sample for the patch sampler (nnU-Net keeps 10,000 per class).
+FOREGROUND_LIMIT = 10_000
+# Rescale factors beyond these are a unit mistake, not a microscope.
+MIN_SCALE, MAX_SCALE = 0.01, 16.0
 
 
 # ---------------------------------------------------------------- planning the samples
@@ -245,6 +182,148 @@ def plan_samples(
     return samples
 
 
+# ---------------------------------------------------------------- the data set's record
+@dataclass(frozen=True)
+class DatasetRecord:
+    """What a built data set is: written as ``dataset.json`` by the build, read by training,
+    evaluation and prediction (and copied into ``model.pt``), so a model knows its geometry."""
+
+    variant: str
+    modalities: tuple[str, ...]
+    preprocessing: Preprocessing
+    patch_size: tuple[int, int] | None  # patches geometry: the training patch
+    mask_source: str
+    split: dict
+    samples: dict
+    shard_size: int
+    has_instances: bool
+    cell_diameter: float | None = None
+    target_diameter: float | None = None
+
+    @property
+    def channels(self) -> int:
+        return self.preprocessing.channels
+
+    @property
+    def geometry(self) -> str:
+        return self.preprocessing.geometry
+
+    def to_dict(self) -> dict:
+        values = {
+            "variant": self.variant,
+            "modalities": list(self.modalities),
+            "preprocessing": self.preprocessing.to_dict(),
+            "patch_size": None if self.patch_size is None else list(self.patch_size),
+            "mask_source": self.mask_source,
+            "split": self.split,
+            "samples": self.samples,
+            "shard_size": self.shard_size,
+            "has_instances": self.has_instances,
+            "cell_diameter": self.cell_diameter,
+            "target_diameter": self.target_diameter,
+        }
+        # Plain keys that older readers and people look for first.
+        values["geometry"] = self.geometry
+        values["channels"] = self.channels
+        values["colour"] = self.preprocessing.colour
+        values["size"] = None if self.preprocessing.size is None else list(self.preprocessing.size)
+        values["scale"] = self.preprocessing.scale
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict, source: object = INFO_NAME) -> DatasetRecord:
+        try:
+            return cls(
+                variant=str(values["variant"]),
+                modalities=tuple(values["modalities"]),
+                preprocessing=Preprocessing.from_dict(values["preprocessing"]),
+                patch_size=None
+                if values.get("patch_size") is None
+                else tuple(values["patch_size"]),
+                mask_source=str(values["mask_source"]),
+                split=dict(values["split"]),
+                samples=dict(values["samples"]),
+                shard_size=int(values["shard_size"]),
+                has_instances=bool(values["has_instances"]),
+                cell_diameter=values.get("cell_diameter"),
+                target_diameter=values.get("target_diameter"),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise InputError(
+                source,
+                f"not a data set description of this protoseg version ({error!r}); rebuild it",
+            ) from error
+
+
+def preprocessing_from_config(dataset_cfg: dict) -> tuple[Preprocessing, tuple | None]:
+    """The preprocessing and training patch of config ``dataset``, checked.
+
+    ``patches`` geometry: the scale is ``dataset.scale``, or ``target_diameter /
+    cell_diameter`` when the typical cell diameter is given (cellpose's way); absurd scales
+    (outside 1/100..16) are refused, naming the key.
+    """
+    geometry = dataset_cfg.get("geometry", "resize")
+    if geometry not in GEOMETRIES:
+        raise ConfigError(
+            "dataset.geometry", f"unknown geometry '{geometry}'; use one of {', '.join(GEOMETRIES)}"
+        )
+    colour = dataset_cfg.get("colour", "rgb")
+    if colour not in COLOURS:
+        raise ConfigError(
+            "dataset.colour", f"unknown colour '{colour}'; use one of {', '.join(COLOURS)}"
+        )
+    normalise = dataset_cfg.get("normalise", "dtype")
+    if normalise not in NORMALISATIONS:
+        raise ConfigError(
+            "dataset.normalise",
+            f"unknown normalisation '{normalise}'; use one of {', '.join(NORMALISATIONS)}",
+        )
+    percentiles = tuple(float(v) for v in dataset_cfg.get("percentiles", (1.0, 99.8)))
+    if len(percentiles) != 2 or not 0 <= percentiles[0] < percentiles[1] <= 100:
+        raise ConfigError("dataset.percentiles", f"need 0 <= low < high <= 100, got {percentiles}")
+    if geometry == "resize":
+        if dataset_cfg.get("size") is None:
+            raise ConfigError("dataset.size", "the resize geometry needs a size [height, width]")
+        size = tuple(int(v) for v in dataset_cfg["size"])
+        prep = Preprocessing(geometry, colour, normalise, percentiles, size, None, size)
+        return prep, None
+    scale = dataset_scale(dataset_cfg)
+    patch = tuple(int(v) for v in dataset_cfg.get("patch_size") or (256, 256))
+    if len(patch) != 2 or min(patch) < 16:
+        raise ConfigError("dataset.patch_size", f"need [height, width] of at least 16, got {patch}")
+    # A U-Net of depth d halves the size d times; sizes that divide evenly keep tiles aligned.
+    prep = Preprocessing(geometry, colour, normalise, percentiles, None, scale, patch)
+    return prep, patch
+
+
+def dataset_scale(dataset_cfg: dict) -> float:
+    """The patches geometry's rescale factor from ``scale`` or the cell diameters."""
+    scale, diameter = dataset_cfg.get("scale"), dataset_cfg.get("cell_diameter")
+    if scale is not None and diameter is not None:
+        raise ConfigError(
+            "dataset.scale", "give either dataset.scale or dataset.cell_diameter, not both"
+        )
+    if diameter is not None:
+        target = dataset_cfg.get("target_diameter")
+        for key, value in (("cell_diameter", diameter), ("target_diameter", target)):
+            if value is None or not np.isfinite(float(value)) or float(value) <= 0:
+                raise ConfigError(
+                    f"dataset.{key}", f"must be a positive number of pixels, got {value}"
+                )
+        scale = float(target) / float(diameter)
+        key = "dataset.cell_diameter"
+    else:
+        scale = 1.0 if scale is None else float(scale)
+        key = "dataset.scale"
+    if not np.isfinite(scale) or not MIN_SCALE <= scale <= MAX_SCALE:
+        raise ConfigError(
+            key,
+            f"gives a rescale factor of {scale:.4g}, outside {MIN_SCALE}..{MAX_SCALE}: "
+            "is the diameter in pixels of the raw images?",
+        )
+    return scale
+
+
 # ---------------------------------------------------------------- building
 def mask_template(template: str) -> Callable[[str, int], str]:
     """A ``mask_path(state, z)`` from a template such as ``results/masks/per_z/{state}/z{z}.tif``."""
@@ -256,13 +335,41 @@ def shard_name(split: str, index: int) -> str:
 
 
 def shard_files(dataset_dir: str | Path, shard: str) -> tuple[Path, Path]:
+    """Images and binary masks of one shard."""
     folder = Path(dataset_dir) / SHARD_DIR
     return folder / f"{shard}-images.npy", folder / f"{shard}-masks.npy"
+
+
+def extra_shard_file(dataset_dir: str | Path, shard: str, kind: str) -> Path:
+    """The ``instances`` (labels) or ``foreground`` (sampled cell pixels) file of a shard."""
+    return Path(dataset_dir) / SHARD_DIR / f"{shard}-{kind}.npy"
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, array)
+
+
+def foreground_sample(mask: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """Up to ``limit`` (y, x) cell pixels of a binary mask, drawn without replacement.
+
+    Stored with each sample so the patch sampler finds cells without scanning whole masks
+    (nnU-Net keeps 10,000 locations per class the same way).
+    """
+    coordinates = np.argwhere(np.asarray(mask) > 0).astype(np.int32)
+    if len(coordinates) > limit:
+        chosen = np.random.default_rng(seed).choice(len(coordinates), limit, replace=False)
+        coordinates = coordinates[np.sort(chosen)]
+    return coordinates
+
+
+def _read_catalogue(catalogue) -> pd.DataFrame:
+    if isinstance(catalogue, (str, Path)):
+        catalogue_path = Path(catalogue)
+        if not catalogue_path.is_file():
+            raise InputError(catalogue_path, "catalogue not found")
+        return pd.read_csv(catalogue_path)
+    return catalogue
 
 
 def build_dataset(
@@ -279,26 +386,20 @@ def build_dataset(
     """Build one variant's data set into ``dataset_dir``; returns the manifest.
 
     ``mask_path`` is a function ``(state, z) -> path`` or a template with ``{state}`` and
-    ``{z}``. Shards are written as they fill; the manifest last, so a build that fails
-    leaves no manifest (and the workflow treats the data set as missing).
+    ``{z}``. ``resize`` geometry: samples of one shape, ``dataset.shard_size`` per shard.
+    ``patches`` geometry: each sample its own shard at its own rescaled size, with its
+    instance labels and a sample of its cell pixels. Shards are written as they fill; the
+    manifest last, so a build that fails leaves no manifest (and the workflow treats the
+    data set as missing).
     """
-    if isinstance(catalogue, (str, Path)):
-        catalogue_path = Path(catalogue)
-        if not catalogue_path.is_file():
-            raise InputError(catalogue_path, "catalogue not found")
-        catalogue = pd.read_csv(catalogue_path)
+    catalogue = _read_catalogue(catalogue)
     if isinstance(mask_path, str):
         mask_path = mask_template(mask_path)
-    size = [int(v) for v in dataset_cfg["size"]]
-    colour = dataset_cfg.get("colour", "rgb")
-    if colour not in COLOURS:
-        raise ConfigError(
-            "dataset.colour", f"unknown colour '{colour}'; use one of {', '.join(COLOURS)}"
-        )
+    prep, patch = preprocessing_from_config(dataset_cfg)
     shard_size = int(dataset_cfg.get("shard_size", DEFAULT_SHARD_SIZE))
     if shard_size < 1:
         raise ConfigError("dataset.shard_size", "must be at least 1")
-    channels = 3 if colour == "rgb" else 1
+    patches = prep.geometry == "patches"
     samples = plan_samples(catalogue, variant, modalities, split_cfg, mask_path)
 
     dataset_dir = Path(dataset_dir)
@@ -306,68 +407,121 @@ def build_dataset(
     for stale in (dataset_dir / SHARD_DIR).glob("*.npy"):
         stale.unlink()  # a rebuild must not leave shards of an earlier, larger build
 
-    shards, rows = [], []
+    columns: dict[str, list] = {
+        key: []
+        for key in ("shard", "row", "height", "width", "stored_height", "stored_width", "cells")
+    }
+    empty_masks: list[str] = []
+    padded = 0
     bar = tqdm(total=len(samples), desc=f"dataset {variant}", unit="image", disable=not progress)
     for split, group in samples.groupby("split", sort=False):
-        for index, start in enumerate(range(0, len(group), shard_size)):
-            chunk = group.iloc[start : start + shard_size]
-            name = shard_name(split, index)
-            # Buffers of exactly this shard's length: memory is one shard, never the set.
-            images = np.empty((len(chunk), channels, *size), np.float32)
-            masks = np.empty((len(chunk), *size), np.uint8)
-            mask_cache: dict[str, np.ndarray] = {}  # a state mask serves all its planes
+        per_shard = 1 if patches else shard_size
+        for index, start in enumerate(range(0, len(group), per_shard)):
+            chunk = group.iloc[start : start + per_shard]
+            name = f"{split}-{index:05d}" if patches else shard_name(split, index)
+            images = masks = instances = None
+            labels_cache: dict[str, np.ndarray] = {}  # a state mask serves all its planes
             for row, sample in enumerate(chunk.itertuples(index=False)):
-                image = read_image(sample.image)
-                if sample.mask not in mask_cache:
-                    mask_cache.clear()
-                    labels = read_image(sample.mask)
-                    if labels.shape[:2] != image.shape[:2]:
+                raw = read_image(sample.image)
+                if sample.mask not in labels_cache:
+                    labels_cache.clear()
+                    labels = label_image(read_image(sample.mask), sample.mask)
+                    if labels.shape[:2] != raw.shape[:2]:
                         raise InputError(
                             sample.mask,
-                            f"mask is {labels.shape[:2]} but image {sample.image} is {image.shape[:2]}",
+                            f"mask is {labels.shape[:2]} but image {sample.image} is {raw.shape[:2]}",
                         )
-                    mask_cache[sample.mask] = prepare_mask(labels, size, sample.mask)
+                    labels_cache[sample.mask] = labels
                     if not labels.any():
-                        warnings.warn(
-                            f"{sample.mask}: empty mask (no cells); its images are kept as all-background samples",
-                            stacklevel=2,
-                        )
-                images[row] = prepare_image(image, size, colour, sample.image)
-                masks[row] = mask_cache[sample.mask]
-                shards.append(name)
-                rows.append(row)
+                        empty_masks.append(sample.mask)
+                labels = labels_cache[sample.mask]
+                image = prepare_image(raw, prep, sample.image)
+                stored = image.shape[1:]
+                if images is None:  # buffers of exactly this shard's length
+                    images = np.empty((len(chunk), *image.shape), np.float32)
+                    masks = np.empty((len(chunk), *stored), np.uint8)
+                    if patches:
+                        instances = np.empty((len(chunk), *stored), np.uint32)
+                images[row] = image
+                masks[row] = binary_mask(labels, stored, sample.mask)
+                if patches:
+                    instances[row] = resize_labels(labels, stored)
+                    if stored[0] < patch[0] or stored[1] < patch[1]:
+                        padded += 1
+                columns["shard"].append(name)
+                columns["row"].append(row)
+                columns["height"].append(int(raw.shape[0]))
+                columns["width"].append(int(raw.shape[1]))
+                columns["stored_height"].append(int(stored[0]))
+                columns["stored_width"].append(int(stored[1]))
+                columns["cells"].append(int(len(np.unique(labels[labels > 0]))))
                 bar.update()
             image_file, mask_file = shard_files(dataset_dir, name)
             _save_npy(image_file, images)
             _save_npy(mask_file, masks)
-            del images, masks
+            if patches:
+                _save_npy(extra_shard_file(dataset_dir, name, "instances"), instances)
+                _save_npy(
+                    extra_shard_file(dataset_dir, name, "foreground"),
+                    foreground_sample(masks[0], FOREGROUND_LIMIT, seed=index),
+                )
+            del images, masks, instances
     bar.close()
 
     manifest = samples.copy()
     manifest.insert(0, "sample", np.arange(len(manifest)))
-    manifest.insert(2, "shard", shards)
-    manifest.insert(3, "row", rows)
-    info = {
-        "variant": variant,
-        "modalities": list(dict.fromkeys(modalities)),
-        "size": size,
-        "colour": colour,
-        "channels": channels,
-        "scaling": "integer images / dtype maximum (uint8 / 255, uint16 / 65535); float clipped to [0, 1]",
-        "interpolation": "linear",
-        "mask_source": dataset_cfg.get("mask_source", "state"),
-        "shard_size": shard_size,
-        "split": {
+    for position, key in enumerate(("shard", "row"), start=2):
+        manifest.insert(position, key, columns[key])
+    for key in ("height", "width", "stored_height", "stored_width", "cells"):
+        manifest[key] = columns[key]
+    train_rows = manifest[manifest["split"] == "train"]
+    if int(train_rows["cells"].sum()) == 0:
+        raise InputError(
+            train_rows["mask"].iloc[0] if len(train_rows) else dataset_dir,
+            f"no cell in any training image of data set {variant}: every training mask is empty, "
+            "so there is nothing to learn (check the masks stage and split.test)",
+        )
+    for mask in dict.fromkeys(empty_masks):
+        warnings.warn(
+            f"{mask}: empty mask (no cells); its images are kept as all-background samples",
+            stacklevel=2,
+        )
+    if padded:
+        log.warning(
+            "%d image(s) of %s are smaller than the %s patch at scale %.3g; training pads them "
+            "(mirrored) to the patch size",
+            padded,
+            variant,
+            list(patch),
+            prep.scale,
+        )
+    record = DatasetRecord(
+        variant=variant,
+        modalities=tuple(dict.fromkeys(modalities)),
+        preprocessing=prep,
+        patch_size=patch,
+        mask_source=dataset_cfg.get("mask_source", "state"),
+        split={
             "key": split_cfg.get("key", "xy"),
             "test": list(split_cfg.get("test", [])),
             "validation": list(split_cfg.get("validation", []) or []),
         },
-        "samples": {split: int((manifest["split"] == split).sum()) for split in SPLITS},
-    }
-    write_text(dataset_dir / INFO_NAME, json.dumps(info, indent=2) + "\n")
+        samples={split: int((manifest["split"] == split).sum()) for split in SPLITS},
+        shard_size=1 if patches else shard_size,
+        has_instances=patches,
+        cell_diameter=dataset_cfg.get("cell_diameter"),
+        target_diameter=dataset_cfg.get("target_diameter")
+        if dataset_cfg.get("cell_diameter")
+        else None,
+    )
+    write_text(dataset_dir / INFO_NAME, json.dumps(record.to_dict(), indent=2) + "\n")
     write_csv(dataset_dir / MANIFEST_NAME, manifest)
     log.info(
-        "dataset %s: %s samples per split in %d shards", variant, info["samples"], len(set(shards))
+        "dataset %s (%s geometry): %s samples per split in %d shards",
+        variant,
+        prep.geometry,
+        record.samples,
+        len(set(columns["shard"])),
     )
     return manifest
 
@@ -385,25 +539,30 @@ def read_manifest(dataset_dir: str | Path) -> pd.DataFrame:
 
 
 def read_info(dataset_dir: str | Path) -> dict:
+    """``dataset.json`` as a plain dict (see :func:`read_record` for the typed record)."""
     path = Path(dataset_dir) / INFO_NAME
     if not path.is_file():
         raise InputError(path, "data set description not found (build the data set first)")
     return json.loads(path.read_text())
 
 
+def read_record(dataset_dir: str | Path) -> DatasetRecord:
+    return DatasetRecord.from_dict(read_info(dataset_dir), Path(dataset_dir) / INFO_NAME)
+
+
 @dataclass
 class Sample:
-    image: np.ndarray  # float32 C x H x W in [0, 1]
+    image: np.ndarray  # float32 C x H x W at the training scale
     mask: np.ndarray  # uint8 H x W, 0/1
     row: dict  # the sample's manifest row
 
 
 class SplitData(Sequence):
-    """One split of a built data set, read lazily from memory-mapped shards.
+    """One split of a built data set, read lazily from memory-mapped shards: the one reader.
 
-    ``data[i]`` is a :class:`Sample` (image float32 C x H x W, mask uint8 H x W, manifest
-    row); only the shards that are touched are opened, and only the pages of the samples
-    read are loaded. No torch needed.
+    ``data[i]`` is a :class:`Sample`; :meth:`arrays`, :meth:`region`, :meth:`instances` and
+    :meth:`foreground` read parts of it. Only the shards that are touched are opened, and
+    only the pages read are loaded. No torch needed.
     """
 
     def __init__(self, dataset_dir: str | Path, split: str):
@@ -412,37 +571,72 @@ class SplitData(Sequence):
         self.dataset_dir = Path(dataset_dir)
         self.split = split
         self.info = read_info(self.dataset_dir)
+        self.record = DatasetRecord.from_dict(self.info, self.dataset_dir / INFO_NAME)
         manifest = read_manifest(self.dataset_dir)
         self.manifest = manifest[manifest["split"] == split].reset_index(drop=True)
-        self._shards: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._shards: dict[tuple[str, str], np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.manifest)
 
-    def _open(self, shard: str) -> tuple[np.ndarray, np.ndarray]:
-        if shard not in self._shards:
-            image_file, mask_file = shard_files(self.dataset_dir, shard)
-            for path in (image_file, mask_file):
-                if not path.is_file():
-                    raise InputError(
-                        path, "shard named in the manifest is missing (rebuild the data set)"
-                    )
-            self._shards[shard] = (
-                np.load(image_file, mmap_mode="r"),
-                np.load(mask_file, mmap_mode="r"),
-            )
-        return self._shards[shard]
+    def _array(self, shard: str, kind: str) -> np.ndarray:
+        if (shard, kind) not in self._shards:
+            if kind in ("images", "masks"):
+                path = shard_files(self.dataset_dir, shard)[0 if kind == "images" else 1]
+            else:
+                path = extra_shard_file(self.dataset_dir, shard, kind)
+            if not path.is_file():
+                raise InputError(
+                    path, "shard named in the manifest is missing (rebuild the data set)"
+                )
+            self._shards[(shard, kind)] = np.load(path, mmap_mode="r")
+        return self._shards[(shard, kind)]
 
-    def arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Image and mask of sample ``index`` (copies, safe to modify)."""
+    def _entry(self, index: int) -> tuple[str, int]:
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(index)
         entry = self.manifest.iloc[index]
-        images, masks = self._open(entry["shard"])
-        row = int(entry["row"])
-        return np.array(images[row]), np.array(masks[row])
+        return str(entry["shard"]), int(entry["row"])
+
+    def arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image and mask of sample ``index`` (copies, safe to modify)."""
+        shard, row = self._entry(index)
+        return np.array(self._array(shard, "images")[row]), np.array(
+            self._array(shard, "masks")[row]
+        )
+
+    def shape(self, index: int) -> tuple[int, int]:
+        """(height, width) of sample ``index`` as stored (at the training scale)."""
+        shard, _ = self._entry(index)
+        return tuple(self._array(shard, "masks").shape[1:])
+
+    def region(self, index: int, top: int, left: int, height: int, width: int):
+        """Image (C, h, w), binary mask and instance labels (h, w) of a window of a sample;
+        only its pages are read. Labels are the connected components where the data set has
+        no instance labels."""
+        shard, row = self._entry(index)
+        window = (slice(top, top + height), slice(left, left + width))
+        image = np.asarray(self._array(shard, "images")[row][(slice(None), *window)])
+        mask = np.asarray(self._array(shard, "masks")[row][window])
+        if self.record.has_instances:
+            labels = np.asarray(self._array(shard, "instances")[row][window])
+        else:
+            labels = mask.astype(np.uint32)
+        return image, mask, labels
+
+    def instances(self, index: int) -> np.ndarray:
+        """Instance labels (H, W) at the training scale (patches geometry only)."""
+        shard, row = self._entry(index)
+        return np.array(self._array(shard, "instances")[row])
+
+    def foreground(self, index: int) -> np.ndarray:
+        """Up to :data:`FOREGROUND_LIMIT` (y, x) cell pixels of sample ``index``."""
+        shard, row = self._entry(index)
+        if self.record.has_instances:
+            return np.asarray(self._array(shard, "foreground"))
+        return foreground_sample(self._array(shard, "masks")[row], FOREGROUND_LIMIT, seed=index)
 
     def __getitem__(self, index: int) -> Sample:
         image, mask = self.arrays(index)
@@ -462,7 +656,7 @@ def open_split(dataset_dir: str | Path, split: str) -> SplitData:
 
 
 class TorchSplit:
-    """A map-style torch data set over a split: (image C x H x W, mask 1 x H x W), float32 tensors.
+    """A map-style torch data set over whole samples: (image C x H x W, mask 1 x H x W).
 
     Plain class (torch's ``DataLoader`` needs only ``__len__`` and ``__getitem__``), so that
     this module imports without torch and the object pickles into DataLoader workers.

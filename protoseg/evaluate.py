@@ -1,10 +1,14 @@
 """Scoring a trained model on its dataset's test split, one image at a time.
 
-For every test image: the model's probabilities (:mod:`protoseg.inference`), thresholded
-into a binary prediction; pixel counts and scores against the binary mask (accuracy, F1,
-IoU; :mod:`protoseg.metrics`); instance scores of the prediction's connected components
-against the true cells (SA50, mean SA, matched F1). The dataset is read shard by shard, so
-memory holds one shard, never the whole split.
+For every test image: the model's probabilities by the one inference path (the sliding
+window of :mod:`protoseg.inference` over the stored sample at the training scale), brought
+back to the image's own size and thresholded at the model's threshold (chosen on validation
+images when training had them); pixel counts and scores against the image's original mask
+(accuracy, F1, IoU; :mod:`protoseg.metrics`); instance scores of the prediction's connected
+components against the true cells (SA50, mean SA, matched F1). Scoring at the original
+resolution makes numbers of different geometries comparable; ``evaluate.resolution:
+training`` scores against the stored (resized) masks instead, as the study did. Samples are
+read one at a time from the memory-mapped shards.
 
 The per-image table keeps the manifest's columns (source image, state, z, modality, ...), so
 the tables stage can group by plane without the dataset.
@@ -13,7 +17,6 @@ the tables stage can group by plane without the dataset.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import cv2
@@ -23,10 +26,10 @@ from skimage.segmentation import expand_labels
 from tqdm import tqdm
 
 from protoseg import metrics
-from protoseg.dataset import shard_files
 from protoseg.errors import ConfigError, InputError
-from protoseg.inference import predict_probabilities
+from protoseg.inference import sliding_window, to_original_size
 from protoseg.io import read_image
+from protoseg.transforms import display_rgb, label_image
 
 log = logging.getLogger(__name__)
 
@@ -53,73 +56,6 @@ def score_image(
     truth = metrics.instances_from_binary(target) if instances is None else np.asarray(instances)
     row |= metrics.instance_scores(metrics.instances_from_binary(predicted), truth)
     return row
-
-
-def to_display(image: np.ndarray) -> np.ndarray:
-    """Model input (C, H, W) in [0, 1] -> uint8 RGB (H, W, 3) for overlays."""
-    image = np.asarray(image, dtype=np.float32)
-    if image.shape[0] == 1:
-        image = np.repeat(image, 3, axis=0)
-    return (np.clip(np.moveaxis(image[:3], 0, 2), 0, 1) * 255 + 0.5).astype(np.uint8)
-
-
-def evaluate_batches(
-    model,
-    batches: Iterable[dict],
-    threshold: float = 0.5,
-    device: str = "cpu",
-    batch_size: int = 16,
-    overlay_state: str | None = None,
-    total: int | None = None,
-) -> tuple[pd.DataFrame, dict]:
-    """Score every image of ``batches``.
-
-    Each batch is a dict with ``images`` (N, C, H, W) float in [0, 1], ``masks`` (N, H, W),
-    ``rows`` (the N manifest rows, a DataFrame with at least ``state`` and ``z``) and
-    optionally ``instances`` (N, H, W) true label images. Returns the per-image table
-    (manifest columns + :data:`METRIC_COLUMNS`) and the overlay data of ``overlay_state``
-    (``images`` uint8 (K, H, W, 3), ``masks`` bool, ``probabilities`` float16, ``z``,
-    ``modality``, ordered by modality and plane, empty when the state has no image here;
-    and ``state``, ``threshold``), ready for :func:`protoseg.io.save_npz`.
-    """
-    tables = []
-    overlay: dict[str, list] = {
-        "images": [],
-        "masks": [],
-        "probabilities": [],
-        "z": [],
-        "modality": [],
-    }
-    bar = tqdm(total=total, desc="evaluate", unit="image")
-    for batch in batches:
-        images, masks, rows = batch["images"], batch["masks"], batch["rows"].reset_index(drop=True)
-        if len(images) != len(rows) or len(masks) != len(rows):
-            raise ValueError(
-                f"batch of {len(images)} images, {len(masks)} masks and {len(rows)} manifest rows"
-            )
-        probabilities = predict_probabilities(model, images, device=device, batch_size=batch_size)
-        instances = batch.get("instances")
-        scores = []
-        for index in range(len(rows)):
-            truth = None if instances is None else instances[index]
-            scores.append(score_image(probabilities[index], masks[index], threshold, truth))
-            bar.update(1)
-        tables.append(pd.concat([rows, pd.DataFrame.from_records(scores)], axis=1))
-        if overlay_state is not None:
-            for index in np.flatnonzero(rows["state"].astype(str).to_numpy() == str(overlay_state)):
-                overlay["images"].append(to_display(images[index]))
-                overlay["masks"].append(np.asarray(masks[index]) > 0)
-                overlay["probabilities"].append(probabilities[index].astype(np.float16))
-                overlay["z"].append(int(rows.loc[index, "z"]))
-                overlay["modality"].append(str(rows.loc[index].get("modality", "")))
-    bar.close()
-    if not tables:
-        raise ValueError("no test images to evaluate")
-    per_image = pd.concat(tables, ignore_index=True)
-    stacked = _stack_overlay(overlay)
-    stacked["state"] = np.array("" if overlay_state is None else str(overlay_state))
-    stacked["threshold"] = np.array(float(threshold))
-    return per_image, stacked
 
 
 def pooled_scores(per_image: pd.DataFrame) -> dict:
@@ -177,78 +113,205 @@ def instances_at_mask(labels: np.ndarray, binary: np.ndarray) -> np.ndarray:
     return small.astype(np.uint32)
 
 
-def split_batches(split, instances: str = "labels") -> Iterator[dict]:
-    """A dataset split (:func:`protoseg.dataset.open_split`) as :func:`evaluate_batches`
-    batches, one shard at a time (memory-mapped: only the rows of this split are read).
+RESOLUTIONS = ("original", "training")
 
-    ``instances``: ``labels`` reads each sample's instance mask (the manifest's ``mask``
-    file, cached per file since a state mask serves all its planes) and brings it to the
-    dataset's scale with :func:`instances_at_mask`; ``components`` uses the connected
-    components of the binary mask instead.
+
+def predict_sample(
+    model, split, index: int, *, tile, overlap: float, device: str, batch_size: int, precision: str
+) -> np.ndarray:
+    """Probabilities (H, W) of one stored sample at the training scale, by the one
+    inference path (:func:`protoseg.inference.sliding_window`)."""
+    image, _ = split.arrays(index)
+    return sliding_window(
+        model,
+        image,
+        split.record.preprocessing.tile if tile is None else tuple(tile),
+        overlap,
+        device=device,
+        batch_size=batch_size,
+        precision=precision,
+    )
+
+
+class TruthReader:
+    """The truth of each sample at the resolution scores are computed at.
+
+    ``original``: the sample's own mask file (instance labels at the image's size), so
+    numbers from different geometries compare; ``training``: the data set's stored binary
+    mask, with instances from the stored labels (``patches``) or the labels resized onto it
+    (``resize``, :func:`instances_at_mask`), as the study scored at 512 x 512. ``instances``
+    ``components`` uses the connected components of the binary truth instead of labels.
     """
-    if instances not in INSTANCE_SOURCES:
-        raise ConfigError(
-            "evaluate.instances", f"unknown '{instances}'; use one of {', '.join(INSTANCE_SOURCES)}"
-        )
-    cache: dict[str, np.ndarray] = {}
-    for shard, rows in split.manifest.groupby("shard", sort=False):
-        image_file, mask_file = shard_files(split.dataset_dir, shard)
-        for path in (image_file, mask_file):
-            if not path.is_file():
-                raise InputError(
-                    path, "shard named in the manifest is missing (rebuild the data set)"
-                )
-        images, masks = np.load(image_file, mmap_mode="r"), np.load(mask_file, mmap_mode="r")
-        index = rows["row"].to_numpy()
-        if len(index) and np.array_equal(index, np.arange(index[0], index[0] + len(index))):
-            # A contiguous run stays a memory map; predict copies one batch at a time.
-            images, masks = (
-                images[index[0] : index[0] + len(index)],
-                np.asarray(masks[index[0] : index[0] + len(index)]),
+
+    def __init__(self, split, resolution: str, instances: str):
+        if resolution not in RESOLUTIONS:
+            raise ConfigError(
+                "evaluate.resolution",
+                f"unknown '{resolution}'; use one of {', '.join(RESOLUTIONS)}",
             )
+        if instances not in INSTANCE_SOURCES:
+            raise ConfigError(
+                "evaluate.instances",
+                f"unknown '{instances}'; use one of {', '.join(INSTANCE_SOURCES)}",
+            )
+        self.split, self.resolution, self.instances = split, resolution, instances
+        self._cache: dict[str, np.ndarray] = {}  # a state mask serves all its planes
+
+    def _labels(self, path: str) -> np.ndarray:
+        if path not in self._cache:
+            self._cache.clear()
+            self._cache[path] = label_image(read_image(path), path)
+        return self._cache[path]
+
+    def __call__(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(binary truth, instance labels or None for components) of sample ``index``."""
+        row = self.split.manifest.iloc[index]
+        if self.resolution == "original":
+            labels = self._labels(str(row["mask"]))
+            binary = labels > 0
+            return binary, (labels if self.instances == "labels" else None)
+        _, binary = self.split.arrays(index)
+        if self.instances == "components":
+            return binary, None
+        if self.split.record.has_instances:
+            return binary, self.split.instances(index)
+        return binary, instances_at_mask(self._labels(str(row["mask"])), binary)
+
+
+def evaluate_split(
+    model,
+    split,
+    *,
+    threshold: float,
+    resolution: str = "original",
+    instances: str = "labels",
+    tile=None,
+    overlap: float = 0.5,
+    device: str = "cpu",
+    batch_size: int = 4,
+    precision: str = "fp32",
+    overlay_state: str | None = None,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, dict]:
+    """Score every sample of ``split`` (a :class:`protoseg.dataset.SplitData`).
+
+    Returns the per-image table (manifest columns + :data:`METRIC_COLUMNS` + ``resolution``)
+    and the overlay data of ``overlay_state`` at the training scale (``images`` uint8
+    (K, H, W, 3), ``masks`` bool, ``probabilities`` float16, ``z``, ``modality``, ordered by
+    modality and plane; and ``state``, ``threshold``), ready for :func:`protoseg.io.save_npz`.
+    """
+    truth = TruthReader(split, resolution, instances)
+    rows, overlay = [], {key: [] for key in ("images", "masks", "probabilities", "z", "modality")}
+    for index in tqdm(range(len(split)), desc="evaluate", unit="image", disable=not progress):
+        row = split.manifest.iloc[index]
+        probabilities = predict_sample(
+            model,
+            split,
+            index,
+            tile=tile,
+            overlap=overlap,
+            device=device,
+            batch_size=batch_size,
+            precision=precision,
+        )
+        binary, labels = truth(index)
+        if resolution == "original":
+            scored = to_original_size(probabilities, *binary.shape)
         else:
-            images, masks = images[index], np.asarray(masks[index])
-        batch = {"images": images, "masks": masks, "rows": rows.reset_index(drop=True)}
-        if instances == "labels":
-            true_instances = []
-            for mask_path, binary in zip(rows["mask"], masks, strict=True):
-                if mask_path not in cache:
-                    cache.clear()
-                    cache[mask_path] = read_image(mask_path)
-                true_instances.append(instances_at_mask(cache[mask_path], binary))
-            batch["instances"] = np.stack(true_instances)
-        yield batch
+            scored = probabilities
+        rows.append(
+            row.to_dict()
+            | score_image(scored, binary, threshold, labels)
+            | {"resolution": resolution}
+        )
+        if overlay_state is not None and str(row["state"]) == str(overlay_state):
+            image, stored_mask = split.arrays(index)
+            overlay["images"].append(display_rgb(image, channels_first=True))
+            overlay["masks"].append(stored_mask > 0)
+            overlay["probabilities"].append(probabilities.astype(np.float16))
+            overlay["z"].append(int(row["z"]))
+            overlay["modality"].append(str(row.get("modality", "")))
+    if not rows:
+        raise ValueError("no images to evaluate")
+    stacked = _stack_overlay(overlay)
+    stacked["state"] = np.array("" if overlay_state is None else str(overlay_state))
+    stacked["threshold"] = np.array(float(threshold))
+    return pd.DataFrame.from_records(rows), stacked
+
+
+def threshold_counts(
+    model,
+    split,
+    *,
+    tile=None,
+    overlap: float = 0.5,
+    device: str = "cpu",
+    batch_size: int = 4,
+    precision: str = "fp32",
+) -> metrics.ThresholdCounts:
+    """Pixel counts of every threshold over a split at the training scale (for choosing the
+    threshold on validation images; :class:`protoseg.metrics.ThresholdCounts`)."""
+    counts = metrics.ThresholdCounts()
+    for index in range(len(split)):
+        probabilities = predict_sample(
+            model,
+            split,
+            index,
+            tile=tile,
+            overlap=overlap,
+            device=device,
+            batch_size=batch_size,
+            precision=precision,
+        )
+        counts.add(probabilities, split.arrays(index)[1])
+    return counts
+
+
+def model_threshold(meta: dict, override: float | None) -> tuple[float, str]:
+    """The threshold to score with and where it came from: ``override`` (config), else the
+    one stored in the model (chosen on validation images, or the fixed training setting)."""
+    if override is not None:
+        return float(override), "config"
+    stored = meta.get("threshold")
+    if stored is None:
+        return 0.5, "default"
+    return float(stored["value"]), str(stored["source"])
 
 
 def evaluate_model(
     model_path: str | Path,
     dataset_dir: str | Path,
-    threshold: float = 0.5,
-    device: str = "auto",
-    batch_size: int = 16,
-    overlay_state: str | None = None,
+    *,
+    threshold: float | None = None,
+    resolution: str = "original",
     instances: str = "labels",
+    tile=None,
+    overlap: float = 0.5,
+    device: str = "auto",
+    batch_size: int = 4,
+    precision: str = "auto",
+    overlay_state: str | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Score the model at ``model_path`` on the test split of the dataset in ``dataset_dir``.
 
-    ``overlay_state``: the test state whose predictions are kept for the overlay figure
-    (None: the first test state); ``instances``: see :func:`split_batches`. Raises
-    :class:`ConfigError` for a state that is not in the test split and
+    ``threshold``: None uses the model's own (see :func:`model_threshold`). The per-image
+    table also says the geometry, threshold source and resolution that made it. Raises
+    :class:`ConfigError` for an overlay state that is not in the test split and
     :class:`InputError` for an empty test split or a model that takes other channels than
     the dataset has.
     """
     from protoseg.dataset import open_split
-    from protoseg.device import resolve_device
+    from protoseg.device import resolve_device, resolve_precision
     from protoseg.model import load_model
 
     device = resolve_device(device, key="evaluate.device")
+    precision = resolve_precision(precision, device, key="evaluate.precision")
     split = open_split(dataset_dir, "test")
-    rows = split.manifest
-    if len(rows) == 0:
+    if len(split) == 0:
         raise InputError(
             Path(dataset_dir) / "manifest.csv", "the test split has no images; check split.test"
         )
-    states = sorted(rows["state"].astype(str).unique())
+    states = sorted(split.manifest["state"].astype(str).unique())
     if overlay_state is None:
         overlay_state = states[0]
     elif str(overlay_state) not in states:
@@ -256,26 +319,41 @@ def evaluate_model(
             "evaluate.overlay_state",
             f"'{overlay_state}' is not a test state; test states: {', '.join(states)}",
         )
-    model, _ = load_model(model_path, device)
+    model, meta = load_model(model_path, device)
     in_channels = model.architecture["in_channels"]
-    if in_channels != int(split.info["channels"]):
+    if in_channels != split.record.channels:
         raise InputError(
             model_path,
-            f"the model takes {in_channels} channel(s), the dataset in {dataset_dir} has {split.info['channels']}",
+            f"the model takes {in_channels} channel(s), the dataset in {dataset_dir} has {split.record.channels}",
         )
+    value, source = model_threshold(meta, threshold)
+    if source == "default":
+        log.warning("%s records no threshold; scoring at 0.5", model_path)
     log.info(
-        "evaluating %s on %d test images of %s (device %s)",
+        "evaluating %s on %d test images of %s (%s geometry, device %s, %s, threshold %.2f from %s, %s resolution)",
         model_path,
-        len(rows),
+        len(split),
         dataset_dir,
+        split.record.geometry,
         device,
+        precision,
+        value,
+        source,
+        resolution,
     )
-    return evaluate_batches(
+    per_image, overlay = evaluate_split(
         model,
-        split_batches(split, instances),
-        threshold=threshold,
+        split,
+        threshold=value,
+        resolution=resolution,
+        instances=instances,
+        tile=tile,
+        overlap=overlap,
         device=device,
         batch_size=batch_size,
+        precision=precision,
         overlay_state=overlay_state,
-        total=len(rows),
     )
+    per_image["threshold_source"] = source
+    per_image["geometry"] = split.record.geometry
+    return per_image, overlay

@@ -8,7 +8,9 @@ probability. Losses are computed in float32 even under mixed precision.
 
 * ``bce``: binary cross-entropy (``BCEWithLogits`` on logits);
 * ``mse``: mean squared error of the probability (the study's second loss);
-* ``dice``: soft Dice loss, 1 - 2|P.T| / (|P| + |T|), pooled over the batch.
+* ``dice``: soft Dice loss, 1 - 2|P.T| / (|P| + |T|), pooled over the batch;
+* ``bce+dice``: their sum (nnU-Net's default): BCE gives every pixel a gradient, Dice keeps
+  sparse cells (0.1-2 % of the pixels in real sets) from being outvoted by background.
 
 Add a loss with :func:`register_loss`.
 """
@@ -74,6 +76,17 @@ class DiceLoss(SegmentationLoss):
         intersection = (probabilities * target).sum()
         total = probabilities.sum() + target.sum()
         return 1.0 - (2.0 * intersection + self.smooth) / (total + self.smooth)
+
+
+@register_loss("bce+dice")
+class BCEDiceLoss(SegmentationLoss):
+    def __init__(self, from_logits: bool = True, smooth: float = 1.0):
+        super().__init__(from_logits)
+        self.bce = BCELoss(from_logits)
+        self.dice = DiceLoss(from_logits, smooth)
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.bce(output, target) + self.dice(output, target)
 
 
 def loss_names() -> list[str]:

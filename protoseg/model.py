@@ -11,6 +11,7 @@ an odd size makes the upsampled map one pixel short, it is padded to the skip's 
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
@@ -136,8 +137,12 @@ def save_model(path: str | Path, model: UNet, meta: dict | None = None) -> None:
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": meta or {},
     }
+    # Serialised in memory first: torch names the zip archive inside after the file it
+    # writes, and the temporary file's random name would make identical models differ.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        tmp.write_bytes(buffer.getvalue())
 
 
 def read_checkpoint(path: str | Path) -> dict:

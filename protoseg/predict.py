@@ -1,22 +1,19 @@
 """Apply a trained U-Net to new images of any size: label TIFFs and overlays per image.
 
-The scale choice. The study trained on whole fields of view shrunk from 2880 x 2048 to
-512 x 512, so the network learnt cells at that shrunken size (about 5.6x smaller across,
-4x smaller down). A new image is therefore resized by the same factors per axis that took
-the training images from their source size to the training size, so its cells appear at
-the size the model knows. It is then cut into overlapping tiles of the training size (a
-mosaic larger than one field of view is not squeezed into one tile), predicted tile by
-tile (:func:`protoseg.inference.predict_tiled`), and the probabilities are resized back
-to the image's own size, where they are thresholded and split into instances. A
-full-size image from the study's microscope thus gives one 512 x 512 tile, exactly as in
-training; a crop of a quarter of the field keeps its cells at the learnt size rather
-than blowing them up four times.
+A model file carries the data set record it was trained on (:mod:`protoseg.dataset`), so a
+new image is prepared exactly as the training images were
+(:func:`protoseg.transforms.prepare_image`) and predicted by the same sliding window that
+evaluation uses (:func:`protoseg.inference.predict_image`):
 
-The factors come from the model file: ``scale``, or the training size over
-``source_size`` (the raw images' size), in its meta or its dataset section. A model
-that records neither gets each image resized to the training size, which is what the
-dataset stage did to every training image whatever its size (right for whole fields of
-view from the same microscope).
+* ``resize`` geometry (the study): each image resized whole to the training size, as every
+  training image was whatever its size (right for whole fields of view of one microscope);
+* ``patches`` geometry: each image rescaled by the training scale factor, so its cells appear
+  at the size the model learnt, then covered by Gaussian-blended tiles of the training
+  patch (or ``predict.tile``).
+
+Probabilities are brought back to the image's own size and thresholded at the model's
+threshold (chosen on validation images in training, or the configured one), unless
+``predict.threshold`` overrides it.
 
 Per input image ``NAME.ext`` the output folder gets ``NAME_binary.tif`` (uint8, 1 = cell),
 ``NAME_labels.tif`` (uint16 instance labels, 0 = background), ``NAME_overlay.png`` (cell
@@ -38,9 +35,11 @@ from skimage.morphology import remove_small_objects
 from skimage.segmentation import find_boundaries, relabel_sequential, watershed
 from tqdm import tqdm
 
+from protoseg.dataset import DatasetRecord
 from protoseg.errors import InputError
-from protoseg.inference import predict_image, prepare_image
+from protoseg.inference import predict_image
 from protoseg.io import IMAGE_SUFFIXES, image_header, read_image, write_csv, write_png, write_tiff
+from protoseg.transforms import Preprocessing, display_rgb
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +53,18 @@ class PredictionModel:
     """A trained network and what prediction needs to know about its training data."""
 
     network: object  # torch.nn.Module, kept untyped so this module imports without torch
-    in_channels: int
-    colour: str
-    # Training image size (height, width): the tile size.
-    train_size: tuple[int, int]
-    # Per-axis factors from a raw image to the training scale (training size / source
-    # size); None: resize each image to the training size, as the dataset stage did.
-    scale: tuple[float, float] | None
+    preprocessing: Preprocessing
+    threshold: float
+    threshold_source: str
     name: str
+
+    @property
+    def in_channels(self) -> int:
+        return self.preprocessing.channels
+
+    @property
+    def colour(self) -> str:
+        return self.preprocessing.colour
 
 
 def image_files(inputs: list[str | Path]) -> list[Path]:
@@ -120,18 +123,14 @@ def output_paths(out_dir: str | Path, stem: str) -> dict[str, Path]:
 def check_channels(path: str | Path, model: PredictionModel) -> None:
     """Refuse an image whose channels the model cannot take, from its header alone."""
     shape, dtype = image_header(path)
-    probe = (
-        np.zeros((1, 1, *shape[2:]), dtype=dtype)
-        if len(shape) == 3
-        else np.zeros((1, 1), dtype=dtype)
-    )
     if len(shape) == 3 and shape[2] not in (1, 3, 4):
         raise InputError(
             path,
             f"has {shape[2]} channels; the model {model.name} takes greyscale or RGB(A) images "
             f"({model.in_channels} channel(s) after '{model.colour}' conversion)",
         )
-    prepare_image(probe, model.in_channels, model.colour, source=str(path))
+    # Greyscale and colour images both convert to the model's channels ('rgb' repeats a
+    # grey image, 'grey' takes the luminance of a colour one).
 
 
 def label_instances(
@@ -174,20 +173,6 @@ def label_instances(
     return labels.astype(np.uint16)
 
 
-def display_rgb(image: np.ndarray) -> np.ndarray:
-    """An 8-bit RGB view of a raw image for overlays (each channel stretched to its range)."""
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[2] == 4:
-        image = image[..., :3]
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[..., 0]
-    image = image.astype(np.float32)
-    low, high = np.percentile(image, (0.5, 99.5))
-    scaled = np.clip((image - low) / max(float(high - low), 1e-6), 0, 1)
-    scaled = (scaled * 255).astype(np.uint8)
-    return np.repeat(scaled[..., None], 3, axis=2) if scaled.ndim == 2 else scaled
-
-
 def overlay_outlines(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """The image (8-bit RGB) with each instance's outline drawn in yellow."""
     overlay = display_rgb(image).copy()
@@ -196,78 +181,36 @@ def overlay_outlines(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def load_prediction_model(model_path: str | Path, device: str = "cpu") -> PredictionModel:
-    """Read a ``model.pt`` written by the training stage, with its training scale."""
+    """Read a ``model.pt`` written by the training stage, with its training geometry."""
     from protoseg import model as model_module
 
     network, meta = model_module.load_model(model_path, device=device)
+    return prediction_model_from_meta(network, meta, name=str(model_path))
+
+
+def prediction_model_from_meta(network, meta: dict, name: str = "model") -> PredictionModel:
+    """What prediction needs from a model file's metadata: the data set record (its
+    preprocessing and geometry) and the threshold."""
+    if not isinstance(meta.get("dataset"), dict) or "preprocessing" not in meta["dataset"]:
+        raise InputError(
+            name,
+            "model file records no training geometry (written by an older protoseg?); retrain it",
+        )
+    record = DatasetRecord.from_dict(meta["dataset"], name)
     architecture = getattr(network, "architecture", {}) or {}
-    return prediction_model_from_meta(
-        network, meta, name=str(model_path), architecture=architecture
-    )
-
-
-def _lookup(meta: dict, *keys: str):
-    """The first of ``keys`` found in ``meta`` or its ``dataset`` section (the dataset info)."""
-    dataset = meta.get("dataset") if isinstance(meta.get("dataset"), dict) else {}
-    for key in keys:
-        for section in (meta, dataset):
-            if section.get(key) is not None:
-                return section[key]
-    return None
-
-
-def prediction_model_from_meta(
-    network, meta: dict, name: str = "model", architecture: dict | None = None
-) -> PredictionModel:
-    """What prediction needs from a model file's metadata (see :func:`training_scale`).
-
-    The training image size, colour mode and channels come from the model's own keys or
-    its ``dataset`` section (the dataset stage's ``dataset.json``); the channels fall back
-    to the network's architecture.
-    """
-    size = _lookup(meta, "image_size", "size")
-    in_channels = _lookup(meta, "in_channels", "channels") or (architecture or {}).get(
-        "in_channels"
-    )
-    if size is None or in_channels is None:
-        raise InputError(name, "model file does not record its training image size and channels")
-    height, width = (int(value) for value in size)
+    if architecture.get("in_channels", record.channels) != record.channels:
+        raise InputError(
+            name,
+            f"network takes {architecture['in_channels']} channel(s) but its data set had {record.channels}",
+        )
+    stored = meta.get("threshold") or {"value": 0.5, "source": "default"}
     return PredictionModel(
         network=network,
-        in_channels=int(in_channels),
-        colour=str(_lookup(meta, "colour") or "rgb"),
-        train_size=(height, width),
-        scale=training_scale(meta),
+        preprocessing=record.preprocessing,
+        threshold=float(stored["value"]),
+        threshold_source=str(stored["source"]),
         name=name,
     )
-
-
-def training_scale(meta: dict) -> tuple[float, float] | None:
-    """Per-axis resize factors (height, width) from a raw image to the training scale.
-
-    From ``scale`` when the model file records it, else from the training image size
-    and the source images' size (``source_size``, in the model's meta or its dataset
-    section). None when neither is recorded: each image is then resized to the training
-    size, exactly as the dataset stage resized every training image whatever its size.
-    """
-    scale = _lookup(meta, "scale")
-    if scale is not None:
-        scale_y, scale_x = (scale, scale) if np.isscalar(scale) else scale
-        return float(scale_y), float(scale_x)
-    source = _lookup(meta, "source_size")
-    size = _lookup(meta, "image_size", "size")
-    if source is not None and size is not None:
-        (height, width), (source_h, source_w) = size, source
-        return height / source_h, width / source_w
-    return None
-
-
-def image_scale(model: PredictionModel, height: int, width: int) -> tuple[float, float]:
-    """The resize factors for one image: the training scale, or the training size over
-    the image's size when the model does not record a scale (see :func:`training_scale`)."""
-    if model.scale is not None:
-        return model.scale
-    return model.train_size[0] / height, model.train_size[1] / width
 
 
 def predict_files(
@@ -275,59 +218,52 @@ def predict_files(
     images: list[str | Path],
     out_dir: str | Path,
     *,
-    tile: int | tuple[int, int] | None = None,
-    overlap: int = 32,
-    threshold: float = 0.5,
+    tile: tuple[int, int] | None = None,
+    overlap: float = 0.5,
+    threshold: float | None = None,
     instances: str = "cc",
     min_distance: int = 10,
     min_area: int = 0,
     device: str = "cpu",
-    batch_size: int = 8,
+    precision: str = "fp32",
+    batch_size: int = 4,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Segment each image file; write its outputs (:func:`output_paths`) and a summary.
 
     Every image is checked for channels the model takes before any is predicted, so a
-    bad input stops the run before anything is written. ``tile`` defaults to the training
-    size; ``overlap`` is capped at half the tile. Returns the summary table (one
-    row per image: image, height, width, cells, cell_fraction, outputs), also written to
+    bad input stops the run before anything is written. ``tile`` defaults to the model's
+    (training size or patch); ``overlap`` is the share of a tile its neighbour covers;
+    ``threshold`` None uses the model's. Returns the summary table (one row per image:
+    image, height, width, cells, cell_fraction, threshold, outputs), also written to
     ``out_dir/predictions.csv``.
     """
     if instances not in INSTANCE_METHODS:
         raise ValueError(
             f"unknown instance method '{instances}'; use one of {', '.join(INSTANCE_METHODS)}"
         )
+    if threshold is None:
+        threshold = model.threshold
+        log.info("threshold %.2f (%s) from %s", threshold, model.threshold_source, model.name)
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must lie between 0 and 1, got {threshold}")
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap is a share of the tile in [0, 1), got {overlap}")
     files = image_files(images)
     for path in files:
         check_channels(path, model)
-    tile = model.train_size if tile is None else tile
-    tile_h, tile_w = (tile, tile) if np.isscalar(tile) else tile
-    if overlap < 0:
-        raise ValueError(f"overlap must be 0 or more, got {overlap}")
-    if overlap > min(tile_h, tile_w) // 2:
-        # Tiles must advance; more than half a tile of overlap buys nothing.
-        log.warning(
-            "overlap %d is more than half the tile %s; using %d",
-            overlap,
-            tile,
-            min(tile_h, tile_w) // 2,
-        )
-        overlap = min(tile_h, tile_w) // 2
     rows = []
     for path in tqdm(files, desc="predict", unit="image", disable=not progress):
         image = read_image(path)
         probabilities = predict_image(
             model.network,
             image,
-            in_channels=model.in_channels,
-            colour=model.colour,
-            scale=image_scale(model, *image.shape[:2]),
+            model.preprocessing,
             tile=tile,
             overlap=overlap,
             device=device,
             batch_size=batch_size,
+            precision=precision,
             source=str(path),
         )
         binary = probabilities > threshold
@@ -343,6 +279,7 @@ def predict_files(
                 "width": binary.shape[1],
                 "cells": int(labels.max()),
                 "cell_fraction": float(binary.mean()),
+                "threshold": float(threshold),
                 **{f"{kind}_path": str(target) for kind, target in paths.items()},
             }
         )

@@ -15,6 +15,8 @@ import cv2
 import numpy as np
 from skimage.segmentation import find_boundaries
 
+from protoseg.transforms import display_rgb
+
 PLANE_COLOUR = (255, 120, 0)  # orange: the plane's own mask
 STATE_COLOUR = (255, 0, 255)  # magenta: the merged state mask
 BACKGROUND = (32, 32, 32)
@@ -24,21 +26,6 @@ ROW_LABEL = 22  # pixels left of each row for its modality (written vertically)
 FOOTER = 22  # pixels below the grid for the legend
 GAP = 4
 DIM = 0.7  # image brightness under the outlines
-
-
-def display_rgb(image: np.ndarray) -> np.ndarray:
-    """Any grey or colour image as uint8 RGB, contrast stretched (0.5-99.5 percentiles)."""
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[..., None]
-    image = image[..., :3].astype(np.float32)
-    low, high = np.percentile(image, [0.5, 99.5])
-    if high <= low:
-        high = low + 1.0
-    scaled = np.clip((image - low) / (high - low) * 255.0, 0, 255).astype(np.uint8)
-    if scaled.shape[-1] == 1:
-        scaled = np.repeat(scaled, 3, axis=-1)
-    return scaled
 
 
 def _resize(image: np.ndarray, size: tuple[int, int], labels: bool) -> np.ndarray:

@@ -20,9 +20,9 @@ from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
-from elf.evaluation import matching, mean_segmentation_accuracy
 from tqdm import tqdm
 
+from protoseg import metrics
 from protoseg.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -38,34 +38,23 @@ KINDS = {
 
 
 def score(prediction: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """Instance and pixel scores of one predicted label image against its truth."""
-    prediction = np.asarray(prediction)
-    truth = np.asarray(truth)
-    if prediction.shape != truth.shape:
-        raise ValueError(
-            f"prediction shape {prediction.shape} differs from truth shape {truth.shape}"
-        )
-    n_pred = len(np.unique(prediction[prediction > 0]))
-    n_true = len(np.unique(truth[truth > 0]))
-    counts = {"n_pred": n_pred, "n_true": n_true}
-    if n_pred == 0 and n_true == 0:
-        return {name: 1.0 for name in SCORES} | counts
-    if n_pred == 0 or n_true == 0:
-        return {name: 0.0 for name in SCORES} | counts
-    # elf wants non-negative integer labels of one kind.
-    prediction = prediction.astype(np.uint32)
-    truth = truth.astype(np.uint32)
-    msa, accuracies = mean_segmentation_accuracy(prediction, truth, return_accuracies=True)
-    at50 = matching(prediction, truth, threshold=0.5)
-    pred_fg, true_fg = prediction > 0, truth > 0
-    pixel_iou = np.logical_and(pred_fg, true_fg).sum() / np.logical_or(pred_fg, true_fg).sum()
+    """Instance and pixel scores of one predicted label image against its truth
+    (:func:`protoseg.metrics.instance_scores`, the one scoring module)."""
+    instance = metrics.instance_scores(prediction, truth)
+    pred_fg, true_fg = np.asarray(prediction) > 0, np.asarray(truth) > 0
+    union = np.logical_or(pred_fg, true_fg).sum()
+    pixel_iou = np.logical_and(pred_fg, true_fg).sum() / union if union else 1.0
+    if instance["n_pred"] == 0 or instance["n_true"] == 0:
+        pixel_iou = 1.0 if instance["n_pred"] == instance["n_true"] else 0.0
     return {
-        "sa50": float(accuracies[0]),
-        "msa": float(msa),
-        "precision": float(at50["precision"]),
-        "recall": float(at50["recall"]),
+        "sa50": instance["sa50"],
+        "msa": instance["msa"],
+        "precision": instance["precision50"],
+        "recall": instance["recall50"],
         "pixel_iou": float(pixel_iou),
-    } | counts
+        "n_pred": instance["n_pred"],
+        "n_true": instance["n_true"],
+    }
 
 
 def build_pairs(

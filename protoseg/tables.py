@@ -116,10 +116,42 @@ def summary(
         pixel = pixel_summary(per_image, planes)
         instance = instance_summary(per_image, planes).drop(columns="n_images")
         merged = pixel.merge(instance, on=["z", "reduction"], how="left")
+        for column, value in provenance(per_image).items():
+            merged[column] = value
         merged.insert(0, "loss", loss)
         merged.insert(0, "variant", variant)
         frames.append(merged)
     return pd.concat(frames, ignore_index=True)
+
+
+PROVENANCE_COLUMNS = ("geometry", "resolution", "threshold", "threshold_source")
+
+
+def provenance(per_image: pd.DataFrame) -> dict:
+    """What made a model's scores: geometry, scoring resolution, threshold and its source
+    (one value each; tables written before these columns existed give NaN)."""
+    found = {}
+    for column in PROVENANCE_COLUMNS:
+        values = per_image[column].dropna().unique() if column in per_image else []
+        found[column] = values[0] if len(values) == 1 else (np.nan if not len(values) else "mixed")
+    return found
+
+
+def describe_provenance(row: Mapping) -> str:
+    """One line saying how a model's scores were made."""
+    parts = []
+    if isinstance(row.get("geometry"), str):
+        parts.append(f"{row['geometry']} geometry")
+    if isinstance(row.get("resolution"), str):
+        parts.append(f"scored at the {row['resolution']} resolution")
+    threshold = row.get("threshold")
+    if threshold is not None and not (isinstance(threshold, float) and np.isnan(threshold)):
+        source = row.get("threshold_source")
+        parts.append(
+            f"threshold {float(threshold):.2f}"
+            + (f" ({source})" if isinstance(source, str) else "")
+        )
+    return ", ".join(parts) if parts else "not recorded"
 
 
 def _wide(
@@ -171,7 +203,14 @@ def variant_tables(
         for reduction in REDUCTIONS
     }
     instances["micro"] = instances["micro"].drop(columns="msa", level="metric")
+    made = {}
+    for loss in losses:
+        rows = summary_table[
+            (summary_table["variant"] == variant) & (summary_table["loss"] == loss)
+        ]
+        made[loss] = describe_provenance(rows.iloc[0].to_dict()) if len(rows) else "not recorded"
     return {
+        "provenance": made,
         "ours": ours,
         "study": reference,
         "difference": difference,
@@ -261,7 +300,17 @@ def to_markdown(variant: str, tables: dict) -> str:
         "Pixel accuracy, F1 (Dice) and IoU of the thresholded prediction against the mask. "
         "Rows z.. are the focal planes; `overall` covers every plane. docs/metrics.md "
         "explains the two reductions.",
+        "",
+        "How each model's scores were made:",
+        "",
+        *[f"- {loss}: {text}" for loss, text in tables.get("provenance", {}).items()],
     ]
+    if any("no validation" in text for text in tables.get("provenance", {}).values()):
+        parts += [
+            "",
+            "**Warning:** without a validation split the threshold was not chosen on data "
+            "(0.5); set `split.validation` to choose it on validation images.",
+        ]
     if tables["study"] is None:
         parts += [
             "",
@@ -314,7 +363,12 @@ def to_latex(variant: str, tables: dict) -> str:
     lines = [
         r"\begin{table}[ht]",
         r"\centering",
-        rf"\caption{{Test-split pixel scores per focal plane, variant {_latex_escape(variant)}.}}",
+        rf"\caption{{Test-split pixel scores per focal plane, variant {_latex_escape(variant)}"
+        + "".join(
+            f"; {_latex_escape(loss)}: {_latex_escape(text)}"
+            for loss, text in tables.get("provenance", {}).items()
+        )
+        + ".}",
         rf"\label{{tab:protoseg-{_latex_escape(variant)}}}",
         r"\begin{tabular}{l" + "r" * (width - 1) + "}",
         r"\toprule",

@@ -1,24 +1,37 @@
-"""Training a U-Net on a built data set, resumable and reproducible.
+"""Training a U-Net on a built data set, resumable and reproducible: :class:`Trainer`.
 
-The study's recipe: Adam, batch size, epochs, a triangular cyclic learning rate between
-``lr_min`` and ``lr_max`` (stepped every batch, ``lr_half_cycle_epochs`` epochs from the
-lower to the upper bound), one loss from :mod:`protoseg.losses`. Added here: a seed for
-every random source (python, numpy, torch, the shuffling and augmentation generators),
-mixed precision on CUDA (``torch.autocast`` float16 + ``GradScaler``), light augmentation
-(flips, 90 degree rotations), validation metrics when a validation split exists, and a
-checkpoint after every epoch.
+Two geometries (:mod:`protoseg.dataset`):
 
-Outputs in ``model_dir``: ``model.pt`` (see :mod:`protoseg.model`), ``history.csv`` (one
-row per epoch), ``curve.png`` and ``checkpoints/epoch-NNN.pt`` (model, optimiser,
-scheduler, scaler, every RNG state, history). After the last epoch the batch-norm
-statistics are recomputed over the training images (``recalibrate_bn``, see
-:func:`recalibrate_batch_norm`). A run that finds a checkpoint written with
-the same settings resumes after its epoch; on the CPU the result is bitwise the same as a
-run that was never interrupted. A non-finite loss stops training with
-:class:`TrainingError`; the checkpoints of the good epochs stay.
+* ``resize`` (the study's recipe): each epoch is one shuffled pass over the whole resized
+  training images, with light augmentation (flips, quarter turns) of each batch;
+* ``patches``: each epoch is ``samples_per_epoch`` random patches (:mod:`protoseg.sampling`),
+  a ``foreground_share`` of every batch centred on cells, augmented by flips, quarter turns,
+  scale, brightness, contrast and gamma.
 
-Batches stream from the data set's memory-mapped shards (``protoseg.dataset``), so memory
-does not grow with the data set.
+Both: Adam, one loss from :mod:`protoseg.losses`, a learning rate stepped every batch
+(``cyclic``: the study's triangle between ``lr_min`` and ``lr_max``, ``lr_half_cycle_epochs``
+epochs up; ``cosine``: from ``lr_max`` down to ``lr_min``), a seed for every random source,
+and a precision (``train.precision``; :func:`protoseg.device.resolve_precision`: bf16
+autocast + channels_last on CPUs that compute bf16 natively, fp16 on CUDA; losses in
+float32). With a validation split the model is scored on it every ``validate_every``
+epochs by the one inference path (pooled F1 at the best threshold); ``keep_best`` keeps the
+weights of the best epoch rather than the last, and the threshold is chosen on the
+validation images (``threshold: auto`` or ``validation``), stored in ``model.pt`` and used by
+evaluation and prediction. Without a validation split the threshold is 0.5 (a warning says
+so) or the number ``train.threshold`` gives.
+
+Outputs in ``model_dir``: ``model.pt`` (see :mod:`protoseg.model`; byte-identical for
+identical runs on one machine), ``history.csv`` (one row per epoch), ``curve.png`` and
+``checkpoints/epoch-NNN.pt`` (model, optimiser, scheduler, scaler, every RNG state, history,
+best weights). A rerun resumes after the newest readable checkpoint written with the same
+settings and data; on the CPU the result is bitwise that of an uninterrupted run. A
+checkpoint that cannot be read is moved aside (``*.pt.unreadable``) with a warning naming it.
+A non-finite loss stops training with :class:`TrainingError`; the checkpoints of the good
+epochs stay. After the last epoch the batch-norm statistics are recomputed over training
+images with the final weights (``recalibrate_bn``, see :func:`recalibrate_batch_norm`).
+
+Batches stream from the data set's memory-mapped shards, so memory does not grow with the
+data set.
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ import random
 import time
 import warnings
 from collections.abc import Callable
+from numbers import Number
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +53,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from protoseg import dataset as datasets
-from protoseg.device import resolve_device
+from protoseg import metrics
+from protoseg.device import autocast_dtype, resolve_device, resolve_precision
 from protoseg.errors import ConfigError, ProtosegError
+from protoseg.evaluate import threshold_counts
 from protoseg.io import atomic_path, save_figure, write_csv
 from protoseg.losses import get_loss
 from protoseg.model import architecture_from_config, build_model, count_parameters, save_model
+from protoseg.sampling import PatchSampler
+from protoseg.transforms import Augmentation
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +71,43 @@ DEFAULTS = {
     "batch_size": 16,
     "lr_min": 1e-4,
     "lr_max": 1e-2,
-    "lr_half_cycle_epochs": 4,
+    "lr_half_cycle_epochs": 5,
+    "schedule": "cyclic",
     "seed": 0,
     "device": "auto",
-    "amp": True,
+    "precision": "auto",
     "workers": 0,
     "keep_checkpoints": 2,
     "recalibrate_bn": True,
-    "augment": {"flip": False, "rotate90": False},
+    "samples_per_epoch": None,
+    "foreground_share": 0.33,
+    "validate_every": 1,
+    "keep_best": True,
+    "threshold": "auto",
+    "augment": {
+        "flip": False,
+        "rotate90": False,
+        "scale": 0.0,
+        "brightness": 0.0,
+        "contrast": 0.0,
+        "gamma": 0.0,
+    },
 }
-HISTORY_COLUMNS = ["epoch", "train_loss", "lr", "val_loss", "val_f1", "val_iou", "seconds"]
+SCHEDULES = ("cyclic", "cosine")
+THRESHOLD_MODES = ("auto", "validation")
+# Batches per epoch of the patches geometry when train.samples_per_epoch is null.
+DEFAULT_PATCH_BATCHES = 32
+# The sampler's epoch number of the batch-norm recalibration pass: draws no epoch makes.
+RECALIBRATION_EPOCH = 1_000_000
+HISTORY_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "lr",
+    "val_f1",
+    "val_threshold",
+    "val_f1_at_05",
+    "seconds",
+]
 
 
 class TrainingError(ProtosegError):
@@ -75,7 +120,7 @@ def settings_from_config(train_cfg: dict) -> dict:
         key: train_cfg.get(key, value) for key, value in DEFAULTS.items() if key != "augment"
     }
     settings["augment"] = {**DEFAULTS["augment"], **(train_cfg.get("augment") or {})}
-    for key in ("epochs", "batch_size"):
+    for key in ("epochs", "batch_size", "validate_every"):
         if int(settings[key]) < 1:
             raise ConfigError(f"train.{key}", f"must be at least 1, got {settings[key]}")
     if not 0 < float(settings["lr_min"]) <= float(settings["lr_max"]):
@@ -85,7 +130,36 @@ def settings_from_config(train_cfg: dict) -> dict:
         )
     if float(settings["lr_half_cycle_epochs"]) <= 0:
         raise ConfigError("train.lr_half_cycle_epochs", "must be positive")
+    if settings["schedule"] not in SCHEDULES:
+        raise ConfigError(
+            "train.schedule",
+            f"unknown schedule '{settings['schedule']}'; use one of {', '.join(SCHEDULES)}",
+        )
+    if not 0 <= float(settings["foreground_share"]) <= 1:
+        raise ConfigError("train.foreground_share", "must lie between 0 and 1")
+    if settings["samples_per_epoch"] is not None and int(settings["samples_per_epoch"]) < 1:
+        raise ConfigError("train.samples_per_epoch", "must be at least 1 (or null)")
+    check_threshold_setting(settings["threshold"])
     return settings
+
+
+def check_threshold_setting(value, has_validation: bool | None = None) -> None:
+    """``train.threshold``: auto, validation or a number in (0, 1); ``validation`` needs a
+    validation split (checked when ``has_validation`` is known)."""
+    if isinstance(value, Number) and not isinstance(value, bool):
+        if not 0 < float(value) < 1:
+            raise ConfigError("train.threshold", f"a fixed threshold lies in (0, 1), got {value}")
+        return
+    if value not in THRESHOLD_MODES:
+        raise ConfigError(
+            "train.threshold", f"use auto, validation or a number in (0, 1), got '{value}'"
+        )
+    if value == "validation" and has_validation is False:
+        raise ConfigError(
+            "train.threshold",
+            "'validation' chooses the threshold on the validation split, but split.validation "
+            "selects no image; add validation values or set a number (e.g. 0.5)",
+        )
 
 
 def seed_everything(seed: int) -> None:
@@ -111,7 +185,7 @@ def restore_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-# ---------------------------------------------------------------- augmentation
+# ---------------------------------------------------------------- augmentation (resize geometry)
 def augment_batch(
     images: torch.Tensor,
     masks: torch.Tensor,
@@ -119,7 +193,8 @@ def augment_batch(
     flip: bool,
     rotate90: bool,
 ):
-    """Random flips and quarter turns, drawn per sample from ``generator``, applied alike to image and mask.
+    """Random flips and quarter turns, drawn per sample from ``generator``, applied alike to
+    image and mask (the resize geometry's whole images; patches are augmented by the sampler).
 
     Quarter turns of non-square images would change their shape, so those get half turns only.
     """
@@ -149,39 +224,15 @@ def augment_batch(
     return torch.stack(out_images), torch.stack(out_masks)
 
 
-# ---------------------------------------------------------------- evaluation during training
 @torch.no_grad()
-def evaluate(model, loader, loss_fn, device, use_amp: bool, threshold: float = 0.5) -> dict:
-    """Mean loss and pixel F1 / IoU pooled over all pixels of ``loader`` (threshold on the probability)."""
-    model.eval()
-    total_loss, batches = 0.0, 0
-    tp = fp = fn = 0
-    for images, masks in loader:
-        images, masks = images.to(device), masks.to(device)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            logits = model(images)
-        total_loss += float(loss_fn(logits, masks))
-        batches += 1
-        predicted = torch.sigmoid(logits.float()) > threshold
-        truth = masks > 0.5
-        tp += int((predicted & truth).sum())
-        fp += int((predicted & ~truth).sum())
-        fn += int((~predicted & truth).sum())
-    model.train()
-    f1 = 2 * tp / (2 * tp + fp + fn) if (tp + fp + fn) else 1.0
-    iou = tp / (tp + fp + fn) if (tp + fp + fn) else 1.0
-    return {"val_loss": total_loss / max(batches, 1), "val_f1": f1, "val_iou": iou}
-
-
-@torch.no_grad()
-def recalibrate_batch_norm(model, loader, device, use_amp: bool) -> int:
+def recalibrate_batch_norm(model, loader, device, precision: str = "fp32") -> int:
     """Recompute every BatchNorm layer's running mean and variance over ``loader`` with the final weights.
 
     During training the running statistics are moving averages over weights that kept
     changing (fast, near the top of the cyclic learning rate), so in eval mode they can
     miss what the final network computes; with two modalities of very different
     brightness in one batch (the ``all`` data set) that cost the demo 10-60 points of F1.
-    One pass over the training images (no gradients, no augmentation, fixed order) sets
+    One pass over training images (no gradients, no augmentation, fixed order) sets
     them to the exact averages for the final weights. Returns the number of layers reset.
     """
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
@@ -192,13 +243,20 @@ def recalibrate_batch_norm(model, loader, device, use_amp: bool) -> int:
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average over the pass
     model.train()
+    dtype = autocast_dtype(precision)
     for images, _ in loader:
-        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            model(images.to(device))
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            model(_to_input(images.to(device), precision))
     for norm, momentum in zip(norms, momenta, strict=True):
         norm.momentum = momentum
     model.eval()
     return len(norms)
+
+
+def _to_input(images: torch.Tensor, precision: str) -> torch.Tensor:
+    if precision == "fp32":
+        return images
+    return images.contiguous(memory_format=torch.channels_last)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -213,6 +271,25 @@ def checkpoint_path(model_dir: str | Path, epoch: int) -> Path:
 def latest_checkpoint(model_dir: str | Path) -> Path | None:
     found = sorted(checkpoint_dir(model_dir).glob("epoch-*.pt"))
     return found[-1] if found else None
+
+
+def load_newest_checkpoint(model_dir: str | Path, device) -> tuple[Path, dict] | None:
+    """The newest checkpoint that can be read, with its contents. One that cannot (a run
+    killed while the disk filled, a truncated copy) is renamed ``*.pt.unreadable`` with a
+    warning naming it, and the next older one is tried."""
+    for path in sorted(checkpoint_dir(model_dir).glob("epoch-*.pt"), reverse=True):
+        try:
+            # Our own file: it holds RNG tuples, which weights_only refuses.
+            return path, torch.load(path, map_location=device, weights_only=False)
+        except Exception as error:  # torch raises many types for damaged files
+            aside = path.with_name(path.name + ".unreadable")
+            path.replace(aside)
+            warnings.warn(
+                f"{path}: unreadable checkpoint ({type(error).__name__}: {str(error)[:120]}); "
+                f"moved to {aside.name}, trying the one before",
+                stacklevel=2,
+            )
+    return None
 
 
 def _prune_checkpoints(model_dir: Path, keep: int) -> None:
@@ -253,17 +330,24 @@ def _fingerprint(architecture: dict, settings: dict, loss: str, info: dict, stam
 
 # ---------------------------------------------------------------- outputs
 def plot_curve(history: pd.DataFrame, title: str = ""):
-    """Loss (train, and validation where present) and learning rate against epoch."""
+    """Training loss, validation F1 (where present) and learning rate against epoch."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(8, 3.2))
     loss_axis, lr_axis = figure.subplots(1, 2)
-    loss_axis.plot(history["epoch"], history["train_loss"], marker=".", label="train")
-    if "val_loss" in history and history["val_loss"].notna().any():
-        loss_axis.plot(history["epoch"], history["val_loss"], marker=".", label="validation")
+    loss_axis.plot(history["epoch"], history["train_loss"], marker=".", label="train loss")
     loss_axis.set_xlabel("epoch")
     loss_axis.set_ylabel("loss")
-    loss_axis.legend()
+    if "val_f1" in history and history["val_f1"].notna().any():
+        f1_axis = loss_axis.twinx()
+        scored = history[history["val_f1"].notna()]
+        f1_axis.plot(
+            scored["epoch"], scored["val_f1"], marker=".", color="tab:orange", label="validation F1"
+        )
+        f1_axis.set_ylabel("validation F1 (best threshold)")
+        f1_axis.set_ylim(0, 1)
+        f1_axis.legend(loc="upper right")
+    loss_axis.legend(loc="upper left")
     lr_axis.plot(history["epoch"], history["lr"], marker=".", color="tab:green")
     lr_axis.set_xlabel("epoch")
     lr_axis.set_ylabel("learning rate (epoch mean)")
@@ -274,7 +358,6 @@ def plot_curve(history: pd.DataFrame, title: str = ""):
     return figure
 
 
-# ---------------------------------------------------------------- training
 def make_loader(
     data,
     batch_size: int,
@@ -294,6 +377,368 @@ def make_loader(
     )
 
 
+# ---------------------------------------------------------------- the trainer
+class Trainer:
+    """One model's training: set up in ``__init__``, then :meth:`run` (resume, epochs,
+    validation, checkpoints, the final model and its threshold)."""
+
+    def __init__(
+        self,
+        dataset_dir: str | Path,
+        model_dir: str | Path,
+        *,
+        model_cfg: dict,
+        train_cfg: dict,
+        loss: str,
+        name: str | None = None,
+        progress: bool = True,
+        inference: dict | None = None,
+    ):
+        self.dataset_dir, self.model_dir = Path(dataset_dir), Path(model_dir)
+        self.name = name or self.model_dir.name
+        self.loss_name, self.model_cfg, self.progress = loss, dict(model_cfg), progress
+        # The sliding window of validation: evaluation's, so the threshold fits it.
+        inference = inference or {}
+        self.window = {
+            "tile": inference.get("tile"),
+            "overlap": float(inference.get("overlap", 0.5)),
+        }
+        self.settings = settings = settings_from_config(train_cfg)
+        self.device = torch.device(resolve_device(settings["device"], "train.device"))
+        self.precision = resolve_precision(settings["precision"], self.device.type)
+        self.autocast = autocast_dtype(self.precision)
+        if self.device.type == "cuda":
+            # Fixed input sizes: let cuDNN pick the fastest convolutions (GPU runs are not
+            # bitwise reproducible anyway; the CPU path is).
+            torch.backends.cudnn.benchmark = True
+        self.loss_fn = get_loss(loss)
+
+        self.info = datasets.read_info(dataset_dir)
+        self.record = datasets.read_record(dataset_dir)
+        self.train_split = datasets.open_split(dataset_dir, "train")
+        self.validation_split = datasets.open_split(dataset_dir, "validation")
+        if len(self.train_split) == 0:
+            raise ConfigError("split.test", f"{dataset_dir}: the train split is empty")
+        has_validation = len(self.validation_split) > 0
+        check_threshold_setting(settings["threshold"], has_validation)
+        self.validating = has_validation
+        self.architecture = architecture_from_config(model_cfg, self.record.channels)
+        self.fingerprint = _fingerprint(
+            self.architecture, settings, loss, self.info, _dataset_stamp(dataset_dir)
+        )
+
+        self.seed = int(settings["seed"])
+        seed_everything(self.seed)
+        self.model = build_model(model_cfg, self.record.channels).to(self.device)
+        if self.precision != "fp32":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.shuffle_generator = torch.Generator().manual_seed(self.seed)
+        self.augment_generator = torch.Generator().manual_seed(self.seed + 1)
+        batch_size, workers = int(settings["batch_size"]), int(settings["workers"])
+        self.augment = settings["augment"]
+        if self.record.geometry == "patches":
+            self.sampler = self._patch_sampler(Augmentation.from_config(self.augment))
+            self.loader = make_loader(self.sampler, batch_size, False, None, workers, self.device)
+        else:
+            self.sampler = None
+            self.loader = make_loader(
+                datasets.TorchSplit(self.train_split),
+                batch_size,
+                True,
+                self.shuffle_generator,
+                workers,
+                self.device,
+            )
+        self.steps_per_epoch = len(self.loader)
+        self.epochs = int(settings["epochs"])
+        self.optimizer, self.scheduler = self._optimiser()
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.history: list[dict] = []
+        self.best: dict | None = None  # epoch, val_f1, weights of the best validated epoch
+
+    def _patch_sampler(self, augmentation: Augmentation, foreground_share=None) -> PatchSampler:
+        batch_size = int(self.settings["batch_size"])
+        samples = self.settings["samples_per_epoch"] or DEFAULT_PATCH_BATCHES * batch_size
+        return PatchSampler(
+            self.train_split,
+            self.record.patch_size,
+            samples_per_epoch=int(samples),
+            batch_size=batch_size,
+            foreground_share=float(
+                self.settings["foreground_share"] if foreground_share is None else foreground_share
+            ),
+            augmentation=augmentation,
+            seed=self.seed,
+        )
+
+    def _optimiser(self):
+        settings, steps = self.settings, self.steps_per_epoch
+        lr_min, lr_max = float(settings["lr_min"]), float(settings["lr_max"])
+        if settings["schedule"] == "cosine":
+            optimizer = torch.optim.Adam(self.model.parameters(), lr=lr_max)
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+                optimizer, T_max=max(1, self.epochs * steps), eta_min=lr_min
+            )
+            return optimizer, scheduler
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=lr_min)
+        scheduler = torch.optim.lr_scheduler.CyclicLR(
+            optimizer,
+            base_lr=lr_min,
+            max_lr=lr_max,
+            step_size_up=max(1, round(float(settings["lr_half_cycle_epochs"]) * steps)),
+            mode="triangular",
+            cycle_momentum=False,  # Adam has no momentum term to cycle
+        )
+        return optimizer, scheduler
+
+    # ------------------------------------------------------------ resuming
+    def resume(self) -> int:
+        """Load the newest readable checkpoint of these settings; the first epoch to run."""
+        found = load_newest_checkpoint(self.model_dir, self.device)
+        if found is None:
+            return 1
+        path, state = found
+        if state.get("fingerprint") != self.fingerprint:
+            warnings.warn(
+                f"{path}: written with other settings or data; training {self.name} from scratch",
+                stacklevel=2,
+            )
+            for old in checkpoint_dir(self.model_dir).glob("epoch-*.pt"):
+                old.unlink()
+            return 1
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        restore_rng_states(state["rng"])
+        self.shuffle_generator.set_state(state["shuffle_generator"])
+        self.augment_generator.set_state(state["augment_generator"])
+        self.history = state["history"]
+        self.best = state.get("best")
+        log.info("%s: resuming from %s (epoch %d done)", self.name, path, state["epoch"])
+        return int(state["epoch"]) + 1
+
+    def save_checkpoint(self, epoch: int) -> None:
+        state = {
+            "fingerprint": self.fingerprint,
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_states(),
+            "shuffle_generator": self.shuffle_generator.get_state(),
+            "augment_generator": self.augment_generator.get_state(),
+            "history": self.history,
+            "best": self.best,
+        }
+        with atomic_path(checkpoint_path(self.model_dir, epoch)) as tmp:
+            torch.save(state, tmp)
+        _prune_checkpoints(self.model_dir, int(self.settings["keep_checkpoints"]))
+
+    # ------------------------------------------------------------ one epoch
+    def train_epoch(self, epoch: int) -> dict:
+        started = time.perf_counter()
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        total, count, lrs = 0.0, 0, []
+        bar = tqdm(
+            self.loader,
+            desc=f"{self.name} epoch {epoch}/{self.epochs}",
+            unit="batch",
+            disable=not self.progress,
+            leave=False,
+        )
+        self.model.train()
+        for images, masks in bar:
+            # Augment after the transfer: on a GPU the flips run there, and the pinned batch
+            # copies asynchronously (augmenting first would copy unpinned tensors on the CPU).
+            images = images.to(self.device, non_blocking=True)
+            masks = masks.to(self.device, non_blocking=True)
+            if self.sampler is None:
+                images, masks = augment_batch(
+                    images,
+                    masks,
+                    self.augment_generator,
+                    bool(self.augment["flip"]),
+                    bool(self.augment["rotate90"]),
+                )
+            lrs.append(self.optimizer.param_groups[0]["lr"])
+            self.optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(
+                self.device.type, dtype=self.autocast, enabled=self.autocast is not None
+            ):
+                logits = self.model(_to_input(images, self.precision))
+            batch_loss = self.loss_fn(logits, masks)  # float32: the losses cast first
+            if not torch.isfinite(batch_loss):
+                good = latest_checkpoint(self.model_dir)
+                raise TrainingError(
+                    f"model {self.name}: the loss became {batch_loss.item()} in epoch {epoch}; "
+                    f"last good checkpoint: {good if good else 'none (failed in the first epoch)'}. "
+                    "Lower train.lr_max or check the data set for bad values."
+                )
+            self.scaler.scale(batch_loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            with warnings.catch_warnings():
+                # Under fp16 the scaler skips steps with overflowing gradients; the schedule goes on.
+                warnings.filterwarnings(
+                    "ignore", message="Detected call of `lr_scheduler.step\\(\\)` before"
+                )
+                self.scheduler.step()
+            total += batch_loss.item() * images.shape[0]
+            count += images.shape[0]
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        row = {
+            "epoch": epoch,
+            "train_loss": total / count,
+            "lr": float(np.mean(lrs)),
+            "val_f1": math.nan,
+            "val_threshold": math.nan,
+            "val_f1_at_05": math.nan,
+        }
+        if self.validating and (
+            epoch % int(self.settings["validate_every"]) == 0 or epoch == self.epochs
+        ):
+            row.update(self.validate())
+            if self.best is None or row["val_f1"] > self.best["val_f1"]:
+                weights = {k: v.detach().clone().cpu() for k, v in self.model.state_dict().items()}
+                self.best = {"epoch": epoch, "val_f1": row["val_f1"], "model": weights}
+        row["seconds"] = time.perf_counter() - started
+        return row
+
+    def validate(self) -> dict:
+        """Pooled validation F1 at the best threshold of the grid, and at 0.5."""
+        counts = threshold_counts(
+            self.model,
+            self.validation_split,
+            **self.window,
+            device=str(self.device),
+            batch_size=int(self.settings["batch_size"]),
+            precision=self.precision,
+        )
+        self.model.train()
+        threshold, f1 = counts.best()
+        return {
+            "val_f1": f1,
+            "val_threshold": threshold,
+            "val_f1_at_05": metrics.f1(*counts.counts(0.5)),
+        }
+
+    # ------------------------------------------------------------ the whole run
+    def run(self, on_epoch_end: Callable[[int], None] | None = None) -> pd.DataFrame:
+        start_epoch = self.resume()
+        log.info(
+            "%s: %s geometry, %d train / %d validation samples, %d parameters, device %s, "
+            "precision %s, %d steps of batch %d per epoch",
+            self.name,
+            self.record.geometry,
+            len(self.train_split),
+            len(self.validation_split),
+            count_parameters(self.model),
+            self.device,
+            self.precision,
+            self.steps_per_epoch,
+            int(self.settings["batch_size"]),
+        )
+        for epoch in range(start_epoch, self.epochs + 1):
+            row = self.train_epoch(epoch)
+            self.history.append(row)
+            log.info(
+                "%s epoch %d/%d: %s",
+                self.name,
+                epoch,
+                self.epochs,
+                ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"),
+            )
+            self.save_checkpoint(epoch)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch)
+        return self.finish()
+
+    def finish(self) -> pd.DataFrame:
+        """The final weights (best validated epoch, or the last), batch-norm statistics,
+        the threshold, and the outputs."""
+        chosen_epoch = self.epochs
+        if self.settings["keep_best"] and self.best is not None:
+            self.model.load_state_dict(self.best["model"])
+            chosen_epoch = int(self.best["epoch"])
+            log.info(
+                "%s: keeping the weights of epoch %d (best validation F1 %.4f)",
+                self.name,
+                chosen_epoch,
+                self.best["val_f1"],
+            )
+        if self.settings["recalibrate_bn"]:
+            layers = recalibrate_batch_norm(
+                self.model, self._recalibration_loader(), self.device, self.precision
+            )
+            log.info(
+                "%s: batch-norm statistics of %d layers recomputed over training images",
+                self.name,
+                layers,
+            )
+        threshold = self.choose_threshold()
+        table = pd.DataFrame(self.history, columns=HISTORY_COLUMNS)
+        meta = {
+            "name": self.name,
+            "loss": self.loss_name,
+            "epochs": self.epochs,
+            "epoch_kept": chosen_epoch,
+            "train": self.settings,
+            "model": self.model_cfg,
+            "dataset": self.info,
+            "device": self.device.type,
+            "precision": self.precision,
+            "threshold": threshold,
+            "final_train_loss": float(table["train_loss"].iloc[-1]),
+        }
+        save_model(self.model_dir / "model.pt", self.model, meta)
+        write_csv(self.model_dir / "history.csv", table)
+        save_figure(self.model_dir / "curve.png", plot_curve(table, title=self.name))
+        return table
+
+    def _recalibration_loader(self):
+        batch_size, workers = int(self.settings["batch_size"]), int(self.settings["workers"])
+        if self.sampler is None:
+            data = datasets.TorchSplit(self.train_split)
+        else:
+            # Unbiased patches (no cell oversampling, no augmentation), drawn with a fixed seed.
+            data = self._patch_sampler(Augmentation(), foreground_share=0.0)
+            data.set_epoch(RECALIBRATION_EPOCH)
+        return make_loader(data, batch_size, False, None, workers, self.device)
+
+    def choose_threshold(self) -> dict:
+        """The threshold evaluation and prediction will use, and where it came from."""
+        setting = self.settings["threshold"]
+        if isinstance(setting, Number) and not isinstance(setting, bool):
+            return {"value": float(setting), "source": "config"}
+        if not self.validating:
+            log.warning(
+                "%s: no validation split, so the threshold is not chosen on data: 0.5 is used "
+                "(set split.validation to choose it on validation images)",
+                self.name,
+            )
+            return {"value": 0.5, "source": "default (no validation split)"}
+        counts = threshold_counts(
+            self.model,
+            self.validation_split,
+            **self.window,
+            device=str(self.device),
+            batch_size=int(self.settings["batch_size"]),
+            precision=self.precision,
+        )
+        value, f1 = counts.best()
+        log.info(
+            "%s: threshold %.2f chosen on %d validation images (pooled F1 %.4f there)",
+            self.name,
+            value,
+            len(self.validation_split),
+            f1,
+        )
+        return {"value": value, "source": "validation", "validation_f1": f1}
+
+
 def train_model(
     dataset_dir: str | Path,
     model_dir: str | Path,
@@ -304,213 +749,22 @@ def train_model(
     name: str | None = None,
     progress: bool = True,
     on_epoch_end: Callable[[int], None] | None = None,
+    inference: dict | None = None,
 ) -> pd.DataFrame:
     """Train one U-Net on ``dataset_dir``'s train split; write outputs to ``model_dir``.
 
     Returns the history table. ``on_epoch_end(epoch)`` runs after each epoch's checkpoint
-    (tests use it to simulate an interruption).
+    (tests use it to simulate an interruption). ``inference``: ``tile`` and ``overlap`` of
+    the sliding window that validation uses (evaluation's; default the training tile, 0.5).
     """
-    model_dir = Path(model_dir)
-    name = name or model_dir.name
-    settings = settings_from_config(train_cfg)
-    device = torch.device(resolve_device(settings["device"], "train.device"))
-    use_amp = bool(settings["amp"]) and device.type == "cuda"
-    if device.type == "cuda":
-        # Fixed input sizes: let cuDNN pick the fastest convolutions (GPU runs are not
-        # bitwise reproducible anyway; the CPU path is).
-        torch.backends.cudnn.benchmark = True
-    loss_fn = get_loss(loss)
-
-    info = datasets.read_info(dataset_dir)
-    train_data = datasets.torch_dataset(dataset_dir, "train")
-    validation_data = datasets.torch_dataset(dataset_dir, "validation")
-    if len(train_data) == 0:
-        raise ConfigError("split.test", f"{dataset_dir}: the train split is empty")
-    architecture = architecture_from_config(model_cfg, info["channels"])
-    fingerprint = _fingerprint(architecture, settings, loss, info, _dataset_stamp(dataset_dir))
-
-    seed = int(settings["seed"])
-    seed_everything(seed)
-    model = build_model(model_cfg, info["channels"]).to(device)
-    shuffle_generator = torch.Generator().manual_seed(seed)
-    augment_generator = torch.Generator().manual_seed(seed + 1)
-    loader = make_loader(
-        train_data,
-        int(settings["batch_size"]),
-        True,
-        shuffle_generator,
-        int(settings["workers"]),
-        device,
+    trainer = Trainer(
+        dataset_dir,
+        model_dir,
+        model_cfg=model_cfg,
+        train_cfg=train_cfg,
+        loss=loss,
+        name=name,
+        progress=progress,
+        inference=inference,
     )
-    validation_loader = (
-        make_loader(
-            validation_data,
-            int(settings["batch_size"]),
-            False,
-            None,
-            int(settings["workers"]),
-            device,
-        )
-        if len(validation_data)
-        else None
-    )
-
-    optimizer = torch.optim.Adam(model.parameters(), lr=float(settings["lr_min"]))
-    steps_per_epoch = len(loader)
-    scheduler = torch.optim.lr_scheduler.CyclicLR(
-        optimizer,
-        base_lr=float(settings["lr_min"]),
-        max_lr=float(settings["lr_max"]),
-        step_size_up=max(1, round(float(settings["lr_half_cycle_epochs"]) * steps_per_epoch)),
-        mode="triangular",
-        cycle_momentum=False,  # Adam has no momentum term to cycle
-    )
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
-    history: list[dict] = []
-    start_epoch = 1
-
-    last = latest_checkpoint(model_dir)
-    if last is not None:
-        state = torch.load(
-            last, map_location=device, weights_only=False
-        )  # our own file: holds RNG tuples
-        if state.get("fingerprint") == fingerprint:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            restore_rng_states(state["rng"])
-            shuffle_generator.set_state(state["shuffle_generator"])
-            augment_generator.set_state(state["augment_generator"])
-            history = state["history"]
-            start_epoch = int(state["epoch"]) + 1
-            log.info("%s: resuming from %s (epoch %d done)", name, last, state["epoch"])
-        else:
-            warnings.warn(
-                f"{last}: written with other settings or data; training {name} from scratch",
-                stacklevel=2,
-            )
-            for old in checkpoint_dir(model_dir).glob("epoch-*.pt"):
-                old.unlink()
-
-    log.info(
-        "%s: %d train / %d validation samples, %d parameters, device %s%s, %d steps per epoch",
-        name,
-        len(train_data),
-        len(validation_data),
-        count_parameters(model),
-        device,
-        " (AMP)" if use_amp else "",
-        steps_per_epoch,
-    )
-    epochs = int(settings["epochs"])
-    augment = settings["augment"]
-    model.train()
-    for epoch in range(start_epoch, epochs + 1):
-        started = time.perf_counter()
-        total, count, lrs = 0.0, 0, []
-        bar = tqdm(
-            loader,
-            desc=f"{name} epoch {epoch}/{epochs}",
-            unit="batch",
-            disable=not progress,
-            leave=False,
-        )
-        for images, masks in bar:
-            # Augment after the transfer: on a GPU the flips run there, and the pinned batch
-            # copies asynchronously (augmenting first would copy unpinned tensors on the CPU).
-            images, masks = (
-                images.to(device, non_blocking=True),
-                masks.to(device, non_blocking=True),
-            )
-            images, masks = augment_batch(
-                images, masks, augment_generator, bool(augment["flip"]), bool(augment["rotate90"])
-            )
-            lrs.append(optimizer.param_groups[0]["lr"])
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                logits = model(images)
-            batch_loss = loss_fn(logits, masks)
-            if not torch.isfinite(batch_loss):
-                good = latest_checkpoint(model_dir)
-                raise TrainingError(
-                    f"model {name}: the loss became {batch_loss.item()} in epoch {epoch}; "
-                    f"last good checkpoint: {good if good else 'none (failed in the first epoch)'}. "
-                    "Lower train.lr_max or check the data set for bad values."
-                )
-            scaler.scale(batch_loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            with warnings.catch_warnings():
-                # Under AMP the scaler skips steps with overflowing gradients; the schedule goes on regardless.
-                warnings.filterwarnings(
-                    "ignore", message="Detected call of `lr_scheduler.step\\(\\)` before"
-                )
-                scheduler.step()
-            total += batch_loss.item() * images.shape[0]
-            count += images.shape[0]
-            bar.set_postfix(loss=f"{total / count:.4f}")
-        row = {
-            "epoch": epoch,
-            "train_loss": total / count,
-            "lr": float(np.mean(lrs)),
-            "val_loss": math.nan,
-            "val_f1": math.nan,
-            "val_iou": math.nan,
-        }
-        if validation_loader is not None:
-            row.update(evaluate(model, validation_loader, loss_fn, device, use_amp))
-        row["seconds"] = time.perf_counter() - started
-        history.append(row)
-        log.info(
-            "%s epoch %d/%d: %s",
-            name,
-            epoch,
-            epochs,
-            ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"),
-        )
-
-        state = {
-            "fingerprint": fingerprint,
-            "epoch": epoch,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "rng": rng_states(),
-            "shuffle_generator": shuffle_generator.get_state(),
-            "augment_generator": augment_generator.get_state(),
-            "history": history,
-        }
-        with atomic_path(checkpoint_path(model_dir, epoch)) as tmp:
-            torch.save(state, tmp)
-        _prune_checkpoints(model_dir, int(settings["keep_checkpoints"]))
-        if on_epoch_end is not None:
-            on_epoch_end(epoch)
-
-    if settings["recalibrate_bn"]:
-        ordered = make_loader(
-            train_data, int(settings["batch_size"]), False, None, int(settings["workers"]), device
-        )
-        layers = recalibrate_batch_norm(model, ordered, device, use_amp)
-        log.info(
-            "%s: batch-norm statistics of %d layers recomputed over the training images",
-            name,
-            layers,
-        )
-    table = pd.DataFrame(history, columns=HISTORY_COLUMNS)
-    meta = {
-        "name": name,
-        "loss": loss,
-        "epochs": epochs,
-        "train": settings,
-        "model": dict(model_cfg),
-        "dataset": info,
-        "device": str(device),
-        "amp": use_amp,
-        "final_train_loss": float(table["train_loss"].iloc[-1]),
-    }
-    save_model(model_dir / "model.pt", model, meta)
-    write_csv(model_dir / "history.csv", table)
-    save_figure(model_dir / "curve.png", plot_curve(table, title=name))
-    return table
+    return trainer.run(on_epoch_end)

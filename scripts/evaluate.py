@@ -13,14 +13,19 @@ from protoseg.evaluate import evaluate_model, pooled_scores  # noqa: E402
 from protoseg.io import save_npz, write_csv  # noqa: E402
 
 torch.set_num_threads(max(1, snakemake.threads))
+params = snakemake.params
 per_image, overlay = evaluate_model(
     snakemake.input.model,
     Path(snakemake.input.manifest).parent,
-    threshold=snakemake.params.threshold,
-    device=snakemake.params.device,
-    batch_size=snakemake.params.batch_size,
-    overlay_state=snakemake.params.overlay_state,
-    instances=snakemake.params.instances,
+    threshold=params.threshold,
+    resolution=params.resolution,
+    instances=params.instances,
+    tile=params.tile,
+    overlap=params.overlap,
+    device=params.device,
+    batch_size=params.batch_size,
+    precision=params.precision,
+    overlay_state=params.overlay_state,
 )
 write_csv(snakemake.output.per_image, per_image)
 save_npz(snakemake.output.overlay, **overlay)

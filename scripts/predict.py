@@ -1,6 +1,6 @@
 """Snakemake script: one trained model + a folder of new images -> labels and overlays."""
 
-from protoseg.device import resolve_device
+from protoseg.device import resolve_device, resolve_precision
 from protoseg.logs import log_to_file
 from protoseg.predict import load_prediction_model, predict_files
 
@@ -9,6 +9,7 @@ log = log_to_file(snakemake.log[0])
 
 params = snakemake.params
 device = resolve_device(params.device, key="predict.device")
+precision = resolve_precision(params.precision, device, key="predict.precision")
 model = load_prediction_model(snakemake.input.model, device=device)
 summary = predict_files(
     model,
@@ -21,6 +22,7 @@ summary = predict_files(
     min_distance=params.min_distance,
     min_area=params.min_area,
     device=device,
+    precision=precision,
 )
 log.info(
     "%s: %d images, %d cells in all", snakemake.input.model, len(summary), summary["cells"].sum()

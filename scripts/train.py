@@ -21,6 +21,7 @@ history = train_model(
     model_cfg=dict(snakemake.params.model),
     train_cfg=dict(snakemake.params.train),
     loss=snakemake.wildcards.loss,
+    inference=dict(snakemake.params.inference),
     name=f"{snakemake.wildcards.variant}-{snakemake.wildcards.loss}",
 )
 log.info("final epoch: %s", history.iloc[-1].to_dict())

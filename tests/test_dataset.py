@@ -8,10 +8,10 @@ import tifffile
 from protoseg.dataset import (
     MANIFEST_COLUMNS,
     build_dataset,
+    dataset_scale,
+    extra_shard_file,
     open_split,
-    prepare_image,
-    prepare_mask,
-    scale_to_unit,
+    read_record,
     shard_files,
     torch_dataset,
 )
@@ -115,39 +115,6 @@ def test_shards_hold_at_most_shard_size_samples(tmp_path):
         assert sorted(group["row"]) == list(range(len(group)))
 
 
-def test_scaling_by_dtype():
-    assert scale_to_unit(np.array([0, 255], np.uint8)).tolist() == [0.0, 1.0]
-    assert scale_to_unit(np.array([0, 65535, 4095], np.uint16))[:2].tolist() == [0.0, 1.0]
-    assert scale_to_unit(np.array([4095], np.uint16))[0] == pytest.approx(4095 / 65535)
-    assert scale_to_unit(np.array([-0.5, 0.5, 2.0], np.float32)).tolist() == [0.0, 0.5, 1.0]
-    with pytest.raises(InputError, match="signed"):
-        scale_to_unit(np.array([-1, 3], np.int16), "x.tif")
-
-
-def test_colour_rgb_repeats_grey_and_grey_converts_rgb():
-    grey = np.arange(16 * 16, dtype=np.uint8).reshape(16, 16)
-    rgb = prepare_image(grey, [8, 8], "rgb")
-    assert rgb.shape == (3, 8, 8)
-    assert np.array_equal(rgb[0], rgb[1]) and np.array_equal(rgb[1], rgb[2])
-    colour = np.zeros((16, 16, 3), np.uint8)
-    colour[..., 1] = 200  # pure green
-    one = prepare_image(colour, [8, 8], "grey")
-    assert one.shape == (1, 8, 8)
-    assert np.allclose(one, 0.587 * 200 / 255, atol=1e-3)
-
-
-def test_resize_is_linear_and_mask_binarised():
-    ramp = np.tile(np.linspace(0, 255, 32).astype(np.uint8), (4, 1))
-    image = prepare_image(ramp, [4, 16], "grey")[0]
-    assert np.all(np.diff(image[0]) > 0)  # interpolated ramp, not nearest-neighbour steps
-    labels = np.zeros((16, 16), np.uint16)
-    labels[4:8, 4:8] = 3
-    labels[8:12, 8:12] = 900
-    mask = prepare_mask(labels, [8, 8])
-    assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 1}
-    assert mask[3, 3] == 1 and mask[5, 5] == 1 and mask[0, 0] == 0
-
-
 def test_split_leaving_train_or_test_empty_names_split_test(tmp_path):
     with pytest.raises(ConfigError, match=r"split\.test.*train split is empty"):
         build(tmp_path, xys=(10,), split={"key": "xy", "test": [10]})
@@ -224,3 +191,75 @@ def test_torch_dataset_gives_float_tensors(tmp_path):
     image, mask = data[0]
     assert tuple(image.shape) == (3, *SIZE) and tuple(mask.shape) == (1, *SIZE)
     assert str(image.dtype) == "torch.float32" and str(mask.dtype) == "torch.float32"
+
+
+# ---------------------------------------------------------------- patches geometry
+PATCHES_CFG = {
+    "geometry": "patches",
+    "scale": 0.5,
+    "patch_size": [16, 16],
+    "colour": "grey",
+    "normalise": "percentile",
+    "percentiles": [1.0, 99.8],
+    "mask_source": "state",
+}
+
+
+def test_patches_geometry_stores_each_image_rescaled_with_instances_and_cells(tmp_path):
+    manifest = build(tmp_path, modalities=("brightfield",), dataset_cfg=PATCHES_CFG)
+    # one sample per shard, at half the raw 16 x 20 size
+    assert manifest.groupby("shard").size().max() == 1
+    assert set(manifest["stored_height"]) == {8} and set(manifest["stored_width"]) == {10}
+    assert set(manifest["height"]) == {16} and set(manifest["width"]) == {20}
+    record = read_record(tmp_path / "ds")
+    assert record.geometry == "patches" and record.preprocessing.scale == 0.5
+    assert record.patch_size == (16, 16) and record.has_instances
+    train = open_split(tmp_path / "ds", "train")
+    for index in range(len(train)):
+        image, mask = train.arrays(index)
+        assert image.shape == (1, 8, 10)
+        labels = train.instances(index)
+        # the instance labels cover exactly the binary mask's cells (the raw id 7 kept)
+        assert set(np.unique(labels)) <= {0, 7}
+        cells = train.foreground(index)
+        assert len(cells) == int(mask.sum()) and mask[tuple(cells.T)].all()
+    shard = manifest["shard"].iloc[0]
+    assert extra_shard_file(tmp_path / "ds", shard, "instances").is_file()
+
+
+def test_patches_scale_from_cell_diameter_and_absurd_values_name_the_key():
+    assert dataset_scale({"cell_diameter": 60, "target_diameter": 30}) == 0.5
+    assert dataset_scale({"scale": 2.0}) == 2.0
+    assert dataset_scale({}) == 1.0
+    with pytest.raises(ConfigError, match=r"dataset\.cell_diameter.*outside"):
+        dataset_scale({"cell_diameter": 0.5, "target_diameter": 30})
+    with pytest.raises(ConfigError, match=r"dataset\.scale.*outside"):
+        dataset_scale({"scale": 1000})
+    with pytest.raises(ConfigError, match=r"dataset\.cell_diameter.*positive"):
+        dataset_scale({"cell_diameter": -3, "target_diameter": 30})
+    with pytest.raises(ConfigError, match="not both"):
+        dataset_scale({"cell_diameter": 10, "target_diameter": 30, "scale": 1.0})
+
+
+def test_no_cell_in_any_training_image_is_an_error_and_nothing_is_written(tmp_path):
+    catalogue, masks = make_set(tmp_path)
+    for xy in (1, 2):
+        tifffile.imwrite(tmp_path / "masks" / f"day1t1xy{xy}.tif", np.zeros((16, 20), np.uint16))
+    with pytest.raises(InputError, match="no cell in any training image"):
+        build_dataset(
+            catalogue,
+            tmp_path / "ds",
+            variant="all",
+            modalities=["brightfield"],
+            split_cfg=SPLIT,
+            dataset_cfg=PATCHES_CFG,
+            mask_path=masks,
+            progress=False,
+        )
+    assert not (tmp_path / "ds" / "manifest.csv").exists()
+
+
+def test_images_smaller_than_the_patch_are_logged(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="protoseg.dataset"):
+        build(tmp_path, modalities=("brightfield",), dataset_cfg=PATCHES_CFG)
+    assert "smaller than the [16, 16] patch" in caplog.text and "pads" in caplog.text

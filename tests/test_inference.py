@@ -1,11 +1,12 @@
-"""Inference: input preparation, batched and tiled prediction."""
+"""Inference: batched prediction and the Gaussian-blended sliding window."""
 
 import numpy as np
 import pytest
 import torch
 
 from protoseg import inference
-from protoseg.errors import InputError
+from protoseg.device import cpu_has_native_bf16
+from protoseg.transforms import Preprocessing
 
 torch.set_num_threads(1)
 
@@ -21,6 +22,7 @@ def _conv_model(kernel: int, layers: int = 1, channels: int = 3) -> torch.nn.Mod
                 4 if index < layers - 1 else 1,
                 kernel,
                 padding=kernel // 2,
+                padding_mode="reflect",
             )
         )
         if index < layers - 1:
@@ -34,103 +36,93 @@ def _random_image(channels: int, height: int, width: int) -> np.ndarray:
 
 def test_predict_probabilities_shape_range_and_batch_independence():
     model = _conv_model(3)
-    images = np.random.default_rng(0).random((5, 3, 16, 16), dtype=np.float32)
+    images = np.stack([_random_image(3, 12, 10) + i for i in range(5)])
     whole = inference.predict_probabilities(model, images, batch_size=5)
     in_twos = inference.predict_probabilities(model, images, batch_size=2)
-    assert whole.shape == (5, 16, 16) and whole.dtype == np.float32
+    assert whole.shape == (5, 12, 10) and whole.dtype == np.float32
     assert 0 <= whole.min() and whole.max() <= 1
     np.testing.assert_allclose(whole, in_twos, atol=1e-6)
-    with torch.no_grad():
-        expected = torch.sigmoid(model(torch.from_numpy(images)))[:, 0].numpy()
-    np.testing.assert_allclose(whole, expected, atol=1e-6)
 
 
-def test_tiled_equals_untiled_when_overlap_covers_receptive_field():
-    # Two 3x3 convs reach 2 pixels; overlap 6 keeps 3 pixels of context at every cut.
-    model = _conv_model(3, layers=2)
-    image = _random_image(3, 45, 61)  # not a multiple of the tile: last tiles shift back
+def test_sliding_window_equals_a_whole_image_prediction():
+    # A 1x1 convolution sees no neighbours: any blend of tiles gives the untiled output.
+    model = _conv_model(1)
+    image = _random_image(3, 50, 70)
     untiled = inference.predict_probabilities(model, image[None])[0]
-    tiled = inference.predict_tiled(model, image, tile=16, overlap=6, batch_size=3)
-    assert tiled.shape == (45, 61)
-    np.testing.assert_allclose(tiled, untiled, atol=1e-5)
+    for overlap in (0.0, 0.25, 0.5):
+        tiled = inference.sliding_window(model, image, tile=16, overlap=overlap, batch_size=3)
+        np.testing.assert_allclose(tiled, untiled, atol=1e-5)
 
 
-def test_tiled_differs_when_overlap_is_too_small():
-    # The same check with no overlap must fail, or the equality above proves nothing.
-    model = _conv_model(3, layers=2)
-    image = _random_image(3, 45, 61)
+def test_sliding_window_of_a_context_model_is_close_inside_and_has_no_seams():
+    # 3 layers of 3x3: a receptive field of 3 pixels each side. Tiles lack context only at
+    # their borders, where the Gaussian weights are small, so the blend stays close to the
+    # untiled output everywhere, with no step at tile borders.
+    model = _conv_model(3, layers=3)
+    image = np.random.default_rng(4).random((3, 64, 64), dtype=np.float32)
     untiled = inference.predict_probabilities(model, image[None])[0]
-    tiled = inference.predict_tiled(model, image, tile=16, overlap=0)
-    assert np.abs(tiled - untiled).max() > 1e-4
+    tiled = inference.sliding_window(model, image, tile=24, overlap=0.5)
+    assert np.abs(tiled - untiled).max() < 2e-2
+    # Seams: the difference to the untiled output has no jump along any column or row.
+    difference = tiled - untiled
+    assert np.abs(np.diff(difference, axis=0)).max() < 1e-2
+    assert np.abs(np.diff(difference, axis=1)).max() < 1e-2
 
 
-def test_small_image_is_padded_and_cropped_back():
-    model = _conv_model(1)  # pointwise: padding cannot change the kept pixels
+def test_tile_starts_cover_the_image_and_end_at_its_edge():
+    assert inference.tile_starts(10, 16, 0.5) == [0]
+    starts = inference.tile_starts(100, 32, 0.5)
+    assert starts[0] == 0 and starts[-1] == 100 - 32
+    assert max(b - a for a, b in zip(starts, starts[1:], strict=False)) <= 16
+
+
+def test_gaussian_weights_peak_in_the_middle_and_are_never_zero():
+    weights = inference.gaussian_weights((32, 32))
+    assert weights.max() == pytest.approx(1.0) and weights.min() > 0
+    assert weights[16, 16] > weights[4, 4] > weights[0, 0]
+
+
+def test_images_smaller_than_a_tile_are_padded_and_cropped_back():
+    model = _conv_model(1)
     image = _random_image(3, 10, 7)
-    tiled = inference.predict_tiled(model, image, tile=(16, 32), overlap=4)
-    untiled = inference.predict_probabilities(model, image[None])[0]
-    assert tiled.shape == (10, 7)
-    np.testing.assert_allclose(tiled, untiled, atol=1e-6)
+    tiled = inference.sliding_window(model, image, tile=16)
+    np.testing.assert_allclose(
+        tiled, inference.predict_probabilities(model, image[None])[0], atol=1e-6
+    )
 
 
-def test_bad_overlap_raises():
+def test_bad_windows_are_refused():
     with pytest.raises(ValueError, match="overlap"):
-        inference.predict_tiled(_conv_model(1), _random_image(3, 8, 8), tile=8, overlap=8)
-
-
-def test_prepare_image_scales_8_and_16_bit_to_unit_range():
-    rgb = np.zeros((4, 6, 3), dtype=np.uint8)
-    rgb[..., 0] = 255
-    prepared = inference.prepare_image(rgb, in_channels=3, colour="rgb")
-    assert prepared.shape == (3, 4, 6) and prepared.dtype == np.float32
-    np.testing.assert_allclose(prepared[0], 1.0)
-    np.testing.assert_allclose(prepared[1:], 0.0)
-    grey16 = np.full((4, 6), 65535, dtype=np.uint16)
-    prepared = inference.prepare_image(grey16, in_channels=3, colour="rgb")
-    np.testing.assert_allclose(prepared, 1.0)  # greyscale repeated into three channels
-    prepared = inference.prepare_image(rgb, in_channels=1, colour="grey")
-    assert prepared.shape == (1, 4, 6)
-    np.testing.assert_allclose(prepared, 0.299, atol=1e-6)
-
-
-def test_prepare_image_resizes_by_scale():
-    image = np.zeros((40, 60, 3), dtype=np.uint8)
-    assert inference.prepare_image(image, 3, "rgb", scale=0.5).shape == (3, 20, 30)
-    assert inference.prepare_image(image, 3, "rgb", scale=(0.25, 0.5)).shape == (3, 10, 30)
-
-
-def test_channel_mismatch_names_the_image():
-    rgb = np.zeros((4, 6, 3), dtype=np.uint8)
-    with pytest.raises(InputError, match=r"new\.tif.*model takes 1"):
-        inference.prepare_image(rgb, in_channels=1, colour="rgb", source="new.tif")
-    five_channels = np.zeros((4, 6, 5), dtype=np.uint8)
-    with pytest.raises(InputError, match="shape"):
-        inference.prepare_image(five_channels, in_channels=3, colour="rgb", source="new.tif")
+        inference.sliding_window(_conv_model(1), _random_image(3, 8, 8), tile=8, overlap=1.0)
 
 
 def test_predict_image_returns_probabilities_at_the_raw_size():
     model = _conv_model(3)
     image = (np.random.default_rng(2).random((50, 70, 3)) * 255).astype(np.uint8)
-    probabilities = inference.predict_image(
-        model, image, in_channels=3, colour="rgb", scale=0.5, tile=16, overlap=4
-    )
+    prep = Preprocessing("patches", "rgb", "dtype", (1.0, 99.8), None, 0.5, (16, 16))
+    probabilities = inference.predict_image(model, image, prep, overlap=0.25)
     assert probabilities.shape == (50, 70)
     assert 0 <= probabilities.min() and probabilities.max() <= 1
 
 
-def test_tiled_prediction_with_the_project_unet():
+def test_resize_geometry_is_one_tile_the_size_of_the_training_images():
+    model = _conv_model(1)
+    image = (np.random.default_rng(2).random((40, 60, 3)) * 255).astype(np.uint8)
+    prep = Preprocessing("resize", "rgb", "dtype", (1.0, 99.8), (16, 16), None, (16, 16))
+    whole = inference.predict_probabilities(model, inference.prepare_image(image, prep)[None])[0]
+    probabilities = inference.predict_image(model, image, prep)
+    np.testing.assert_allclose(probabilities, inference.to_original_size(whole, 40, 60), atol=1e-6)
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bfloat16")
+def test_bf16_inference_is_close_to_fp32():
     from protoseg.model import build_model
 
     torch.manual_seed(0)
-    unet = build_model({"depth": 2, "base_channels": 4}, in_channels=3).eval()
-    image = _random_image(3, 50, 70)
-    tiled = inference.predict_tiled(unet, image, tile=32, overlap=8)
-    assert tiled.shape == (50, 70) and tiled.dtype == np.float32
-    assert np.isfinite(tiled).all() and 0 <= tiled.min() and tiled.max() <= 1
-    # One tile covering a whole tile-sized image is exactly the untiled prediction.
-    crop = image[:, :32, :32]
-    np.testing.assert_allclose(
-        inference.predict_tiled(unet, crop, tile=32, overlap=8),
-        inference.predict_probabilities(unet, crop[None])[0],
-        atol=1e-6,
-    )
+    unet = build_model({"depth": 2, "base_channels": 8}, in_channels=3).eval()
+    image = _random_image(3, 48, 48)
+    fp32 = inference.sliding_window(unet, image, tile=32, precision="fp32")
+    bf16 = inference.sliding_window(unet, image, tile=32, precision="bf16")
+    assert bf16.dtype == np.float32
+    assert np.abs(fp32 - bf16).max() < 0.05
+    assert ((fp32 > 0.5) == (bf16 > 0.5)).mean() > 0.97

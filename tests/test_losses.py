@@ -52,8 +52,16 @@ def test_losses_run_in_float32_under_half_precision(batch):
         assert value.dtype == torch.float32
 
 
+def test_bce_dice_is_the_sum_of_its_parts(batch):
+    logits, target = batch
+    both = get_loss("bce+dice")(logits, target)
+    assert both == pytest.approx(
+        float(get_loss("bce")(logits, target) + get_loss("dice")(logits, target))
+    )
+
+
 def test_unknown_loss_lists_known_names():
-    with pytest.raises(ConfigError, match=r"train\.losses.*'focal'.*bce, dice, mse"):
+    with pytest.raises(ConfigError, match=r"train\.losses.*'focal'.*bce, bce\+dice, dice, mse"):
         get_loss("focal")
 
 

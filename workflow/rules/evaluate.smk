@@ -28,10 +28,15 @@ rule evaluate:
         mem_mb=4000,
         runtime=60,
     params:
+        # null: the model's own threshold (chosen on validation images in training).
         threshold=config["evaluate"]["threshold"],
-        overlay_state=config["evaluate"].get("overlay_state"),
-        device=config["evaluate"].get("device", "auto"),
-        batch_size=config["evaluate"].get("batch_size", 16),
-        instances=config["evaluate"].get("instances", "labels"),
+        resolution=config["evaluate"]["resolution"],
+        overlay_state=config["evaluate"]["overlay_state"],
+        device=config["evaluate"]["device"],
+        precision=config["evaluate"]["precision"],
+        batch_size=config["evaluate"]["batch_size"],
+        tile=config["evaluate"]["tile"],
+        overlap=config["evaluate"]["overlap"],
+        instances=config["evaluate"]["instances"],
     script:
         f"{SCRIPTS}/evaluate.py"

@@ -51,14 +51,15 @@ if PREDICT.get("input_dir"):
             runtime=120,
         params:
             out_dir=lambda wildcards, output: str(Path(output.summary).parent),
-            tile=PREDICT.get("tile"),
-            overlap=PREDICT.get("overlap", 32),
-            # null: the threshold the evaluation uses.
-            threshold=PREDICT.get("threshold") or config["evaluate"]["threshold"],
-            instances=PREDICT.get("instances", "cc"),
-            min_distance=PREDICT.get("min_distance", 10),
-            min_area=PREDICT.get("min_area", 0),
-            device=PREDICT.get("device", "auto"),
+            tile=PREDICT["tile"],
+            overlap=PREDICT["overlap"],
+            # null: the model's own threshold (chosen on validation images in training).
+            threshold=PREDICT["threshold"],
+            instances=PREDICT["instances"],
+            min_distance=PREDICT["min_distance"],
+            min_area=PREDICT["min_area"],
+            device=PREDICT["device"],
+            precision=PREDICT["precision"],
         script:
             f"{SCRIPTS}/predict.py"
 

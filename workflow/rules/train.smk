@@ -1,6 +1,12 @@
 # Step 4: one U-Net per dataset variant and loss (train.losses). Checkpoints are written
 # every epoch under MODEL_DIR/checkpoints and are not outputs, so Snakemake keeps them when
 # a job fails: rerunning the job resumes from the newest one (protoseg.train).
+from protoseg.train import check_threshold_setting
+
+# train.threshold "validation" without a validation split stops the run here, not in a job.
+check_threshold_setting(
+    config["train"]["threshold"], has_validation=bool(get_split_states("validation"))
+)
 
 
 rule train:
@@ -40,6 +46,11 @@ rule train:
     params:
         model=config["model"],
         train=config["train"],
+        # Validation in training sees images through evaluation's sliding window.
+        inference={
+            "tile": config["evaluate"]["tile"],
+            "overlap": config["evaluate"]["overlap"],
+        },
     script:
         f"{SCRIPTS}/train.py"
 

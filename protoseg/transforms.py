@@ -1,0 +1,307 @@
+"""Image and label transforms, in one place: the dataset build, training, inference, QC,
+evaluation and prediction all call these, so a new image is prepared exactly as the
+training images were.
+
+* intensity: :func:`scale_to_unit` (the study: integer types by their dtype's maximum),
+  :func:`normalise_percentiles` (per image, as cellpose and nnU-Net do for microscopy);
+* colour: :func:`convert_colour` (``rgb``: 3 channels, ``grey``: luminance, 1 channel);
+* geometry: :func:`resize` (to a size), :func:`rescale` (by a factor), :func:`resize_labels`
+  (nearest neighbour, for instance labels), :func:`binary_mask` (the study's resize of a mask
+  as a 0/255 image, then > 0);
+* :class:`Preprocessing` and :func:`prepare_image`: everything a model needs to know to
+  turn a raw image into its input at the training scale;
+* :func:`augment_sample`: random flips, quarter turns, scale, brightness, contrast and gamma
+  of one training patch, with its mask;
+* :func:`display_rgb`: any image as 8-bit RGB for overlays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+from protoseg.errors import ConfigError, InputError
+
+COLOURS = ("rgb", "grey")
+NORMALISATIONS = ("dtype", "percentile")
+GEOMETRIES = ("resize", "patches")
+
+
+# ---------------------------------------------------------------- intensity
+def scale_to_unit(image: np.ndarray, source: object = "image") -> np.ndarray:
+    """``image`` as float32 in [0, 1]: integer types divided by their dtype's maximum.
+
+    uint8 / 255, uint16 / 65535 (a 12-bit camera's images stay dim: the scale is the
+    dtype's, never the image's own maximum, so every image of a set is scaled alike),
+    bool as 0/1, floating point clipped to [0, 1].
+    """
+    image = np.asarray(image)
+    if image.dtype == bool:
+        return image.astype(np.float32)
+    if np.issubdtype(image.dtype, np.integer):
+        info = np.iinfo(image.dtype)
+        if info.min < 0:
+            raise InputError(
+                source, f"signed integer image ({image.dtype}); expected unsigned intensities"
+            )
+        return image.astype(np.float32) / np.float32(info.max)
+    if np.issubdtype(image.dtype, np.floating):
+        return np.clip(image.astype(np.float32), 0.0, 1.0)
+    raise InputError(source, f"unsupported pixel type {image.dtype}")
+
+
+def normalise_percentiles(
+    image: np.ndarray, percentiles: Sequence[float], source: object = "image"
+) -> np.ndarray:
+    """Per-image normalisation: the ``percentiles`` (low, high) of all channels go to 0 and 1.
+
+    Not clipped (cellpose and nnU-Net do not clip either), so bright objects keep their
+    contrast. A flat image (high == low) becomes all zeros rather than dividing by zero.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if not np.isfinite(image).all():
+        raise InputError(source, "holds NaN or infinite values")
+    low, high = np.percentile(image, [float(percentiles[0]), float(percentiles[1])])
+    if high <= low:
+        return np.zeros_like(image)
+    return (image - np.float32(low)) / np.float32(high - low)
+
+
+# ---------------------------------------------------------------- colour
+def convert_colour(image: np.ndarray, colour: str, source: object = "image") -> np.ndarray:
+    """A float image (H x W or H x W x C) as H x W x 3 (``rgb``) or H x W x 1 (``grey``)."""
+    if colour not in COLOURS:
+        raise ConfigError(
+            "dataset.colour", f"unknown colour '{colour}'; use one of {', '.join(COLOURS)}"
+        )
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = image[..., :3]  # alpha carries no intensity
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim == 2:
+        return np.repeat(image[..., None], 3, axis=2) if colour == "rgb" else image[..., None]
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise InputError(
+            source, f"expected a greyscale, RGB or RGBA image, got shape {image.shape}"
+        )
+    if colour == "rgb":
+        return image
+    return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)[..., None]
+
+
+# ---------------------------------------------------------------- geometry
+def resize(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Resize H x W (x C) to ``size`` = [height, width] with linear interpolation."""
+    height, width = int(size[0]), int(size[1])
+    resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    if image.ndim == 3 and resized.ndim == 2:  # OpenCV drops a single channel axis
+        resized = resized[..., None]
+    return resized
+
+
+def scaled_shape(shape: Sequence[int], scale: float) -> tuple[int, int]:
+    """(height, width) of an image of ``shape`` rescaled by ``scale`` (at least 1 pixel)."""
+    return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
+
+
+def rescale(image: np.ndarray, scale: float) -> np.ndarray:
+    """Resize H x W (x C) by ``scale`` with linear interpolation (unchanged at 1)."""
+    target = scaled_shape(image.shape, scale)
+    return image if target == tuple(image.shape[:2]) else resize(image, target)
+
+
+def resize_labels(labels: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Instance labels resized to ``size`` by nearest neighbour (ids kept)."""
+    labels = np.asarray(labels)
+    if tuple(labels.shape[:2]) == (int(size[0]), int(size[1])):
+        return labels
+    # OpenCV's nearest resize does not take uint16/uint32 on every build; int32 works.
+    resized = cv2.resize(
+        labels.astype(np.int32), (int(size[1]), int(size[0])), interpolation=cv2.INTER_NEAREST
+    )
+    return resized.astype(labels.dtype)
+
+
+def label_image(mask: np.ndarray, source: object = "mask") -> np.ndarray:
+    """A mask file's array as a 2D label image (a trailing single channel dropped)."""
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[2] == 1:
+        mask = mask[..., 0]
+    if mask.ndim != 2:
+        raise InputError(source, f"expected a 2D label mask, got shape {mask.shape}")
+    return mask
+
+
+def binary_mask(mask: np.ndarray, size: Sequence[int], source: object = "mask") -> np.ndarray:
+    """Instance labels -> binary uint8 H x W at ``size``: resized linearly, then > 0 -> 1.
+
+    The labels become 0/255 uint8 first (a binary mask image, as the study saved and read
+    them), so OpenCV's fixed-point interpolation decides the fringe: a pixel becomes cell
+    where the interpolated value rounds to at least 1 of 255.
+    """
+    mask = label_image(mask, source)
+    binary = np.where(mask > 0, np.uint8(255), np.uint8(0))
+    if tuple(binary.shape) == (int(size[0]), int(size[1])):
+        return (binary > 0).astype(np.uint8)
+    return (resize(binary, size) > 0).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- preprocessing of a model
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a raw image becomes model input; recorded with every data set and model.
+
+    ``geometry``: ``resize`` (the study: every whole image to ``size``) or ``patches``
+    (every image rescaled by ``scale``, so cells keep one size; trained on patches).
+    ``tile``: the window the network sees at once in inference ([height, width]).
+    """
+
+    geometry: str
+    colour: str
+    normalise: str
+    percentiles: tuple[float, float]
+    size: tuple[int, int] | None  # resize geometry
+    scale: float | None  # patches geometry
+    tile: tuple[int, int]
+
+    @property
+    def channels(self) -> int:
+        return 3 if self.colour == "rgb" else 1
+
+    def shape_at_training_scale(self, height: int, width: int) -> tuple[int, int]:
+        if self.geometry == "resize":
+            return int(self.size[0]), int(self.size[1])
+        return scaled_shape((height, width), float(self.scale))
+
+    def to_dict(self) -> dict:
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in asdict(self).items()
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Preprocessing:
+        def pair(value):
+            return None if value is None else tuple(value)
+
+        return cls(
+            geometry=str(values["geometry"]),
+            colour=str(values["colour"]),
+            normalise=str(values["normalise"]),
+            percentiles=tuple(float(v) for v in values["percentiles"]),
+            size=pair(values.get("size")),
+            scale=None if values.get("scale") is None else float(values["scale"]),
+            tile=tuple(int(v) for v in values["tile"]),
+        )
+
+
+def prepare_image(raw: np.ndarray, prep: Preprocessing, source: object = "image") -> np.ndarray:
+    """A raw image (as :func:`protoseg.io.read_image` returns it) as float32 model input
+    (C, H, W) at the training scale: intensity, colour, then geometry."""
+    unit = scale_to_unit(raw, source)
+    if prep.normalise == "percentile":
+        # Percentiles of the colour-converted image, so grey and RGB storage agree.
+        converted = convert_colour(unit, prep.colour, source)
+        converted = normalise_percentiles(converted, prep.percentiles, source)
+    else:
+        converted = convert_colour(unit, prep.colour, source)
+    target = prep.shape_at_training_scale(*converted.shape[:2])
+    if tuple(converted.shape[:2]) != target:
+        converted = resize(converted, target)
+    return np.ascontiguousarray(converted.transpose(2, 0, 1), dtype=np.float32)
+
+
+# ---------------------------------------------------------------- augmentation
+@dataclass(frozen=True)
+class Augmentation:
+    """Random changes of one training sample; 0 (or False) turns each off.
+
+    ``scale``: zoom factor drawn log-uniformly in [1/(1+s), 1+s]; ``brightness``: shift
+    drawn in [-b, b]; ``contrast``: factor in [1-c, 1+c] about the mean; ``gamma``: exponent
+    drawn log-uniformly in [1/(1+g), 1+g], applied to the patch rescaled to [0, 1].
+    """
+
+    flip: bool = False
+    rotate90: bool = False
+    scale: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    gamma: float = 0.0
+
+    @classmethod
+    def from_config(cls, values: dict | None) -> Augmentation:
+        values = values or {}
+        return cls(**{key: values[key] for key in cls.__dataclass_fields__ if key in values})
+
+
+def crop_size_for_scale(patch: Sequence[int], augmentation: Augmentation, rng) -> tuple:
+    """The region to cut (height, width) so that resizing it to ``patch`` zooms by a draw."""
+    if augmentation.scale <= 0:
+        return int(patch[0]), int(patch[1])
+    zoom = float(np.exp(rng.uniform(-np.log1p(augmentation.scale), np.log1p(augmentation.scale))))
+    return max(2, round(patch[0] / zoom)), max(2, round(patch[1] / zoom))
+
+
+def augment_sample(
+    image: np.ndarray,
+    labels: np.ndarray,
+    patch: Sequence[int],
+    augmentation: Augmentation,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bring a cut region (C, h, w) and its labels (h, w) to ``patch`` size and augment them.
+
+    The region was cut at :func:`crop_size_for_scale`'s size; resizing it to the patch is
+    the scale jitter (linear for the image, nearest for the labels). Flips and quarter turns
+    go to both; intensity changes to the image only.
+    """
+    height, width = int(patch[0]), int(patch[1])
+    if image.shape[1:] != (height, width):
+        image = resize(np.ascontiguousarray(image.transpose(1, 2, 0)), (height, width))
+        image = image.transpose(2, 0, 1)
+        labels = resize_labels(labels, (height, width))
+    if augmentation.flip:
+        if rng.random() < 0.5:
+            image, labels = image[:, :, ::-1], labels[:, ::-1]
+        if rng.random() < 0.5:
+            image, labels = image[:, ::-1, :], labels[::-1, :]
+    if augmentation.rotate90 and height == width:
+        turns = int(rng.integers(4))
+        image, labels = np.rot90(image, turns, (1, 2)), np.rot90(labels, turns)
+    image = np.array(image, dtype=np.float32)  # a copy: the region may be a memory map
+    if augmentation.gamma > 0:
+        gamma = float(
+            np.exp(rng.uniform(-np.log1p(augmentation.gamma), np.log1p(augmentation.gamma)))
+        )
+        low, high = float(image.min()), float(image.max())
+        if high > low:
+            image = (((image - low) / (high - low)) ** gamma) * (high - low) + low
+    if augmentation.contrast > 0:
+        factor = rng.uniform(1 - augmentation.contrast, 1 + augmentation.contrast)
+        mean = image.mean()
+        image = (image - mean) * np.float32(factor) + mean
+    if augmentation.brightness > 0:
+        image = image + np.float32(rng.uniform(-augmentation.brightness, augmentation.brightness))
+    return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(labels)
+
+
+# ---------------------------------------------------------------- display
+def display_rgb(image: np.ndarray, channels_first: bool = False) -> np.ndarray:
+    """Any grey or colour image as uint8 RGB (H, W, 3), contrast stretched to its
+    0.5-99.5 percentiles. ``channels_first``: the image is model input (C, H, W)."""
+    image = np.asarray(image)
+    if channels_first:
+        image = np.moveaxis(image, 0, -1)
+    if image.ndim == 2:
+        image = image[..., None]
+    image = image[..., :3].astype(np.float32)
+    low, high = np.percentile(image, [0.5, 99.5])
+    if high <= low:
+        high = low + 1.0
+    scaled = np.clip((image - low) / (high - low) * 255.0, 0, 255).astype(np.uint8)
+    if scaled.shape[-1] == 1:
+        scaled = np.repeat(scaled, 3, axis=-1)
+    return scaled
