@@ -26,11 +26,9 @@ def model_path(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model({"depth": 2, "base_channels": 4, "batch_norm": True}, in_channels=3)
     path = tmp_path_factory.mktemp("model") / "model.pt"
-    meta = {
-        "name": "all-bce",
-        "loss": "bce",
-        "dataset": {"size": [32, 32], "colour": "rgb", "channels": 3},
-    }
+    from tests.test_predict import record_meta
+
+    meta = {"name": "all-bce", "loss": "bce", **record_meta("resize", (32, 32))}
     save_model(path, model, meta)
     return path
 
@@ -62,7 +60,7 @@ def test_predict_with_a_saved_model_writes_every_output(model_path, images, tmp_
             "--out",
             str(out),
             "--overlap",
-            "8",
+            "0.5",
             "--instances",
             "watershed",
         ]
@@ -123,7 +121,15 @@ def test_predict_errors_name_the_file_and_exit_2(model_path, images, tmp_path, c
 
 
 @pytest.mark.parametrize(
-    "option", [["--tile", "0"], ["--tile", "a"], ["--threshold", "1.5"], ["--instances", "blobs"]]
+    "option",
+    [
+        ["--tile", "0"],
+        ["--tile", "a"],
+        ["--threshold", "1.5"],
+        ["--instances", "blobs"],
+        ["--overlap", "8"],
+        ["--precision", "fp8"],
+    ],
 )
 def test_bad_options_are_usage_errors(model_path, images, tmp_path, option):
     with pytest.raises(SystemExit) as exit_info:
@@ -145,7 +151,7 @@ def test_tile_accepts_one_size_or_two(model_path, images, tmp_path):
                     "--tile",
                     tile,
                     "--overlap",
-                    "4",
+                    "0.25",
                 ]
             )
             == 0

@@ -29,26 +29,6 @@ def _sample(rng, size=32):
     return image, mask
 
 
-def _batches(states, planes, per_batch=3, seed=0):
-    rng = np.random.default_rng(seed)
-    samples = [(state, z, *_sample(rng)) for state in states for z in planes]
-    for start in range(0, len(samples), per_batch):
-        chunk = samples[start : start + per_batch]
-        rows = pd.DataFrame(
-            {
-                "source": [f"{s}z{z}.tif" for s, z, _, _ in chunk],
-                "state": [s for s, *_ in chunk],
-                "z": [z for _, z, _, _ in chunk],
-                "modality": "brightfield",
-            }
-        )
-        yield {
-            "images": np.stack([c[2] for c in chunk]),
-            "masks": np.stack([c[3] for c in chunk]),
-            "rows": rows,
-        }
-
-
 def test_score_image_matches_metrics():
     probability = np.zeros((8, 8), np.float32)
     probability[2:6, 2:6] = 0.9
@@ -77,37 +57,6 @@ def test_score_image_uses_given_instances():
     assert from_instances["n_true"] == 3 and from_instances["sa50"] == 0.0
 
 
-def test_evaluate_batches_streams_and_keeps_the_overlay_state():
-    states, planes = ["day1t1xy10", "day1t2xy10"], [12, 18, 24]
-    per_image, overlay = evaluate.evaluate_batches(
-        ThresholdModel(),
-        _batches(states, planes),
-        threshold=0.5,
-        batch_size=2,
-        overlay_state="day1t2xy10",
-        total=6,
-    )
-    assert len(per_image) == 6
-    assert list(per_image.columns[:4]) == ["source", "state", "z", "modality"]
-    assert set(evaluate.METRIC_COLUMNS) <= set(per_image.columns)
-    # Each row's scores are those of its own image.
-    first = next(_batches(states, planes))
-    expected = metrics.confusion(first["images"][0, 0] > 0.5, first["masks"][0])
-    assert tuple(per_image.loc[0, ["tp", "fp", "fn", "tn"]]) == tuple(int(v) for v in expected)
-    assert per_image["f1"].between(0, 1).all() and per_image["f1"].nunique() > 1
-    assert list(overlay["z"]) == planes
-    assert overlay["images"].shape == (3, 32, 32, 3) and overlay["images"].dtype == np.uint8
-    assert overlay["probabilities"].shape == (3, 32, 32)
-    assert str(overlay["state"]) == "day1t2xy10"
-    pooled = evaluate.pooled_scores(per_image)
-    assert 0 < pooled["f1"] < 1
-
-
-def test_evaluate_batches_without_images_raises():
-    with pytest.raises(ValueError, match="no test images"):
-        evaluate.evaluate_batches(ThresholdModel(), [])
-
-
 # ---------------------------------------------------------------- a built dataset and a saved model
 def _touching_cells(height=40, width=48):
     labels = np.zeros((height, width), np.uint16)
@@ -117,10 +66,10 @@ def _touching_cells(height=40, width=48):
 
 
 def test_instances_at_mask_keeps_touching_cells_apart():
-    from protoseg.dataset import prepare_mask
+    from protoseg.transforms import binary_mask
 
     labels = _touching_cells()
-    binary = prepare_mask(labels, (20, 24))
+    binary = binary_mask(labels, (20, 24))
     instances = evaluate.instances_at_mask(labels, binary)
     assert instances.shape == (20, 24)
     assert set(np.unique(instances)) == {0, 1, 2}
@@ -178,7 +127,13 @@ def test_evaluate_model_scores_the_test_split(built):
     assert {"image", "modality", *evaluate.METRIC_COLUMNS} <= set(per_image.columns)
     assert per_image[["accuracy", "f1", "iou", "sa50", "msa"]].stack().between(0, 1).all()
     assert (per_image["n_true"] == 2).all()  # the label masks keep the touching cells apart
-    assert (per_image[["tp", "fp", "fn", "tn"]].sum(axis=1) == 32 * 32).all()
+    # scored at the original 40 x 48 resolution, against the original masks
+    assert (per_image[["tp", "fp", "fn", "tn"]].sum(axis=1) == 40 * 48).all()
+    assert set(per_image["resolution"]) == {"original"} and set(per_image["geometry"]) == {"resize"}
+    # the model records no threshold: 0.5, said so
+    assert set(per_image["threshold"]) == {0.5} and set(per_image["threshold_source"]) == {
+        "default"
+    }
     assert str(overlay["state"]) == "day1t1xy10" and list(overlay["z"]) == [12, 18]
     components, _ = evaluate.evaluate_model(
         built / "model.pt", built / "dataset", device="cpu", instances="components"
@@ -200,3 +155,53 @@ def test_evaluate_model_refuses_bad_input(built):
         evaluate.evaluate_model(
             built / "model.pt", built / "dataset", device="cpu", instances="cells"
         )
+
+
+def test_scores_at_the_original_resolution_use_the_original_masks(tmp_path):
+    """A model that outputs its input: the data set's image is the truth mask itself, so at
+    the training resolution the prediction is perfect, and at the original resolution the
+    score counts what the resize and its way back lose."""
+    from protoseg.dataset import build_dataset, open_split
+    from protoseg.io import write_tiff
+
+    records = []
+    for xy in (1, 10):
+        labels = np.zeros((60, 90), np.uint16)
+        labels[disk((30, 30), 9, shape=labels.shape)] = 1
+        labels[disk((30, 62), 4, shape=labels.shape)] = 2
+        write_tiff(tmp_path / f"s{xy}.tif", labels)  # the mask of state s{xy}
+        path = tmp_path / f"image{xy}.tif"
+        write_tiff(path, ((labels > 0) * 255).astype(np.uint8))
+        records.append(
+            {"path": str(path), "state": f"s{xy}", "modality": "bf", "z": 1, "xy": xy, "channel": 1}
+        )
+    build_dataset(
+        pd.DataFrame(records),
+        tmp_path / "ds",
+        variant="bf",
+        modalities=["bf"],
+        split_cfg={"key": "xy", "test": [10]},
+        dataset_cfg={"size": [20, 30], "colour": "grey"},
+        mask_path=str(tmp_path / "{state}.tif"),
+        progress=False,
+    )
+    split = open_split(tmp_path / "ds", "test")
+    model = ThresholdModel()
+    training, _ = evaluate.evaluate_split(
+        model, split, threshold=0.5, resolution="training", progress=False
+    )
+    original, _ = evaluate.evaluate_split(
+        model, split, threshold=0.5, resolution="original", progress=False
+    )
+    assert int(training[["tp", "fp", "fn", "tn"]].sum(axis=1).iloc[0]) == 20 * 30
+    assert int(original[["tp", "fp", "fn", "tn"]].sum(axis=1).iloc[0]) == 60 * 90
+    assert training["f1"].iloc[0] == pytest.approx(1.0)
+    assert 0.6 < original["f1"].iloc[0] < 1.0  # the 3x resize loses the cells' edges
+    assert int(original["n_true"].iloc[0]) == 2
+
+
+def test_model_threshold_prefers_the_config_then_the_model():
+    stored = {"threshold": {"value": 0.83, "source": "validation"}}
+    assert evaluate.model_threshold(stored, None) == (0.83, "validation")
+    assert evaluate.model_threshold(stored, 0.4) == (0.4, "config")
+    assert evaluate.model_threshold({}, None) == (0.5, "default")

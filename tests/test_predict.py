@@ -37,13 +37,34 @@ class BrightIsCell(torch.nn.Module):
         return self.conv(x)
 
 
-def make_model(train_size=(32, 32), scale=(0.5, 0.5), in_channels=3, colour="rgb"):
-    meta = {
-        "image_size": list(train_size),
-        "scale": list(scale),
-        "in_channels": in_channels,
-        "colour": colour,
-    }
+def record_meta(geometry="patches", train_size=(32, 32), scale=0.5, colour="rgb", threshold=None):
+    """Model meta as the training stage writes it: the data set record (+ a threshold)."""
+    from protoseg.dataset import DatasetRecord
+    from protoseg.transforms import Preprocessing
+
+    size = tuple(train_size) if geometry == "resize" else None
+    prep = Preprocessing(
+        geometry, colour, "dtype", (1.0, 99.8), size, None if size else scale, tuple(train_size)
+    )
+    record = DatasetRecord(
+        variant="bf",
+        modalities=("brightfield",),
+        preprocessing=prep,
+        patch_size=None if size else tuple(train_size),
+        mask_source="state",
+        split={"key": "xy", "test": [10], "validation": []},
+        samples={"train": 1, "validation": 0, "test": 1},
+        shard_size=1,
+        has_instances=size is None,
+    )
+    meta = {"dataset": record.to_dict()}
+    if threshold is not None:
+        meta["threshold"] = {"value": threshold, "source": "validation"}
+    return meta
+
+
+def make_model(train_size=(32, 32), scale=0.5, in_channels=3, colour="rgb", **kwargs):
+    meta = record_meta("patches", train_size, scale, colour, **kwargs)
     return predict.prediction_model_from_meta(BrightIsCell(in_channels).eval(), meta, name="bright")
 
 
@@ -93,38 +114,31 @@ def test_bad_inputs_are_named(tmp_path, setup, message):
 
 
 # ---------------------------------------------------------------- scale
-def test_training_scale_from_meta():
-    assert predict.training_scale({"scale": [0.25, 0.2], "image_size": [512, 512]}) == (0.25, 0.2)
-    assert predict.training_scale({"scale": 0.5, "image_size": [64, 64]}) == (0.5, 0.5)
-    # The study: 2048 x 2880 sources shrunk to 512 x 512, recorded in the dataset section.
-    meta = {"dataset": {"size": [512, 512], "source_size": [2048, 2880], "channels": 3}}
-    assert predict.training_scale(meta) == (0.25, 512 / 2880)
-    assert predict.training_scale({"dataset": {"size": [64, 64]}}) is None
-
-
-def test_without_a_recorded_scale_each_image_is_resized_to_the_training_size(tmp_path):
-    meta = {"dataset": {"size": [32, 32], "channels": 3, "colour": "rgb"}}
+def test_resize_geometry_resizes_each_image_to_the_training_size(tmp_path):
+    meta = record_meta("resize", (32, 32))
     model = predict.prediction_model_from_meta(BrightIsCell().eval(), meta)
-    assert model.scale is None and model.train_size == (32, 32) and model.in_channels == 3
+    assert model.preprocessing.geometry == "resize" and model.in_channels == 3
     for name, shape in (("small.tif", (48, 40)), ("large.tif", (128, 96))):
         image, _ = disc_image(shape=shape, centres=((shape[0] // 2, shape[1] // 2),), radius=12)
         tifffile.imwrite(tmp_path / name, image)
-    predict.predict_files(model, [tmp_path], tmp_path / "out", overlap=8, progress=False)
+    predict.predict_files(model, [tmp_path], tmp_path / "out", progress=False)
     # As the dataset stage did: every image, whatever its size, becomes one 32 x 32 input.
     assert model.network.seen == [(1, 3, 32, 32), (1, 3, 32, 32)]
 
 
-def test_model_meta_without_size_is_refused():
-    with pytest.raises(InputError, match="training image size"):
-        predict.prediction_model_from_meta(BrightIsCell(), {}, name="old.pt")
+def test_model_meta_without_geometry_is_refused():
+    with pytest.raises(InputError, match="old.pt.*no training geometry"):
+        predict.prediction_model_from_meta(
+            BrightIsCell(), {"dataset": {"size": [8, 8]}}, name="old.pt"
+        )
 
 
 def test_model_sees_the_image_at_training_scale_in_training_sized_tiles(tmp_path):
-    model = make_model(train_size=(32, 32), scale=(0.5, 0.5))
+    model = make_model(train_size=(32, 32), scale=0.5)
     image, _ = disc_image(shape=(64, 64))
     tifffile.imwrite(tmp_path / "one.tif", image)
     predict.predict_files(
-        model, [tmp_path / "one.tif"], tmp_path / "out", overlap=8, progress=False
+        model, [tmp_path / "one.tif"], tmp_path / "out", overlap=0.25, progress=False
     )
     # 64 x 64 at scale 0.5 is 32 x 32: exactly one training-sized tile.
     assert model.network.seen == [(1, 3, 32, 32)]
@@ -133,30 +147,43 @@ def test_model_sees_the_image_at_training_scale_in_training_sized_tiles(tmp_path
     image, _ = disc_image(shape=(128, 96))
     tifffile.imwrite(tmp_path / "two.tif", image)
     predict.predict_files(
-        model, [tmp_path / "two.tif"], tmp_path / "out", overlap=8, progress=False
+        model, [tmp_path / "two.tif"], tmp_path / "out", overlap=0.25, progress=False
     )
-    # 128 x 96 -> 64 x 48: tiles of 32 overlapping by >= 8 -> 3 rows x 2 columns.
+    # 128 x 96 -> 64 x 48: tiles of 32 sharing at least a quarter -> 3 rows x 2 columns.
     tiles = sum(shape[0] for shape in model.network.seen)
     assert tiles == 6 and all(shape[2:] == (32, 32) for shape in model.network.seen)
 
 
+def test_the_models_threshold_is_used_unless_overridden(tmp_path):
+    image, _ = disc_image(shape=(64, 80))
+    tifffile.imwrite(tmp_path / "cells.tif", image)
+    strict = make_model(scale=1.0, threshold=0.9999)  # above every disc pixel's probability
+    assert predict.predict_files(strict, [tmp_path / "cells.tif"], tmp_path / "a", progress=False)[
+        "cells"
+    ].tolist() == [0]
+    summary = predict.predict_files(
+        strict, [tmp_path / "cells.tif"], tmp_path / "b", threshold=0.5, progress=False
+    )
+    assert summary["cells"].tolist() == [2] and summary["threshold"].tolist() == [0.5]
+
+
 def test_tile_option_overrides_training_size(tmp_path):
-    model = make_model(train_size=(32, 32), scale=(1.0, 1.0))
+    model = make_model(train_size=(32, 32), scale=1.0)
     image, _ = disc_image(shape=(48, 48))
     tifffile.imwrite(tmp_path / "img.tif", image)
     predict.predict_files(
-        model, [tmp_path / "img.tif"], tmp_path / "out", tile=48, overlap=0, progress=False
+        model, [tmp_path / "img.tif"], tmp_path / "out", tile=(48, 48), overlap=0, progress=False
     )
     assert model.network.seen == [(1, 3, 48, 48)]
 
 
 # ---------------------------------------------------------------- outputs
 def test_outputs_per_image_match_the_cells(tmp_path):
-    model = make_model(scale=(0.5, 0.5))
+    model = make_model(scale=0.5)
     image, truth = disc_image(shape=(64, 80))
     tifffile.imwrite(tmp_path / "cells.tif", image)
     summary = predict.predict_files(
-        model, [tmp_path / "cells.tif"], tmp_path / "out", overlap=8, progress=False
+        model, [tmp_path / "cells.tif"], tmp_path / "out", progress=False
     )
     paths = predict.output_paths(tmp_path / "out", "cells")
     binary = tifffile.imread(paths["binary"])
@@ -185,17 +212,17 @@ def test_outputs_per_image_match_the_cells(tmp_path):
 def test_grey_and_png_inputs_work_with_a_grey_model(tmp_path):
     import cv2
 
-    model = make_model(in_channels=1, colour="grey", scale=(1.0, 1.0))
+    model = make_model(in_channels=1, colour="grey", scale=1.0)
     image, truth = disc_image(shape=(32, 32), centres=((16, 16),))
     cv2.imwrite(str(tmp_path / "grey.png"), image.max(axis=2))
-    predict.predict_files(model, [tmp_path], tmp_path / "out", overlap=4, progress=False)
+    predict.predict_files(model, [tmp_path], tmp_path / "out", progress=False)
     labels = tifffile.imread(predict.output_paths(tmp_path / "out", "grey")["labels"])
     assert labels.max() == 1 and model.network.seen[0][1] == 1
 
 
 # ---------------------------------------------------------------- errors
 def test_channel_mismatch_stops_before_anything_is_written(tmp_path):
-    model = make_model(scale=(1.0, 1.0))
+    model = make_model(scale=1.0)
     good, _ = disc_image(shape=(32, 32))
     tifffile.imwrite(tmp_path / "a_good.tif", good)
     tifffile.imwrite(
@@ -210,7 +237,7 @@ def test_channel_mismatch_stops_before_anything_is_written(tmp_path):
 
 
 def test_five_channel_stack_is_refused(tmp_path):
-    model = make_model(scale=(1.0, 1.0))
+    model = make_model(scale=1.0)
     tifffile.imwrite(tmp_path / "stack.tif", np.zeros((5, 32, 32), np.uint8))
     with pytest.raises(InputError, match="stack.tif"):
         predict.predict_files(model, [tmp_path / "stack.tif"], tmp_path / "out", progress=False)
@@ -253,15 +280,9 @@ def test_watershed_keeps_tiny_objects_and_min_area_drops_them():
     assert predict.label_instances(np.zeros((8, 8), bool), "watershed").max() == 0
 
 
-def test_overlap_larger_than_half_a_tile_is_capped(tmp_path):
-    model = make_model(train_size=(32, 32), scale=(1.0, 1.0))
-    image, _ = disc_image(shape=(64, 64))
-    tifffile.imwrite(tmp_path / "img.tif", image)
-    predict.predict_files(
-        model, [tmp_path / "img.tif"], tmp_path / "out", overlap=32, progress=False
-    )
-    # Overlap 16 (half the tile): starts 0, 16, 32 on each axis.
-    assert sum(shape[0] for shape in model.network.seen) == 9
+def test_overlap_is_a_share_of_the_tile(tmp_path):
+    with pytest.raises(ValueError, match="overlap"):
+        predict.predict_files(make_model(), [tmp_path], tmp_path / "out", overlap=32)
 
 
 # ---------------------------------------------------------------- the workflow rule

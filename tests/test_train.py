@@ -23,15 +23,14 @@ TRAIN_CFG = {
     "lr_half_cycle_epochs": 1,
     "seed": 3,
     "device": "cpu",
-    "amp": True,
+    # fp32: the bitwise-resume tests; bf16 has a test of its own.
+    "precision": "fp32",
     "augment": {"flip": True, "rotate90": True},
 }
 
 
-@pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory):
-    """6 states x 2 planes of 16 x 16 bright-field images with a bright disc as the cell."""
-    folder = tmp_path_factory.mktemp("train")
+def make_discs(folder, validation=(5,), dataset_cfg=None):
+    """6 states x 2 planes of 24 x 24 bright-field images with a bright disc as the cell."""
     rng = np.random.default_rng(0)
     rows = []
     yy, xx = np.mgrid[:24, :24]
@@ -61,12 +60,22 @@ def dataset_dir(tmp_path_factory):
         folder / "ds",
         variant="bf",
         modalities=["brightfield"],
-        split_cfg={"key": "xy", "test": [10], "validation": [5]},
-        dataset_cfg={"size": [16, 16], "colour": "rgb", "shard_size": 4},
+        split_cfg={"key": "xy", "test": [10], "validation": list(validation)},
+        dataset_cfg=dataset_cfg or {"size": [16, 16], "colour": "rgb", "shard_size": 4},
         mask_path=str(folder / "{state}.tif"),
         progress=False,
     )
     return folder / "ds"
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    return make_discs(tmp_path_factory.mktemp("train"))
+
+
+@pytest.fixture(scope="module")
+def no_validation_dir(tmp_path_factory):
+    return make_discs(tmp_path_factory.mktemp("train_noval"), validation=())
 
 
 def test_tiny_training_run_writes_every_output(dataset_dir, tmp_path):
@@ -82,7 +91,9 @@ def test_tiny_training_run_writes_every_output(dataset_dir, tmp_path):
         assert (tmp_path / "m" / name).stat().st_size > 0
     table = pd.read_csv(tmp_path / "m" / "history.csv")
     assert list(table["epoch"]) == [1, 2, 3] and len(history) == 3
-    assert table[["train_loss", "lr", "val_loss", "val_f1", "val_iou"]].notna().all().all()
+    assert (
+        table[["train_loss", "lr", "val_f1", "val_threshold", "val_f1_at_05"]].notna().all().all()
+    )
     assert table["lr"].between(TRAIN_CFG["lr_min"], TRAIN_CFG["lr_max"]).all()
     assert table["lr"].nunique() > 1  # the cyclic schedule moves
     assert sorted(p.name for p in (tmp_path / "m" / "checkpoints").iterdir()) == [
@@ -243,7 +254,199 @@ def test_batch_norm_recalibration_sets_population_statistics():
     for batch in batches:  # drifted moving averages, as after training
         model.train()(batch * 3)
     loader = [(batch, None) for batch in batches]
-    assert training.recalibrate_batch_norm(model, loader, torch.device("cpu"), use_amp=False) == 1
+    assert training.recalibrate_batch_norm(model, loader, torch.device("cpu"), "fp32") == 1
     expected = torch.stack([b.mean(dim=(0, 2, 3)) for b in batches]).mean(0)
     assert torch.allclose(norm.running_mean, expected, atol=1e-5)
     assert norm.momentum == 0.1 and not model.training
+
+
+# ---------------------------------------------------------------- threshold, best epoch, files
+def test_threshold_is_chosen_on_validation_images_only(dataset_dir, tmp_path, monkeypatch):
+    from protoseg.dataset import open_split
+    from protoseg.evaluate import threshold_counts
+
+    splits_seen = []
+
+    def recording(model, split, **kwargs):
+        splits_seen.append(split.split)
+        return threshold_counts(model, split, **kwargs)
+
+    monkeypatch.setattr(training, "threshold_counts", recording)
+    train_model(
+        dataset_dir,
+        tmp_path / "m",
+        model_cfg=MODEL_CFG,
+        train_cfg=TRAIN_CFG,
+        loss="bce",
+        progress=False,
+    )
+    assert splits_seen and set(splits_seen) == {"validation"}
+    model, meta = load_model(tmp_path / "m" / "model.pt")
+    assert meta["threshold"]["source"] == "validation"
+    # The stored threshold is the best of the grid on the validation images, for this model.
+    counts = threshold_counts(model, open_split(dataset_dir, "validation"), overlap=0.5)
+    assert meta["threshold"]["value"] == counts.best()[0]
+
+
+def test_without_validation_the_threshold_is_0_5_and_says_so(no_validation_dir, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="protoseg.train"):
+        history = train_model(
+            no_validation_dir,
+            tmp_path / "m",
+            model_cfg=MODEL_CFG,
+            train_cfg={**TRAIN_CFG, "epochs": 1},
+            loss="bce",
+            progress=False,
+        )
+    assert "no validation split" in caplog.text
+    _, meta = load_model(tmp_path / "m" / "model.pt")
+    assert meta["threshold"] == {"value": 0.5, "source": "default (no validation split)"}
+    assert history["val_f1"].isna().all()
+
+
+def test_threshold_settings(no_validation_dir, tmp_path):
+    from protoseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train\.threshold.*no image"):
+        train_model(
+            no_validation_dir,
+            tmp_path / "a",
+            model_cfg=MODEL_CFG,
+            train_cfg={**TRAIN_CFG, "threshold": "validation"},
+            loss="bce",
+            progress=False,
+        )
+    with pytest.raises(ConfigError, match=r"train\.threshold"):
+        training.settings_from_config({**TRAIN_CFG, "threshold": 1.2})
+    train_model(
+        no_validation_dir,
+        tmp_path / "b",
+        model_cfg=MODEL_CFG,
+        train_cfg={**TRAIN_CFG, "epochs": 1, "threshold": 0.3},
+        loss="bce",
+        progress=False,
+    )
+    _, meta = load_model(tmp_path / "b" / "model.pt")
+    assert meta["threshold"] == {"value": 0.3, "source": "config"}
+
+
+def test_keep_best_keeps_the_best_validated_epoch(dataset_dir, tmp_path):
+    config = {**TRAIN_CFG, "epochs": 4, "recalibrate_bn": False}
+    history = train_model(
+        dataset_dir,
+        tmp_path / "best",
+        model_cfg=MODEL_CFG,
+        train_cfg=config,
+        loss="bce",
+        progress=False,
+    )
+    _, meta = load_model(tmp_path / "best" / "model.pt")
+    assert meta["epoch_kept"] == int(history.loc[history["val_f1"].idxmax(), "epoch"])
+    train_model(
+        dataset_dir,
+        tmp_path / "last",
+        model_cfg=MODEL_CFG,
+        train_cfg={**config, "keep_best": False},
+        loss="bce",
+        progress=False,
+    )
+    _, last_meta = load_model(tmp_path / "last" / "model.pt")
+    assert last_meta["epoch_kept"] == 4
+
+
+def test_unreadable_checkpoint_is_moved_aside_and_training_resumes(dataset_dir, tmp_path):
+    def crash_after_two(epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt("simulated crash")
+
+    with pytest.raises(KeyboardInterrupt):
+        train_model(
+            dataset_dir,
+            tmp_path / "m",
+            model_cfg=MODEL_CFG,
+            train_cfg={**TRAIN_CFG, "keep_checkpoints": 3},
+            loss="bce",
+            progress=False,
+            on_epoch_end=crash_after_two,
+        )
+    newest = tmp_path / "m" / "checkpoints" / "epoch-002.pt"
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated, as by a full disk
+    epochs_run = []
+    with pytest.warns(UserWarning, match=r"epoch-002\.pt: unreadable checkpoint"):
+        train_model(
+            dataset_dir,
+            tmp_path / "m",
+            model_cfg=MODEL_CFG,
+            train_cfg={**TRAIN_CFG, "keep_checkpoints": 3},
+            loss="bce",
+            progress=False,
+            on_epoch_end=epochs_run.append,
+        )
+    assert epochs_run == [2, 3]  # resumed after epoch 1, the newest good one
+    assert (tmp_path / "m" / "checkpoints" / "epoch-002.pt.unreadable").is_file()
+
+
+def test_identical_runs_write_byte_identical_models(dataset_dir, tmp_path):
+    for run in ("a", "b"):
+        train_model(
+            dataset_dir,
+            tmp_path / run / "m",
+            model_cfg=MODEL_CFG,
+            train_cfg={**TRAIN_CFG, "epochs": 1},
+            loss="bce",
+            progress=False,
+        )
+    first, second = ((tmp_path / run / "m" / "model.pt").read_bytes() for run in ("a", "b"))
+    assert first == second
+
+
+def test_patches_geometry_trains_on_sampled_patches_with_a_cosine_schedule(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    patches = make_discs(
+        folder,
+        dataset_cfg={
+            "geometry": "patches",
+            "scale": 1.0,
+            "patch_size": [16, 16],
+            "colour": "grey",
+            "normalise": "percentile",
+        },
+    )
+    config = {
+        **TRAIN_CFG,
+        "schedule": "cosine",
+        "samples_per_epoch": 8,
+        "foreground_share": 0.5,
+        "augment": {"flip": True, "rotate90": True, "scale": 0.2, "brightness": 0.1, "gamma": 0.2},
+    }
+    history = train_model(
+        patches,
+        tmp_path / "m",
+        model_cfg=MODEL_CFG,
+        train_cfg=config,
+        loss="bce+dice",
+        progress=False,
+    )
+    assert len(history) == 3 and history["lr"].is_monotonic_decreasing
+    model, meta = load_model(tmp_path / "m" / "model.pt")
+    assert meta["dataset"]["geometry"] == "patches" and model.architecture["in_channels"] == 1
+    assert meta["train"]["samples_per_epoch"] == 8 and meta["threshold"]["source"] == "validation"
+
+
+@pytest.mark.skipif(
+    not __import__("protoseg.device", fromlist=["x"]).cpu_has_native_bf16(),
+    reason="this CPU has no native bfloat16",
+)
+def test_bf16_training_records_its_precision_and_learns(dataset_dir, tmp_path):
+    history = train_model(
+        dataset_dir,
+        tmp_path / "m",
+        model_cfg=MODEL_CFG,
+        train_cfg={**TRAIN_CFG, "precision": "auto", "epochs": 4},
+        loss="bce",
+        progress=False,
+    )
+    _, meta = load_model(tmp_path / "m" / "model.pt")
+    assert meta["precision"] == "bf16"
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
