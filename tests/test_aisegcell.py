@@ -28,8 +28,9 @@ AISEGCELL = REPO / "config" / "aisegcell.yaml"
 DATA = (REPO / ".." / "shared" / "data" / "aisegcell").resolve()
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} not present")
 
-# Two states for the end-to-end run: different sizes and colour storage in one set.
+# Three states for the end-to-end run: different sizes and colour storage in one set.
 TRAIN_STATE = "200925SK30_p30_t1"  # fig1, 2048 x 2044, stored RGB with R = G = B
+VALIDATION_STATE = "200313SK20_p1_t74"  # fig1, 1024 x 1024
 TEST_STATE = "240418YZ16_p16_t1"  # suppl_fig3, 1024 x 1024 grey
 
 
@@ -72,9 +73,18 @@ def test_config_asks_for_what_the_issue_asks():
     assert config["split"]["key"] == "experiment"
     assert {name: v["modalities"] for name, v in config["dataset"]["variants"].items()} == {
         "brightfield": ["brightfield"],
-        "all": ["brightfield", "nucleus"],
     }
-    assert sorted(config["train"]["losses"]) == ["bce", "mse"]
+    # The nuclei's own scale: patches at native resolution, per-image normalisation.
+    dataset = config["dataset"]
+    assert dataset["geometry"] == "patches" and dataset["scale"] == 1.0
+    assert dataset["normalise"] == "percentile"
+    # Sparse nuclei: Dice in the loss, cells in every batch, threshold from validation.
+    assert "bce+dice" in config["train"]["losses"] and "bce" in config["train"]["losses"]
+    assert config["train"]["foreground_share"] > 0
+    assert config["train"]["threshold"] == "validation"
+    assert (
+        config["evaluate"]["threshold"] is None and config["evaluate"]["resolution"] == "original"
+    )
 
 
 @needs_data
@@ -96,23 +106,38 @@ def test_split_holds_out_whole_experiments():
     config = aisegcell()
     records = naming.records_from_config(config["data"], DATA)
     test = naming.states_in_split(records, config["split"], "test")
+    validation = naming.states_in_split(records, config["split"], "validation")
     train = naming.states_in_split(records, config["split"], "train")
-    assert len(test) == 6 and len(train) == 12
+    assert len(test) == 6 and len(validation) == 4 and len(train) == 8
     experiments = records.groupby("state")["experiment"].first()
-    assert not set(experiments[test]) & set(experiments[train])
+    groups = [set(experiments[states]) for states in (test, validation, train)]
+    assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
 
 
 def tiny_aisegcell() -> dict:
-    """Two states (2048 x 2044 RGB-stored, 1024 x 1024 grey), 32 px, 1 epoch, one loss
-    (each model's train and evaluate jobs start torch anew: seconds each)."""
+    """Three states (train 2048 x 2044 RGB-stored, validation and test 1024 x 1024 grey) in
+    the config's patches geometry at a quarter of the scale, 32 px patches, 1 epoch, one
+    loss (each model's train and evaluate jobs start torch anew: seconds each)."""
     config = copy.deepcopy(aisegcell())
     config["data"]["raw_dir"] = str(DATA)
-    keep = r"(fig1/(brightfield|nucleus)/200925SK30_p0030|suppl_fig3/(brightfield|nucleus)/240418YZ16_p0016)"
+    keep = (
+        r"(fig1/(brightfield|nucleus)/(200925SK30_p0030|200313SK20_p0001)"
+        r"|suppl_fig3/(brightfield|nucleus)/240418YZ16_p0016)"
+    )
     config["data"]["ignore"] = [*config["data"]["ignore"], rf"^(?!{keep})"]
-    config["split"]["test"] = ["240418YZ16"]
-    config["dataset"]["size"] = [32, 32]
+    config["split"].update({"test": ["240418YZ16"], "validation": ["200313SK20"]})
+    config["dataset"].update({"scale": 0.25, "patch_size": [32, 32]})
     config["model"].update({"depth": 2, "base_channels": 4})
-    config["train"].update({"epochs": 1, "batch_size": 2, "losses": ["bce"]})
+    config["train"].update(
+        {
+            "epochs": 1,
+            "batch_size": 2,
+            "samples_per_epoch": 4,
+            "validate_every": 1,
+            "losses": ["bce"],
+        }
+    )
+    config["evaluate"].update({"tile": [64, 64]})
     return config
 
 
@@ -130,7 +155,9 @@ def finished_run(tmp_path_factory):
 @pytest.mark.slow
 def test_tiny_run_catalogues_images_of_different_sizes(finished_run):
     catalogue = pd.read_csv(finished_run / "results" / "catalogue.csv")
-    assert sorted(catalogue["state"].unique()) == sorted([TRAIN_STATE, TEST_STATE])
+    assert sorted(catalogue["state"].unique()) == sorted(
+        [TRAIN_STATE, VALIDATION_STATE, TEST_STATE]
+    )
     sizes = catalogue.groupby("state")[["height", "width"]].first()
     assert tuple(sizes.loc[TRAIN_STATE]) == (2048, 2044)
     assert tuple(sizes.loc[TEST_STATE]) == (1024, 1024)
@@ -150,7 +177,7 @@ def test_tiny_run_imports_the_gt_as_instances(finished_run):
 def test_tiny_run_scores_the_classical_method_against_the_gt(finished_run):
     quality = pd.read_csv(finished_run / "results" / "masks" / "quality.csv")
     classical = quality[quality["method"] == "classical"]
-    assert sorted(classical["state"]) == sorted([TRAIN_STATE, TEST_STATE])
+    assert sorted(classical["state"]) == sorted([TRAIN_STATE, VALIDATION_STATE, TEST_STATE])
     assert classical["sa50"].between(0, 1).all()
     # The imported gt scored against itself: a check that the truth path is the gt.
     imported = quality[quality["method"] == "import"]
@@ -160,12 +187,20 @@ def test_tiny_run_scores_the_classical_method_against_the_gt(finished_run):
 
 @pytest.mark.slow
 def test_tiny_run_evaluates_every_model_on_the_held_out_experiment(finished_run):
-    for variant in ("brightfield", "all"):
-        for loss in tiny_aisegcell()["train"]["losses"]:
-            per_image = pd.read_csv(
-                finished_run / "results" / "metrics" / f"{variant}-{loss}" / "per_image.csv"
-            )
-            assert set(per_image["state"]) == {TEST_STATE}
-        table = pd.read_csv(finished_run / "results" / "tables" / f"{variant}_instances.csv")
-        assert len(table) > 0
-    assert (finished_run / "results" / "tables" / "summary.csv").is_file()
+    per_image = pd.read_csv(
+        finished_run / "results" / "metrics" / "brightfield-bce" / "per_image.csv"
+    )
+    assert set(per_image["state"]) == {TEST_STATE}
+    # Scored at the image's own 1024 x 1024, against its own gt, whatever the training scale.
+    assert int(per_image[["tp", "fp", "fn", "tn"]].sum(axis=1).iloc[0]) == 1024 * 1024
+    assert set(per_image["geometry"]) == {"patches"} and set(per_image["resolution"]) == {
+        "original"
+    }
+    # The threshold was chosen on the validation experiment, never on the test image.
+    assert set(per_image["threshold_source"]) == {"validation"}
+    table = pd.read_csv(finished_run / "results" / "tables" / "brightfield_instances.csv")
+    assert len(table) > 0
+    markdown = (finished_run / "results" / "tables" / "brightfield.md").read_text()
+    assert "patches geometry" in markdown and "(validation)" in markdown
+    manifest = pd.read_csv(finished_run / "results" / "datasets" / "brightfield" / "manifest.csv")
+    assert set(manifest.loc[manifest["state"] == TRAIN_STATE, "stored_height"]) == {512}
