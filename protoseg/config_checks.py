@@ -36,8 +36,8 @@ def check_config(config: dict) -> None:
         for modality in variant.get("modalities", []):
             check_modality(f"dataset.variants.{name}.modalities", modality, modalities)
     train = config.get("train", {})
-    check_losses(train.get("losses", []))
     check_learning_rates(train)
+    check_losses(train.get("losses", []))  # last: it imports torch
 
 
 def check_modality(key: str, modality: str, known: Iterable[str]) -> None:
