@@ -16,9 +16,10 @@ from pathlib import Path
 import pandas as pd
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-# A line that LOG_FORMAT starts ("2024-07-01 12:00:00,123 WARNING protoseg.masks: ...").
+# A record in LOG_FORMAT ("2024-07-01 12:00:00,123 WARNING protoseg.masks: ..."). Not
+# anchored: a progress bar (tqdm, to the same stderr) can precede it on its line.
 LOG_LINE = re.compile(
-    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<level>[A-Z]+) (?P<logger>\S+): (?P<message>.*)$"
+    r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<level>[A-Z]+) (?P<logger>\S+): (?P<message>.*)$"
 )
 # How logging.captureWarnings words a warning: "/path/file.py:185: UserWarning: message".
 PYTHON_WARNING = re.compile(r"^\S.*?:\d+: (?P<category>\w*Warning): (?P<message>.*)$")
@@ -45,7 +46,7 @@ def read_warnings(path: str | Path) -> list[dict]:
     found = []
     with open(path, errors="replace") as handle:
         for line in handle:
-            match = LOG_LINE.match(line.rstrip("\n"))
+            match = LOG_LINE.search(line.rstrip("\n"))
             if match is None or match["level"] != "WARNING":
                 continue
             message = match["message"].strip()

@@ -463,3 +463,14 @@ def test_disk_full_during_a_job_names_the_file_and_keeps_nothing(tmp_path):
     assert result.returncode != 0
     assert "results/catalogue.csv: could not write it: the disk is full" in output
     assert results_files(tmp_path) == []
+
+
+def test_warnings_are_summarised_when_the_run_ends(tmp_path):
+    """Blank images pass the catalogue but give empty masks: the console says so at the end."""
+    write_images(tmp_path / "raw", image=np.zeros(SHAPE[:2], np.uint8))
+    write_project(tmp_path, folder_config(tmp_path / "raw"))
+    result = run_snakemake(tmp_path, "results/masks/planes/day1t1xy1/z12.tif")
+    output = result.stdout + result.stderr
+    assert "protoseg: 2 warnings in the logs of this run" in output
+    assert "[masks] day1t1xy1 z12: the classical mask has no cells" in output
+    assert "logs/masks/day1t1xy1.log" in output

@@ -12,6 +12,7 @@ SCRIPT = textwrap.dedent(
     from protoseg.logs import log_to_file
     log = log_to_file(sys.argv[1])
     log.info("catalogued 12 images")
+    sys.stderr.write("\\rmasks:  50%|#####     | 1/2 [00:00<00:00]")  # a tqdm bar, no newline
     logging.getLogger("protoseg.masks").warning("day1t1xy1 z12: the classical mask has no cells")
     warnings.warn("results/models/all-bce/checkpoints/epoch-003.pt: unreadable; skipped")
     log.error("not a warning")
