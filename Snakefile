@@ -55,4 +55,6 @@ onsuccess:
 
 
 onerror:
-    summarise_warnings(LOG_DIR, since=RUN_STARTED, full_list=WARNINGS_MD)
+    summarise_warnings(
+        LOG_DIR, since=RUN_STARTED, full_list=WARNINGS_MD, quiet_if_none=True
+    )

@@ -120,11 +120,13 @@ def summarise_warnings(
     full_list: str = "results/warnings.md",
     exclude: tuple[str, ...] = ("warnings",),
     stream=None,
+    quiet_if_none: bool = False,
 ) -> None:
     """Print a run's warnings (logs written since ``since``) and how many earlier ones there are.
 
-    The Snakefile calls this when a run ends, successfully or not. It never raises: a
-    summary must not hide the run's own outcome.
+    The Snakefile calls this when a run ends, successfully or not (then with
+    ``quiet_if_none``, so the error stays the last thing on screen when nothing warned).
+    It never raises: a summary must not hide the run's own outcome.
     """
     stream = stream or sys.stderr
     try:
@@ -132,6 +134,8 @@ def summarise_warnings(
         this_run = every if since is None else collect_warnings(log_dir, exclude, since)
     except OSError as error:
         print(f"protoseg: could not read {log_dir}/ for warnings: {error}", file=stream)
+        return
+    if quiet_if_none and every.empty:
         return
     print(format_warnings(this_run, where="of this run" if since else ""), file=stream)
     earlier = len(every) - len(this_run)

@@ -62,4 +62,7 @@ def test_no_logs_no_warnings(tmp_path):
     stream = io.StringIO()
     summarise_warnings(tmp_path / "nothing", stream=stream)
     assert stream.getvalue() == "protoseg: no warnings in the logs.\n"
+    quiet = io.StringIO()
+    summarise_warnings(tmp_path / "nothing", stream=quiet, quiet_if_none=True)
+    assert quiet.getvalue() == ""
     assert "No job logged a warning" in warnings_markdown(collect_warnings(tmp_path))
