@@ -6,6 +6,8 @@
 #   snakemake --report results/report.html
 from snakemake.utils import min_version
 
+from protoseg.logs import summarise_warnings
+
 min_version("9.0")
 
 
@@ -37,9 +39,22 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/predict.smk"
+# Last: its rule waits for every other result.
+include: "workflow/rules/warnings.smk"
 
 
 rule all:
     default_target: True
     input:
         all_targets,
+
+
+# Warnings sit in the job logs; print them when a run ends, however it ends.
+onsuccess:
+    summarise_warnings(LOG_DIR, since=RUN_STARTED, full_list=WARNINGS_MD)
+
+
+onerror:
+    summarise_warnings(
+        LOG_DIR, since=RUN_STARTED, full_list=WARNINGS_MD, quiet_if_none=True
+    )

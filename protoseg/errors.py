@@ -25,3 +25,16 @@ class ConfigError(ProtosegError):
         self.key = key
         self.problem = problem
         super().__init__(f"config key '{key}': {problem}")
+
+
+class OutputError(ProtosegError):
+    """An output that could not be written: ``OutputError(path, problem)`` reads ``path: problem``.
+
+    Raised by :func:`protoseg.io.atomic_path` (every writer goes through it), most often
+    when the disk is full.
+    """
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")

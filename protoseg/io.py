@@ -8,7 +8,10 @@ failed step never leaves a half-written output that Snakemake would trust.
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,34 +21,130 @@ import numpy as np
 import pandas as pd
 import tifffile
 
-from protoseg.errors import InputError
+from protoseg.errors import InputError, OutputError
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
 OTHER_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 IMAGE_SUFFIXES = TIFF_SUFFIXES | OTHER_IMAGE_SUFFIXES
 
 
+# What C++ writers (torch.save's zip writer, OpenCV) raise as RuntimeError when a write
+# fails: no errno, often no file name ("basic_ios::clear: iostream error").
+WRITE_FAILURE_TEXTS = (
+    "basic_ios::clear",
+    "iostream error",
+    "PytorchStreamWriter failed",
+    "file write failed",
+    "No space left",
+)
+DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+# Less free space than this after a failed write: the disk is full, whatever the error said.
+NEARLY_FULL_BYTES = 2**20
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
 
-    On an exception the temporary file is removed and ``path`` is left as it was.
+    On an exception the temporary file is removed and ``path`` is left as it was. A
+    failed write (``OSError``, or a C++ writer's ``RuntimeError`` such as torch's
+    "basic_ios::clear") becomes an :class:`OutputError` naming ``path`` and saying
+    whether the disk is full. Temporary files of ``path`` left by a killed process
+    (``kill -9``, power cut) are removed before it is written again.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent
-    )
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent
+        )
+        os.close(fd)
+    except OSError as error:
+        raise write_error(path, error) from error
     tmp = Path(tmp_name)
     try:
-        yield tmp
-        # mkstemp makes the file private (0600); give it the permissions of a normal file.
-        os.chmod(tmp, 0o666 & ~_current_umask())
-        os.replace(tmp, path)
+        try:
+            yield tmp
+            # mkstemp makes the file private (0600); give it the permissions of a normal file.
+            os.chmod(tmp, 0o666 & ~_current_umask())
+            os.replace(tmp, path)
+        except (OSError, RuntimeError) as error:
+            if not is_write_failure(error, path, tmp):
+                raise
+            raise write_error(path, error) from error
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def temporary_pattern(path: str | Path) -> str:
+    """Glob pattern of the temporary files :func:`atomic_path` makes for ``path``."""
+    path = Path(path)
+    return f".{glob.escape(path.name)}.*.tmp{glob.escape(path.suffix)}"
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove temporary files of ``path`` that a killed writer left behind; return them.
+
+    One job writes one output, so a temporary file of ``path`` that exists before the
+    next write of ``path`` starts belongs to a process that is gone.
+    """
+    path = Path(path)
+    stale = sorted(path.parent.glob(temporary_pattern(path)))
+    for old in stale:
+        old.unlink(missing_ok=True)
+    return stale
+
+
+def is_write_failure(error: BaseException, path: Path, tmp: Path) -> bool:
+    """Whether ``error``, raised while writing ``tmp`` for ``path``, is a failed write.
+
+    An ``OSError`` about another file (say, an input read inside the ``with`` block) is
+    not one: it keeps its own message.
+    """
+    if isinstance(error, OSError):
+        if error.errno in DISK_FULL_ERRNOS:
+            return True
+        names = {str(tmp), str(path), str(tmp.parent), str(path.parent)}
+        return error.filename is None or str(error.filename) in names
+    return isinstance(error, RuntimeError) and any(
+        text in str(error) for text in WRITE_FAILURE_TEXTS
+    )
+
+
+def free_bytes(folder: str | Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def write_error(path: Path, error: BaseException) -> OutputError:
+    """An :class:`OutputError` naming ``path`` that says what went wrong, disk full or not."""
+    detail = f"{type(error).__name__}: {error}"
+    folder = next((p for p in (path.parent, *path.parents) if p.exists()), Path.cwd())
+    free = free_bytes(folder)
+    space = f"{free / 2**20:.1f} MiB free in {folder}" if free is not None else ""
+    disk_full = (
+        (isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS)
+        or "No space left" in str(error)
+        or (free is not None and free < NEARLY_FULL_BYTES)
+    )
+    again = "Free some space, then run again: finished outputs are kept"
+    if disk_full:
+        problem = (
+            f"could not write it: the disk is full (no space left on device; {space}). {again}"
+        )
+    elif isinstance(error, RuntimeError):
+        # torch's and OpenCV's C++ streams fail without an errno; a full disk is the usual cause.
+        problem = (
+            "could not write it: the writer failed without saying why, most likely because "
+            f"the disk is full ({space}). {again}"
+        )
+    else:
+        return OutputError(path, f"could not write it ({detail})")
+    return OutputError(path, f"{problem} ({detail})")
 
 
 def _current_umask() -> int:
@@ -65,12 +164,7 @@ def read_image(path: str | Path) -> np.ndarray:
         raise InputError(path, "file not found")
     suffix = path.suffix.lower()
     if suffix in TIFF_SUFFIXES:
-        try:
-            image = tifffile.imread(path)
-        except Exception as error:  # tifffile raises many types for corrupt files
-            raise InputError(
-                path, f"unreadable or truncated TIFF ({type(error).__name__}: {error})"
-            ) from error
+        image, _ = _read_tiff(path)
     elif suffix in OTHER_IMAGE_SUFFIXES:
         image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if image is None:
@@ -90,22 +184,42 @@ def read_image(path: str | Path) -> np.ndarray:
     return np.asarray(image)
 
 
-def image_header(path: str | Path) -> tuple[tuple[int, ...], str]:
-    """Shape and dtype of an image without decoding all of it where the format allows."""
+def read_image_axes(path: str | Path) -> tuple[np.ndarray, str]:
+    """The pixels of an image file as stored, and what each axis is.
+
+    Axes use tifffile's letters: ``Y`` and ``X`` the rows and columns of a plane, ``S``
+    the samples (colour channels) of a pixel, ``Z`` focal planes, ``C`` channels, ``T``
+    time, ``Q``/``I`` unnamed pages. For a TIFF they are those of its first series
+    (``YX``, ``YXS``, a z-stack ``ZYX`` or ``QYX``, ...); other formats hold one plane,
+    ``YX`` or ``YXS``. Unlike :func:`read_image`, any number of axes is returned, so the
+    caller can say what a file holds. Raises :class:`InputError` naming the file when it
+    is missing, unreadable or truncated.
+    """
     path = Path(path)
     if path.suffix.lower() in TIFF_SUFFIXES and path.is_file():
-        try:
-            with tifffile.TiffFile(path) as tif:
-                series = tif.series[0]
-                shape, dtype = tuple(series.shape), str(series.dtype)
-            # Decode once as well: a truncated file often has an intact header.
-            tifffile.imread(path)
-            return shape, dtype
-        except Exception as error:
-            raise InputError(
-                path, f"unreadable or truncated TIFF ({type(error).__name__}: {error})"
-            ) from error
+        return _read_tiff(path)
     image = read_image(path)
+    return image, "YX" if image.ndim == 2 else "YXS"
+
+
+def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
+    """A TIFF's first series and its axes, without leading axes of length 1 (``1 x H x W``)."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            image, axes = np.asarray(series.asarray()), str(series.axes)
+    except Exception as error:  # tifffile raises many types for corrupt files
+        raise InputError(
+            path, f"unreadable or truncated TIFF ({type(error).__name__}: {error})"
+        ) from error
+    while image.ndim > 2 and image.shape[0] == 1 and axes[0] not in "YX":
+        image, axes = image[0], axes[1:]
+    return image, axes
+
+
+def image_header(path: str | Path) -> tuple[tuple[int, ...], str]:
+    """Shape and dtype of an image (decoded whole: a truncated file often has an intact header)."""
+    image, _ = read_image_axes(path)
     return tuple(image.shape), str(image.dtype)
 
 
@@ -134,7 +248,7 @@ def write_png(path: str | Path, image: np.ndarray) -> None:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     with atomic_path(path) as tmp:
         if not cv2.imwrite(str(tmp), image):  # tmp keeps the .png suffix cv2 needs
-            raise OSError(f"{path}: could not write PNG")
+            raise OSError("OpenCV could not write the PNG")
 
 
 def save_figure(path: str | Path, figure, **kwargs) -> None:

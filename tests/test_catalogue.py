@@ -1,9 +1,11 @@
+import re
+
 import numpy as np
 import pytest
 import tifffile
 
 from protoseg import naming
-from protoseg.catalogue import build_catalogue
+from protoseg.catalogue import build_catalogue, describe_image
 from protoseg.errors import InputError
 
 DATA_CFG = {
@@ -102,3 +104,87 @@ def test_sample_sheet_names_the_images_instead_of_the_pattern(tmp_path):
     catalogue = build_catalogue(paths, folder, cfg, progress=False)
     assert catalogue["state"].unique().tolist() == ["day3t1xy7"]
     assert sorted(catalogue["modality"].unique()) == ["brightfield", "fluorescent"]
+
+
+def nan_at(row, column):
+    plane = np.full((8, 10), 0.5, np.float32)
+    plane[row, column] = np.nan
+    return plane
+
+
+@pytest.mark.parametrize(
+    ("array", "kwargs", "message"),
+    [
+        (np.zeros((5, 8, 10), np.uint8), {}, r"a stack of 5 planes of 8 x 10 pixels \(axes QYX"),
+        (
+            np.zeros((5, 8, 10), np.uint16),
+            {"metadata": {"axes": "ZYX"}},
+            r"stack of 5 planes .*axes ZYX, shape 5x8x10",
+        ),
+        (np.zeros((2, 5, 8, 10), np.uint8), {}, r"stack of 10 planes .*axes QQYX, shape 2x5x8x10"),
+        (np.zeros((4, 8, 10, 3), np.uint8), {}, r"stack of 4 planes .*axes QYXS"),
+        (
+            np.zeros((8, 10, 2), np.uint8),
+            {"photometric": "minisblack", "planarconfig": "contig"},
+            r"2 channels \(axes YXS, shape 8x10x2\)",
+        ),
+        (np.zeros((8, 10, 2), np.uint8), {}, r"If it is one 8 x 10 image with 2 channels"),
+        (
+            np.zeros((3, 8, 10), np.uint8),
+            {"photometric": "rgb", "planarconfig": "separate"},
+            r"channels-first colour image \(axes SYX",
+        ),
+        (np.full((8, 10), -1, np.int16), {}, r"signed integer pixels \(int16, values -1\.\.-1\)"),
+        (np.full((8, 10), 255.0, np.float32), {}, r"range from 255 to 255, outside \[0, 1\]"),
+        (np.full((8, 10), -0.5, np.float64), {}, r"range from -0\.5 to -0\.5"),
+        (nan_at(2, 3), {}, r"1 NaN pixel value\(s\) \(float32\), the first at row 2, column 3"),
+        (np.full((8, 10), np.inf, np.float32), {}, r"80 infinite pixel value\(s\)"),
+        (np.zeros((8, 10), np.complex64), {}, r"unsupported pixel type complex64"),
+    ],
+    ids=[
+        "stack",
+        "z-stack",
+        "4d",
+        "colour-stack",
+        "two-channels",
+        "two-channels-as-pages",
+        "channels-first",
+        "signed",
+        "float-0-255",
+        "float-negative",
+        "nan",
+        "inf",
+        "complex",
+    ],
+)
+def test_images_the_later_steps_cannot_take_are_refused_naming_the_file(
+    tmp_path, array, kwargs, message
+):
+    path = tmp_path / "day1t1c2xy10z14.tif"
+    tifffile.imwrite(path, array, **kwargs)
+    with pytest.raises(InputError, match=r"day1t1c2xy10z14\.tif: ") as caught:
+        describe_image(path)
+    assert re.search(message, str(caught.value)), str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("array", "channels"),
+    [
+        (np.zeros((8, 10), np.uint16), 1),
+        (np.zeros((1, 8, 10), np.uint8), 1),  # one page of a stack
+        (np.zeros((8, 10, 1), np.uint8), 1),
+        (np.zeros((8, 10, 4), np.uint8), 4),  # RGBA
+        (np.full((8, 10), 1.0005, np.float32), 1),  # rounding above 1 is tolerated
+        (np.zeros((8, 10), bool), 1),
+    ],
+    ids=["uint16", "1xHxW", "HxWx1", "rgba", "float-rounding", "bool"],
+)
+def test_images_that_are_accepted(tmp_path, array, channels):
+    path = tmp_path / "image.tif"
+    tifffile.imwrite(path, array)
+    assert describe_image(path) == {
+        "height": 8,
+        "width": 10,
+        "channels": channels,
+        "dtype": str(array.dtype),
+    }

@@ -4,7 +4,7 @@ import pytest
 import tifffile
 
 from protoseg import io
-from protoseg.errors import InputError
+from protoseg.errors import InputError, OutputError
 
 
 def test_atomic_path_leaves_target_untouched_on_failure(tmp_path):
@@ -52,3 +52,62 @@ def test_atomic_outputs_get_normal_file_permissions(tmp_path):
     io.write_text(tmp_path / "note.txt", "hi")
     mode = (tmp_path / "note.txt").stat().st_mode & 0o777
     assert mode & 0o044  # readable by group/others unless the umask forbids it
+
+
+def test_a_full_disk_names_the_file_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    def no_space(path, *args, **kwargs):
+        with open(path, "wb") as handle:
+            handle.write(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io.tifffile, "imwrite", no_space)
+    target = tmp_path / "masks" / "z12.tif"
+    with pytest.raises(OutputError, match=r"masks/z12\.tif: could not write it: the disk is full"):
+        io.write_tiff(target, np.zeros((2, 2), np.uint16))
+    assert list((tmp_path / "masks").iterdir()) == []
+
+
+def test_torch_save_on_a_full_disk_names_the_file(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+
+    def failing_save(obj, path, *args, **kwargs):
+        # What torch.save raises when its zip writer hits a full disk: no errno, no file.
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:858] . PytorchStreamWriter failed writing "
+            "file data/0: file write failed; basic_ios::clear: iostream error"
+        )
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    target = tmp_path / "model.pt"
+    with pytest.raises(OutputError) as caught:
+        with io.atomic_path(target) as tmp:
+            torch.save({"weights": 1}, tmp)
+    message = str(caught.value)
+    assert message.startswith(f"{target}: could not write it")
+    assert "disk is full" in message and "basic_ios::clear" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_other_errors_inside_a_write_keep_their_own_message(tmp_path):
+    with pytest.raises(RuntimeError, match="loss became nan"):
+        with io.atomic_path(tmp_path / "a.pt"):
+            raise RuntimeError("loss became nan")
+    with pytest.raises(FileNotFoundError):
+        with io.atomic_path(tmp_path / "b.csv"):
+            open(tmp_path / "some-input.csv").close()
+    with pytest.raises(OutputError, match=r"c\.csv: could not write it \(PermissionError"):
+        with io.atomic_path(tmp_path / "c.csv") as tmp:
+            raise PermissionError(13, "Permission denied", str(tmp))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_temporaries_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
+    target = tmp_path / "catalogue.csv"
+    stale = tmp_path / ".catalogue.csv.abc123.tmp.csv"
+    stale.write_text("half written by a process killed with -9")
+    other = tmp_path / ".other.csv.abc123.tmp.csv"
+    other.write_text("another target's")
+    io.write_csv(target, pd.DataFrame({"x": [1]}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, target.name]

@@ -88,7 +88,8 @@ def test_a_configfile_replaces_the_demo_config_instead_of_merging(tmp_path):
     raw = tmp_path / "raw"
     for channel in ("bf", "fl"):
         (raw / channel).mkdir(parents=True)
-        tifffile.imwrite(raw / channel / "s01_z1.tif", np.zeros((24, 32), np.uint8))
+        for position in ("01", "02"):  # s02 is the test split, s01 trains
+            tifffile.imwrite(raw / channel / f"s{position}_z1.tif", np.zeros((24, 32), np.uint8))
     write_project(tmp_path, tiny_config())
     other = folder_config(raw)
     other["data"].update(
@@ -99,9 +100,10 @@ def test_a_configfile_replaces_the_demo_config_instead_of_merging(tmp_path):
             "planes": [1],
         }
     )
+    other["split"]["test"] = [2]
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
     result = run_snakemake(
         tmp_path, "results/catalogue.csv", "--configfile", str(tmp_path / "other.yaml")
     )
     assert result.returncode == 0
-    assert (tmp_path / "results" / "catalogue.csv").read_text().count("\n") == 1 + 2
+    assert (tmp_path / "results" / "catalogue.csv").read_text().count("\n") == 1 + 4

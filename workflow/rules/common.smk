@@ -6,9 +6,12 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from protoseg import naming
+from protoseg import config_checks, naming
 
 validate(config, schema="../schemas/config.schema.yaml")
+# What the schema cannot see (keys against each other and against the images), checked
+# before any job starts so `snakemake -n` refuses it too.
+config_checks.check_config(config)
 
 ENVS = "../../envs"
 SCRIPTS = "../../scripts"
@@ -42,6 +45,7 @@ else:
     RAW_DIR = config["data"]["raw_dir"]
     TRUTH_DIR = config["quality"]["truth_dir"]
     RECORDS = naming.records_from_config(config["data"], RAW_DIR)
+config_checks.check_split(config["split"], RECORDS)
 
 STATES = sorted(RECORDS["state"].unique())
 PLANES = [int(z) for z in config["data"]["planes"]]

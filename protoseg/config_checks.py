@@ -1,0 +1,130 @@
+"""Config checks beyond the schema, run when Snakemake parses the workflow.
+
+The schema (``workflow/schemas/config.schema.yaml``) checks each key on its own: its
+type, its allowed values. The checks here relate keys to each other and to the image
+records read from the file names (:mod:`protoseg.naming`), so that a value that can only
+fail later (in a training job, after the masks and datasets were made) stops the run
+before any job starts, ``snakemake -n`` included. Each raises
+:class:`~protoseg.errors.ConfigError` naming the key.
+
+* :func:`check_config` (config alone): modalities named by ``masks.modality`` and
+  ``dataset.variants.*.modalities`` must be values of ``data.channels``; every
+  ``train.losses`` entry must be a registered loss; ``train.lr_min <= train.lr_max``.
+* :func:`check_split` (config and records): ``split.key`` must be a column of the
+  records, every ``split.test`` and ``split.validation`` value must match an image, the
+  two must not share a value, and some images must be left for training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pandas as pd
+
+from protoseg.errors import ConfigError
+from protoseg.naming import parse_value
+
+# Catalogue columns read from the pixels, so unknown when the workflow is parsed.
+CATALOGUE_ONLY_COLUMNS = ("height", "width", "channels", "dtype")
+
+
+def check_config(config: dict) -> None:
+    """Every check that needs only the config."""
+    modalities = sorted(set(map(str, config["data"]["channels"].values())))
+    check_modality("masks.modality", config["masks"]["modality"], modalities)
+    for name, variant in config["dataset"]["variants"].items():
+        for modality in variant.get("modalities", []):
+            check_modality(f"dataset.variants.{name}.modalities", modality, modalities)
+    train = config.get("train", {})
+    check_learning_rates(train)
+    check_losses(train.get("losses", []))  # last: it imports torch
+
+
+def check_modality(key: str, modality: str, known: Iterable[str]) -> None:
+    known = sorted(known)
+    if str(modality) not in known:
+        raise ConfigError(
+            key,
+            f"modality '{modality}' is not one of data.channels' modalities "
+            f"({', '.join(known)}); use one of those or add its channel to data.channels",
+        )
+
+
+def check_losses(losses: Iterable[str]) -> None:
+    """Every loss must be registered in :mod:`protoseg.losses` (imported here: it needs torch)."""
+    from protoseg.losses import loss_names
+
+    known = loss_names()
+    unknown = [loss for loss in losses if loss not in known]
+    if unknown:
+        raise ConfigError(
+            "train.losses",
+            f"unknown loss{'es' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+            f"known losses: {', '.join(known)}",
+        )
+
+
+def check_learning_rates(train_cfg: dict) -> None:
+    """``lr_min <= lr_max``, a bound left out taking protoseg.train's default."""
+    if "lr_min" in train_cfg and "lr_max" in train_cfg:
+        defaults = {}
+    else:
+        from protoseg import train
+
+        defaults = getattr(train, "DEFAULTS", {})
+    low, high = (
+        train_cfg.get("lr_min", defaults.get("lr_min")),
+        train_cfg.get("lr_max", defaults.get("lr_max")),
+    )
+    if low is not None and high is not None and float(low) > float(high):
+        key = "train.lr_min" if "lr_min" in train_cfg else "train.lr_max"
+        raise ConfigError(
+            key,
+            f"lr_min {low} is above lr_max {high}; the cyclic learning rate runs from "
+            "lr_min up to lr_max",
+        )
+
+
+def check_split(split_cfg: dict, records: pd.DataFrame) -> None:
+    """``split`` against the images: a known key, values that match, a non-empty train split."""
+    key = split_cfg["key"]
+    columns = [c for c in records.columns if c != "path"]
+    if key in CATALOGUE_ONLY_COLUMNS:
+        return  # known only once the catalogue has opened the images
+    if key not in columns:
+        raise ConfigError(
+            "split.key",
+            f"'{key}' is not a field of the image names (fields: {', '.join(columns)}, "
+            f"or one of {', '.join(CATALOGUE_ONLY_COLUMNS)})",
+        )
+    values = records[key].map(parse_value)
+    present = set(values)
+    shown = ", ".join(map(str, sorted(present, key=_order)))
+    chosen = {}
+    for name in ("test", "validation"):
+        wanted = [parse_value(value) for value in split_cfg.get(name) or []]
+        missing = [value for value in wanted if value not in present]
+        if missing:
+            raise ConfigError(
+                f"split.{name}",
+                f"value{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} "
+                f"match{'' if len(missing) > 1 else 'es'} no image ({key} of the images: {shown})",
+            )
+        chosen[name] = set(wanted)
+    both = chosen["test"] & chosen["validation"]
+    if both:
+        raise ConfigError(
+            "split.validation",
+            f"values {', '.join(map(str, sorted(both, key=_order)))} are also in split.test",
+        )
+    if not present - chosen["test"] - chosen["validation"]:
+        raise ConfigError(
+            "split.test",
+            f"no image is left for training: split.test and split.validation take every "
+            f"{key} ({shown})",
+        )
+
+
+def _order(value: int | str) -> tuple[bool, int | str]:
+    """Numbers first, in numeric order, then names."""
+    return isinstance(value, str), value
