@@ -1,0 +1,78 @@
+"""End to end: the demo in the patches geometry (native scale, patch sampler, sliding window,
+threshold from a validation position), from raw TIFFs to the tables and a prediction."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from protoseg.model import load_model
+from tests.workflow_helpers import run_snakemake, tiny_config, write_project
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("patches")
+    config = tiny_config()
+    config["split"]["validation"] = [2]
+    config["dataset"].update(
+        {"geometry": "patches", "scale": 0.5, "patch_size": [32, 32], "normalise": "percentile"}
+    )
+    config["dataset"]["variants"] = {"brightfield": {"modalities": ["brightfield"]}}
+    config["train"].update(
+        {
+            "losses": ["bce+dice"],
+            "samples_per_epoch": 16,
+            "threshold": "validation",
+            "augment": {"flip": True, "rotate90": True, "scale": 0.2, "gamma": 0.2},
+        }
+    )
+    new_images = workdir / "new"
+    new_images.mkdir(parents=True)
+    config["predict"]["input_dir"] = str(new_images)
+    write_project(workdir, config)
+    # A new image of another size than the demo's: predict rescales and tiles it.
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(new_images / "field.tif", rng.integers(0, 255, (150, 110, 3), dtype=np.uint8))
+    run_snakemake(workdir)
+    return workdir, config
+
+
+def test_dataset_is_stored_at_half_scale_with_instances(finished_run):
+    workdir, config = finished_run
+    manifest = pd.read_csv(workdir / "results" / "datasets" / "brightfield" / "manifest.csv")
+    assert set(manifest["stored_height"]) == {config["demo"]["height"] // 2}
+    assert set(manifest["split"]) == {"train", "validation", "test"}
+    assert manifest.groupby("shard").size().max() == 1
+
+
+def test_model_records_geometry_and_a_validation_threshold(finished_run):
+    workdir, _ = finished_run
+    _, meta = load_model(workdir / "results" / "models" / "brightfield-bce+dice" / "model.pt")
+    assert meta["dataset"]["geometry"] == "patches" and meta["dataset"]["scale"] == 0.5
+    assert meta["threshold"]["source"] == "validation" and 0 < meta["threshold"]["value"] < 1
+    history = pd.read_csv(workdir / "results" / "models" / "brightfield-bce+dice" / "history.csv")
+    assert history["val_f1"].notna().all()
+
+
+def test_scores_are_at_the_original_resolution_and_the_table_says_how(finished_run):
+    workdir, config = finished_run
+    per_image = pd.read_csv(
+        workdir / "results" / "metrics" / "brightfield-bce+dice" / "per_image.csv"
+    )
+    pixels = config["demo"]["height"] * config["demo"]["width"]
+    assert (per_image[["tp", "fp", "fn", "tn"]].sum(axis=1) == pixels).all()
+    table = (workdir / "results" / "tables" / "brightfield.md").read_text()
+    assert "patches geometry" in table and "original resolution" in table
+    assert "(validation)" in table
+
+
+def test_prediction_of_a_new_image_keeps_its_size(finished_run):
+    workdir, _ = finished_run
+    out = workdir / "results" / "predictions" / "brightfield-bce+dice"
+    assert tifffile.imread(out / "field_labels.tif").shape == (150, 110)
+    summary = pd.read_csv(out / "predictions.csv")
+    _, meta = load_model(workdir / "results" / "models" / "brightfield-bce+dice" / "model.pt")
+    assert summary["threshold"].iloc[0] == pytest.approx(meta["threshold"]["value"])
