@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -89,7 +90,9 @@ def bench_sliding_window(height: int, width: int) -> list[dict]:
     for tile, overlap in (((256, 256), 0.5), ((512, 512), 0.25)):
         for precision in precisions:
             seconds = timed(
-                lambda: sliding_window(model, image, tile, overlap, batch_size=4, precision=precision)  # noqa: B023
+                partial(
+                    sliding_window, model, image, tile, overlap, batch_size=4, precision=precision
+                )
             )
             rows.append(
                 {
@@ -104,7 +107,7 @@ def bench_sliding_window(height: int, width: int) -> list[dict]:
             if has_monai:
                 if precision != "fp32":
                     model = model.to(memory_format=torch.channels_last)
-                seconds = timed(lambda: monai_window(model, image, tile, overlap, precision))  # noqa: B023
+                seconds = timed(partial(monai_window, model, image, tile, overlap, precision))
                 rows.append(
                     {
                         "library": "MONAI sliding_window_inference",
@@ -133,11 +136,20 @@ def sparse_dataset(folder: Path, images: int = 6, size: int = 1024) -> Path:
         for label in range(1, 41):
             cy, cx, radius = *rng.integers(20, size - 20, 2), rng.integers(4, 7)
             labels[(yy - cy) ** 2 + (xx - cx) ** 2 < radius**2] = label
-        image = (rng.normal(120, 10, (size, size)) + 60 * (labels > 0)).clip(0, 255).astype(np.uint8)
+        image = (
+            (rng.normal(120, 10, (size, size)) + 60 * (labels > 0)).clip(0, 255).astype(np.uint8)
+        )
         tifffile.imwrite(folder / f"mask{index}.tif", labels)
         tifffile.imwrite(folder / f"image{index}.tif", image)
         rows.append(
-            {"path": str(folder / f"image{index}.tif"), "state": str(index), "modality": "bf", "z": 1, "xy": index, "channel": 1}
+            {
+                "path": str(folder / f"image{index}.tif"),
+                "state": str(index),
+                "modality": "bf",
+                "z": 1,
+                "xy": index,
+                "channel": 1,
+            }
         )
     pd.DataFrame(rows).to_csv(folder / "catalogue.csv", index=False)
     build_dataset(
@@ -146,7 +158,13 @@ def sparse_dataset(folder: Path, images: int = 6, size: int = 1024) -> Path:
         variant="bf",
         modalities=["bf"],
         split_cfg={"key": "xy", "test": [0]},
-        dataset_cfg={"geometry": "patches", "scale": 1.0, "patch_size": [256, 256], "colour": "grey", "normalise": "percentile"},
+        dataset_cfg={
+            "geometry": "patches",
+            "scale": 1.0,
+            "patch_size": [256, 256],
+            "colour": "grey",
+            "normalise": "percentile",
+        },
         mask_path=str(folder / "mask{state}.tif"),
         progress=False,
     )
@@ -162,19 +180,32 @@ def bench_sampling(folder: Path) -> dict:
     split = open_split(sparse_dataset(folder), "train")
     augmentation = Augmentation(True, True, 0.5, 0.1, 0.2, 0.3)
     sampler = PatchSampler(
-        split, (256, 256), samples_per_epoch=256, batch_size=8, foreground_share=0.33, augmentation=augmentation
+        split,
+        (256, 256),
+        samples_per_epoch=256,
+        batch_size=8,
+        foreground_share=0.33,
+        augmentation=augmentation,
     )
     start = time.perf_counter()
     draws = [sampler.draw(index) for index in range(128)]
     sampling = 128 / (time.perf_counter() - start)
-    random_with_cells = np.mean([draw[1].any() for i, draw in enumerate(draws) if not sampler.forced(i)])
+    random_with_cells = np.mean(
+        [draw[1].any() for i, draw in enumerate(draws) if not sampler.forced(i)]
+    )
 
     # torch_em's rejection sampler: the share of uniformly placed patches it would accept
     # at min_fraction 0.01 (its usual setting), on these images.
     from torch_em.data.sampler import MinForegroundSampler
 
     torch_em_sampler = MinForegroundSampler(min_fraction=0.01, p_reject=1.0)
-    accepted = np.mean([bool(torch_em_sampler(None, draw[1])) for i, draw in enumerate(draws) if not sampler.forced(i)])
+    accepted = np.mean(
+        [
+            bool(torch_em_sampler(None, draw[1]))
+            for i, draw in enumerate(draws)
+            if not sampler.forced(i)
+        ]
+    )
 
     precision = "bf16" if cpu_has_native_bf16() else "fp32"
     torch.manual_seed(0)
@@ -189,7 +220,11 @@ def bench_sampling(folder: Path) -> dict:
     def step():
         optimizer.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            out = model(images.contiguous(memory_format=torch.channels_last) if precision == "bf16" else images)
+            out = model(
+                images.contiguous(memory_format=torch.channels_last)
+                if precision == "bf16"
+                else images
+            )
         value = loss(out, masks)
         value.backward()
         optimizer.step()

@@ -84,6 +84,7 @@ DEFAULTS = {
     "validate_every": 1,
     "keep_best": True,
     "threshold": "auto",
+    "compile": False,
     "augment": {
         "flip": False,
         "rotate90": False,
@@ -374,7 +375,17 @@ def make_loader(
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
+        worker_init_fn=_one_thread_per_worker if workers else None,
     )
+
+
+def _one_thread_per_worker(_worker_id: int) -> None:
+    """Workers cut patches with numpy and OpenCV; one thread each keeps ``workers`` processes
+    from multiplying the training process's threads on the same cores."""
+    import cv2
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
 
 
 # ---------------------------------------------------------------- the trainer
@@ -432,6 +443,9 @@ class Trainer:
         self.model = build_model(model_cfg, self.record.channels).to(self.device)
         if self.precision != "fp32":
             self.model = self.model.to(memory_format=torch.channels_last)
+        # torch.compile wraps the network for the training steps only; weights, checkpoints
+        # and inference use the plain module (its state_dict has no wrapper prefix).
+        self.forward = torch.compile(self.model) if settings["compile"] else self.model
         self.shuffle_generator = torch.Generator().manual_seed(self.seed)
         self.augment_generator = torch.Generator().manual_seed(self.seed + 1)
         batch_size, workers = int(settings["batch_size"]), int(settings["workers"])
@@ -568,7 +582,7 @@ class Trainer:
             with torch.autocast(
                 self.device.type, dtype=self.autocast, enabled=self.autocast is not None
             ):
-                logits = self.model(_to_input(images, self.precision))
+                logits = self.forward(_to_input(images, self.precision))
             batch_loss = self.loss_fn(logits, masks)  # float32: the losses cast first
             if not torch.isfinite(batch_loss):
                 good = latest_checkpoint(self.model_dir)
@@ -630,7 +644,7 @@ class Trainer:
         start_epoch = self.resume()
         log.info(
             "%s: %s geometry, %d train / %d validation samples, %d parameters, device %s, "
-            "precision %s, %d steps of batch %d per epoch",
+            "precision %s%s, %d torch threads, %d steps of batch %d per epoch",
             self.name,
             self.record.geometry,
             len(self.train_split),
@@ -638,6 +652,8 @@ class Trainer:
             count_parameters(self.model),
             self.device,
             self.precision,
+            " (channels_last)" if self.precision != "fp32" else "",
+            torch.get_num_threads(),
             self.steps_per_epoch,
             int(self.settings["batch_size"]),
         )

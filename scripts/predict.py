@@ -1,12 +1,16 @@
 """Snakemake script: one trained model + a folder of new images -> labels and overlays."""
 
-from protoseg.device import resolve_device, resolve_precision
 from protoseg.logs import log_to_file
-from protoseg.predict import load_prediction_model, predict_files
 
 snakemake = globals()["snakemake"]  # injected by Snakemake; named here for linters
 log = log_to_file(snakemake.log[0])
 
+import torch  # noqa: E402 - after the log is set up
+
+from protoseg.device import resolve_device, resolve_precision  # noqa: E402
+from protoseg.predict import load_prediction_model, predict_files  # noqa: E402
+
+torch.set_num_threads(max(1, snakemake.threads))
 params = snakemake.params
 device = resolve_device(params.device, key="predict.device")
 precision = resolve_precision(params.precision, device, key="predict.precision")

@@ -46,6 +46,8 @@ if PREDICT.get("input_dir"):
             benchmark_path("predict", "{variant}-{loss}")
         conda:
             f"{ENVS}/torch.yaml"
+        # torch's intra-op threads; Snakemake lowers this to --cores where that is less.
+        threads: 2
         resources:
             mem_mb=8000,
             runtime=120,
