@@ -474,3 +474,38 @@ def test_warnings_are_summarised_when_the_run_ends(tmp_path):
     assert "protoseg: 2 warnings in the logs of this run" in output
     assert "[masks] day1t1xy1 z12: the classical mask has no cells" in output
     assert "logs/masks/day1t1xy1.log" in output
+
+
+def test_kill_9_during_the_dataset_build_then_unlock_and_resume(tmp_path):
+    config = tiny_config()
+    write_project(tmp_path, config)
+    target = "results/datasets/brightfield/manifest.csv"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        snakemake_command(tmp_path, "--cores", "1", target),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: (tmp_path / "logs" / "dataset").is_dir(), 180, process)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    # Killed inside the build: no manifest, so the data set counts as missing.
+    assert not (tmp_path / target).exists()
+    for args in (("--unlock",), (target,)):
+        result = subprocess.run(
+            snakemake_command(tmp_path, "--cores", "2", *args),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+    from protoseg.dataset import open_split
+
+    train = open_split(tmp_path / "results" / "datasets" / "brightfield", "train")
+    assert len(train) > 0 and train.arrays(0)[0].shape[0] == 3
+    assert [p for p in (tmp_path / "results").rglob(".*.tmp*")] == []

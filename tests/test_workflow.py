@@ -123,3 +123,19 @@ def test_report_renders_in_a_browser(finished_run, tmp_path):
     image = cv2.imread(str(png))
     assert image is not None and image.shape[0] > 500
     assert image.std() > 10  # a rendered page, not a blank one
+
+
+def test_a_second_identical_run_gives_byte_identical_models_and_tables(finished_run):
+    workdir, config = finished_run
+    outputs = sorted(
+        [*(workdir / "results" / "models").glob("*/model.pt")]
+        + [*(workdir / "results" / "tables").glob("*.csv")]
+        + [*(workdir / "results" / "tables").glob("*.md")]
+    )
+    before = {path: path.read_bytes() for path in outputs}
+    run_snakemake(workdir, "--forcerun", "train")
+    changed = [
+        str(path.relative_to(workdir)) for path in outputs if path.read_bytes() != before[path]
+    ]
+    assert not changed
+    assert len(outputs) >= 2 * len(config["dataset"]["variants"]) + 1
