@@ -9,6 +9,7 @@ them (console summary, the report's warnings table) without opening a log file.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -34,6 +35,9 @@ def log_to_file(path: str | Path, level: int = logging.INFO) -> logging.Logger:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Progress bars in a log file: one line every 30 s, not one per batch (tqdm reads its
+    # defaults from TQDM_* variables when it is first imported, which is after this).
+    os.environ.setdefault("TQDM_MININTERVAL", "30")
     stream = open(path, "w", buffering=1)  # noqa: SIM115 - lives as long as the script
     sys.stderr = stream
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=stream, force=True)
