@@ -127,6 +127,20 @@ CASES = [
     Case("wrong-type", [edit("train.epochs", "many")], PARSE, ["epochs"], folder=False),
     Case("unknown-method", [edit("masks.method", "magic")], PARSE, ["magic"], folder=False),
     Case(
+        "threshold-tuning-without-validation",
+        [edit("train.threshold", "validation")],
+        PARSE,
+        ["train.threshold", "split.validation"],
+        folder=False,
+    ),
+    Case(
+        "absurd-cell-diameter",
+        [edit("dataset.geometry", "patches"), edit("dataset.cell_diameter", 0.001)],
+        PARSE,
+        ["dataset.cell_diameter", "outside"],
+        folder=False,
+    ),
+    Case(
         "lr-min-above-max",
         [edit("train.lr_min", 0.1), edit("train.lr_max", 0.01)],
         PARSE,

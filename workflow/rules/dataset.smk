@@ -1,7 +1,12 @@
 # Step 3: one dataset per variant (dataset.variants): images resized and scaled, masks
 # resized and binarised, split by the catalogue column split.key (never by random image),
 # written as memory-mappable shards plus a manifest (protoseg.dataset).
+from protoseg.dataset import preprocessing_from_config
+
 DATASET = config["dataset"]
+# Geometry, scale (or cell diameters), patch and normalisation checked at parse time: a
+# zero, negative or absurd scale stops the run naming the key, before any job.
+preprocessing_from_config(DATASET)
 DATASET_MASK = (
     STATE_MASK if DATASET.get("mask_source", "state") == "state" else PER_Z_MASK
 )
