@@ -199,6 +199,8 @@ class DatasetRecord:
     has_instances: bool
     cell_diameter: float | None = None
     target_diameter: float | None = None
+    # The raw images' sizes [height, width], each once: what a model was trained from.
+    source_sizes: tuple[tuple[int, int], ...] = ()
 
     @property
     def channels(self) -> int:
@@ -221,6 +223,7 @@ class DatasetRecord:
             "has_instances": self.has_instances,
             "cell_diameter": self.cell_diameter,
             "target_diameter": self.target_diameter,
+            "source_sizes": [list(size) for size in self.source_sizes],
         }
         # Plain keys that older readers and people look for first.
         values["geometry"] = self.geometry
@@ -247,6 +250,9 @@ class DatasetRecord:
                 has_instances=bool(values["has_instances"]),
                 cell_diameter=values.get("cell_diameter"),
                 target_diameter=values.get("target_diameter"),
+                source_sizes=tuple(
+                    tuple(int(v) for v in size) for size in values.get("source_sizes", [])
+                ),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise InputError(
@@ -513,6 +519,7 @@ def build_dataset(
         target_diameter=dataset_cfg.get("target_diameter")
         if dataset_cfg.get("cell_diameter")
         else None,
+        source_sizes=tuple(sorted(set(zip(columns["height"], columns["width"], strict=True)))),
     )
     write_text(dataset_dir / INFO_NAME, json.dumps(record.to_dict(), indent=2) + "\n")
     write_csv(dataset_dir / MANIFEST_NAME, manifest)

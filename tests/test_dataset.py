@@ -214,6 +214,7 @@ def test_patches_geometry_stores_each_image_rescaled_with_instances_and_cells(tm
     record = read_record(tmp_path / "ds")
     assert record.geometry == "patches" and record.preprocessing.scale == 0.5
     assert record.patch_size == (16, 16) and record.has_instances
+    assert record.source_sizes == ((16, 20),)
     train = open_split(tmp_path / "ds", "train")
     for index in range(len(train)):
         image, mask = train.arrays(index)
