@@ -752,6 +752,17 @@ class Trainer:
             len(self.validation_split),
             f1,
         )
+        if value in (metrics.THRESHOLD_GRID[0], metrics.THRESHOLD_GRID[-1]):
+            log.warning(
+                "%s: the chosen threshold %.2f is at the end of the searched range %.2f..%.2f: "
+                "the network is %s-confident about cells (oversampled, Dice-trained networks "
+                "over-call them); consider fewer forced patches (train.foreground_share)",
+                self.name,
+                value,
+                metrics.THRESHOLD_GRID[0],
+                metrics.THRESHOLD_GRID[-1],
+                "over" if value > 0.5 else "under",
+            )
         return {"value": value, "source": "validation", "validation_f1": f1}
 
 
