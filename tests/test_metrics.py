@@ -133,3 +133,28 @@ def test_pooled_instance_scores():
     assert pooled["sa50"] == pytest.approx(3 / 5)
     assert pooled["matched_f1"] == pytest.approx(6 / 8)
     assert metrics.pooled_instance_scores([0], [0], [0])["sa50"] == 1.0
+
+
+def test_threshold_counts_match_direct_counting_and_find_the_best_f1():
+    from protoseg.metrics import THRESHOLD_GRID, ThresholdCounts, confusion, f1
+
+    rng = np.random.default_rng(0)
+    counts = ThresholdCounts()
+    images = []
+    for _ in range(3):
+        target = rng.random((20, 30)) < 0.1
+        # cells get high probabilities, background low, with overlap between the two
+        probabilities = np.clip(
+            np.where(target, 0.7, 0.2) + rng.normal(0, 0.15, target.shape), 0, 1
+        )
+        counts.add(probabilities.astype(np.float32), target)
+        images.append((probabilities, target))
+    for threshold in (0.1, 0.35, 0.5, 0.9, 0.99):
+        direct = [confusion(p > threshold, t) for p, t in images]
+        expected = tuple(int(sum(int(d[i]) for d in direct)) for i in range(4))
+        # the bins are 1/1000 wide: values within a bin of the threshold may differ by a few
+        assert np.allclose(counts.counts(threshold), expected, atol=3)
+    best, best_f1 = counts.best()
+    assert best in THRESHOLD_GRID and 0.3 < best < 0.6
+    assert best_f1 == pytest.approx(max(f1(*counts.counts(t)) for t in THRESHOLD_GRID))
+    assert THRESHOLD_GRID[-1] > 0.99  # room above the 0.98 where aiSEGcell's best lay
