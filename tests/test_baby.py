@@ -69,6 +69,7 @@ def test_tiny_run_scores_each_plane_of_the_test_field(tmp_path):
     config["data"]["raw_dir"] = str(DATA)
     keep = r"planes/(evolve_testA|evolve_testE|evolve_testG_tp1)_"
     config["data"]["ignore"] = [*config["data"]["ignore"], rf"^(?!{keep})"]
+    config["split"]["test"] = ["evolve_testG"]
     config["model"].update({"depth": 2, "base_channels": 4})
     config["train"].update({"epochs": 1, "samples_per_epoch": 8, "validate_every": 1})
     write_project(tmp_path, config)
