@@ -1,12 +1,15 @@
 # Step 4: one U-Net per dataset variant and loss (train.losses). Checkpoints are written
 # every epoch under MODEL_DIR/checkpoints and are not outputs, so Snakemake keeps them when
 # a job fails: rerunning the job resumes from the newest one (protoseg.train).
+from protoseg.instances import check_setting as check_watershed_setting
 from protoseg.train import check_threshold_setting
 
-# train.threshold "validation" without a validation split stops the run here, not in a job.
+# train.threshold "validation" without a validation split stops the run here, not in a job;
+# so do watershed settings out of range.
 check_threshold_setting(
     config["train"]["threshold"], has_validation=bool(get_split_states("validation"))
 )
+check_watershed_setting(config["train"]["watershed"], config["model"]["instances"])
 
 
 rule train:
@@ -34,8 +37,9 @@ rule train:
         log_path("train", "{variant}-{loss}"),
     benchmark:
         benchmark_path("train", "{variant}-{loss}")
+    # torch, and torch-em for the instance targets and losses of model.instances.
     conda:
-        f"{ENVS}/torch.yaml"
+        f"{ENVS}/sam.yaml"
     # torch's intra-op threads; Snakemake lowers this to --cores where that is less.
     threads: 4
     resources:
@@ -50,6 +54,8 @@ rule train:
         inference={
             "tile": config["evaluate"]["tile"],
             "overlap": config["evaluate"]["overlap"],
+            # Watershed settings are chosen at the resolution evaluation scores at.
+            "resolution": config["evaluate"]["resolution"],
         },
     script:
         f"{SCRIPTS}/train.py"
