@@ -1,15 +1,13 @@
 # Step 4: one U-Net per dataset variant and loss (train.losses). Checkpoints are written
 # every epoch under MODEL_DIR/checkpoints and are not outputs, so Snakemake keeps them when
 # a job fails: rerunning the job resumes from the newest one (protoseg.train).
-from protoseg.instances import check_setting as check_watershed_setting
 from protoseg.train import check_threshold_setting
 
-# train.threshold "validation" without a validation split stops the run here, not in a job;
-# so do watershed settings out of range.
+# train.threshold "validation" without a validation split stops the run here, not in a job.
+# (Watershed settings out of range stop it in protoseg.config_checks.)
 check_threshold_setting(
     config["train"]["threshold"], has_validation=bool(get_split_states("validation"))
 )
-check_watershed_setting(config["train"]["watershed"], config["model"]["instances"])
 
 
 rule train:
