@@ -106,6 +106,21 @@ def test_settings_are_chosen_where_the_validation_truth_says():
     assert worse["sa50"] < chosen["sa50"]
 
 
+def test_grid_scores_agree_with_the_evaluation_scores():
+    rng = np.random.default_rng(0)
+    truth, _, _ = touching_discs(60, 80, radius=12)
+    truth[5:12, 5:12] = 3
+    for shift in range(4):
+        segmentation = np.roll(truth, shift * 3, axis=1).astype(np.int64)
+        segmentation[rng.random(truth.shape) < 0.02] = 9  # speckle: small false objects
+        segmentation[50:58, 60:70] = 7
+        fast = instances.size_filtered_scores(segmentation, truth, (0, 2, 40, 100000))
+        for row, min_size in enumerate((0, 2, 40, 100000)):
+            filtered = instances._size_filter(segmentation, min_size)
+            slow = metrics.instance_scores(filtered, truth)
+            assert fast[row] == pytest.approx((slow["msa"], slow["sa50"]))
+
+
 @pytest.mark.parametrize(
     ("mode", "settings", "key"),
     [
