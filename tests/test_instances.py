@@ -187,7 +187,7 @@ def test_instance_model_without_its_post_processing_is_refused(tmp_path):
 
 
 # ---------------------------------------------------------------- data and training
-def make_pairs(folder, binary_masks=False, validation=(5,)):
+def make_pairs(folder, binary_masks=False, validation=(5,), dataset_cfg=None):
     """6 states of 48 x 64 images, each with two touching bright discs (one instance each)."""
     rng = np.random.default_rng(1)
     rows = []
@@ -222,7 +222,7 @@ def make_pairs(folder, binary_masks=False, validation=(5,)):
         variant="bf",
         modalities=["brightfield"],
         split_cfg={"key": "xy", "test": [10], "validation": list(validation)},
-        dataset_cfg={"size": [48, 64], "colour": "rgb", "shard_size": 4},
+        dataset_cfg=dataset_cfg or {"size": [48, 64], "colour": "rgb", "shard_size": 4},
         mask_path=str(folder / "{state}.tif"),
         instances=True,
         progress=False,
@@ -237,6 +237,40 @@ def test_resize_dataset_for_instances_stores_labels_aligned_to_the_mask(tmp_path
     labels = split.instances(0)
     np.testing.assert_array_equal(labels > 0, mask > 0)
     assert len(np.unique(labels[labels > 0])) == 2
+
+
+def test_patches_carry_targets_made_after_augmentation(tmp_path):
+    from protoseg.sampling import PatchSampler
+    from protoseg.transforms import Augmentation
+
+    patches = {"geometry": "patches", "scale": 1.0, "patch_size": [32, 32], "colour": "rgb"}
+    directory = make_pairs(tmp_path, dataset_cfg=patches)
+    sampler = PatchSampler(
+        open_split(directory, "train"),
+        (32, 32),
+        samples_per_epoch=4,
+        batch_size=2,
+        foreground_share=1.0,
+        augmentation=Augmentation(flip=True, rotate90=True, scale=0.3),
+        seed=1,
+        instances="distances",
+    )
+    for index in range(4):
+        image, target = sampler[index]
+        _, mask, labels = sampler.draw(index)
+        assert image.shape == (3, 32, 32) and target.shape == (3, 32, 32)
+        np.testing.assert_array_equal(target[0].numpy(), mask)
+        np.testing.assert_array_equal(target[1:].numpy(), instances.targets(labels, "distances"))
+    train_model(
+        directory,
+        tmp_path / "m",
+        model_cfg={"depth": 1, "base_channels": 2, "instances": "boundaries"},
+        train_cfg={**TRAIN_CFG, "epochs": 1, "samples_per_epoch": 4},
+        loss="bce+dice",
+        progress=False,
+    )
+    _, meta = load_model(tmp_path / "m" / "model.pt")
+    assert meta["instances"]["mode"] == "boundaries"
 
 
 def test_binary_masks_are_labelled_by_components_with_a_warning(tmp_path):
