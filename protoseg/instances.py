@@ -18,6 +18,10 @@ foreground and split cells with a seeded watershed; protoseg does the same with 
   seeds where both smoothed distances lie below their thresholds, grown over the boundary
   distance within the foreground.
 
+Both: a foreground component that holds no seed (a network that over-calls boundaries, or
+a cell too faint for the distance thresholds) is kept as one cell, as connected components
+would give it, rather than dropped as torch_em's watershed alone would.
+
 Targets are made from the instance labels the data set stores (per training patch, after
 augmentation). Every output goes through a sigmoid. The foreground keeps ``train.losses``;
 the extra outputs' losses are fixed by the mode: soft Dice of the boundary map
@@ -225,7 +229,17 @@ def seeded_watershed(
         )
     else:
         raise ValueError(f"instance mode '{mode}' has no watershed")
-    return np.asarray(segmentation).astype(np.int64)
+    segmentation = np.asarray(segmentation).astype(np.int64)
+    # Foreground that no seed reached is a component without a seed (the watershed floods
+    # every mask pixel connected to one): keep it as one cell, as connected components
+    # would, so that a network over-calling boundaries never loses a cell entirely.
+    unseeded = (foreground > threshold) & (segmentation == 0)
+    if unseeded.any():
+        from protoseg.metrics import instances_from_binary
+
+        extra = instances_from_binary(unseeded).astype(np.int64)
+        segmentation[unseeded] = extra[unseeded] + segmentation.max()
+    return segmentation
 
 
 def segment(outputs: np.ndarray, mode: str, threshold: float, settings: Mapping) -> np.ndarray:

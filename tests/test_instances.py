@@ -85,6 +85,16 @@ def test_watershed_separates_touching_discs_that_components_merge(mode):
     assert scores["sa50"] == 1.0 and scores["msa"] > 0.7
 
 
+@pytest.mark.parametrize("mode", ["boundaries", "distances"])
+def test_foreground_without_a_seed_stays_one_cell(mode):
+    labels, _, _ = touching_discs()
+    outputs = perfect_outputs(labels, mode)
+    outputs[1:] = 1.0  # boundaries everywhere / centres nowhere: no seed at all
+    cells = instances.segment(outputs, mode, 0.5, {"min_size": 0})
+    np.testing.assert_array_equal(cells > 0, labels > 0)
+    assert cells.max() == 1  # what connected components give
+
+
 def test_min_size_drops_small_objects():
     labels, _, _ = touching_discs(radius=3)
     outputs = perfect_outputs(labels, "boundaries")
