@@ -184,10 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument(
         "--instances",
-        choices=["cc", "watershed"],
-        default="cc",
-        help="cells from the binary mask by connected components (default) or "
-        "a distance watershed that splits touching cells",
+        choices=["auto", "model", "cc", "watershed"],
+        default="auto",
+        help="cells: the model's own instances where it has instance outputs, else "
+        "connected components (auto, default); model (its own, an error for a binary model); "
+        "cc (connected components of the binary mask); watershed (a distance watershed "
+        "of the binary mask that splits touching cells)",
     )
     predict.add_argument(
         "--min-distance",

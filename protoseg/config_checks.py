@@ -9,7 +9,8 @@ before any job starts, ``snakemake -n`` included. Each raises
 
 * :func:`check_config` (config alone): modalities named by ``masks.modality`` and
   ``dataset.variants.*.modalities`` must be values of ``data.channels``; every
-  ``train.losses`` entry must be a registered loss; ``train.lr_min <= train.lr_max``.
+  ``train.losses`` entry must be a registered loss; ``train.lr_min <= train.lr_max``;
+  ``train.watershed`` settings must be in range and of ``model.instances``' mode.
 * :func:`check_split` (config and records): ``split.key`` must be a column of the
   records, every ``split.test`` and ``split.validation`` value must match an image, the
   two must not share a value, and some images must be left for training.
@@ -37,6 +38,10 @@ def check_config(config: dict) -> None:
             check_modality(f"dataset.variants.{name}.modalities", modality, modalities)
     train = config.get("train", {})
     check_learning_rates(train)
+    from protoseg.instances import check_mode, check_setting
+
+    mode = check_mode(config.get("model", {}).get("instances", "none"))
+    check_setting(train.get("watershed", "auto"), mode)
     check_losses(train.get("losses", []))  # last: it imports torch
 
 

@@ -16,6 +16,12 @@ per image), colour (``dataset.colour``), then one of two geometries (``dataset.g
   training cuts patches (:mod:`protoseg.sampling`). Each sample is its own shard, with its
   instance labels (nearest neighbour) and up to :data:`FOREGROUND_LIMIT` cell pixels.
 
+A network with instance outputs (``model.instances``, :mod:`protoseg.instances`) needs the
+instance labels in both geometries: ``instances=True`` stores them for ``resize`` too (the
+labels resized onto the binary mask, :func:`protoseg.transforms.instances_at_mask`), and
+masks that carry no instance labels (binary only) are labelled by connected components,
+with a warning saying so.
+
 Layout of ``dataset_dir`` (the choice of format: docs/benchmarks/dataset.md):
 
 * ``manifest.csv``: one row per sample: ``sample, split, shard, row, image, mask, state,
@@ -23,8 +29,8 @@ Layout of ``dataset_dir`` (the choice of format: docs/benchmarks/dataset.md):
   of cells of its mask;
 * ``dataset.json``: the :class:`DatasetRecord` (geometry, preprocessing, split, ...);
 * ``shards/{shard}-images.npy`` (float32, N x C x H x W), ``{shard}-masks.npy`` (uint8,
-  N x H x W), and for ``patches`` ``{shard}-instances.npy`` (uint32) and
-  ``{shard}-foreground.npy`` (int32 K x 2). Plain ``.npy`` so that readers memory-map them
+  N x H x W), for ``patches`` (and ``resize`` with ``instances``) ``{shard}-instances.npy``
+  (uint32), and for ``patches`` ``{shard}-foreground.npy`` (int32 K x 2). Plain ``.npy`` so that readers memory-map them
   and touch only the pages they use.
 
 The build streams image by image into one shard buffer, so its memory is one shard plus one
@@ -47,12 +53,15 @@ from tqdm import tqdm
 from protoseg import naming
 from protoseg.errors import ConfigError, InputError
 from protoseg.io import atomic_path, read_image, write_csv, write_text
+from protoseg.metrics import instances_from_binary
 from protoseg.transforms import (
     COLOURS,
     GEOMETRIES,
     NORMALISATIONS,
     Preprocessing,
     binary_mask,
+    instances_at_mask,
+    is_binary_labels,
     label_image,
     prepare_image,
     resize_labels,
@@ -387,6 +396,7 @@ def build_dataset(
     split_cfg: dict,
     dataset_cfg: dict,
     mask_path: Callable[[str, int], str | Path] | str,
+    instances: bool = False,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Build one variant's data set into ``dataset_dir``; returns the manifest.
@@ -394,7 +404,9 @@ def build_dataset(
     ``mask_path`` is a function ``(state, z) -> path`` or a template with ``{state}`` and
     ``{z}``. ``resize`` geometry: samples of one shape, ``dataset.shard_size`` per shard.
     ``patches`` geometry: each sample its own shard at its own rescaled size, with its
-    instance labels and a sample of its cell pixels. Shards are written as they fill; the
+    instance labels and a sample of its cell pixels. ``instances`` (a network with instance
+    outputs will train on it): instance labels in every geometry, binary-only masks
+    labelled by connected components (a warning names them). Shards are written as they fill; the
     manifest last, so a build that fails leaves no manifest (and the workflow treats the
     data set as missing).
     """
@@ -406,6 +418,7 @@ def build_dataset(
     if shard_size < 1:
         raise ConfigError("dataset.shard_size", "must be at least 1")
     patches = prep.geometry == "patches"
+    store_instances = patches or bool(instances)
     samples = plan_samples(catalogue, variant, modalities, split_cfg, mask_path)
 
     dataset_dir = Path(dataset_dir)
@@ -418,6 +431,7 @@ def build_dataset(
         for key in ("shard", "row", "height", "width", "stored_height", "stored_width", "cells")
     }
     empty_masks: list[str] = []
+    binary_only: list[str] = []
     padded = 0
     bar = tqdm(total=len(samples), desc=f"dataset {variant}", unit="image", disable=not progress)
     for split, group in samples.groupby("split", sort=False):
@@ -425,7 +439,7 @@ def build_dataset(
         for index, start in enumerate(range(0, len(group), per_shard)):
             chunk = group.iloc[start : start + per_shard]
             name = f"{split}-{index:05d}" if patches else shard_name(split, index)
-            images = masks = instances = None
+            images = masks = stored_labels = None
             labels_cache: dict[str, np.ndarray] = {}  # a state mask serves all its planes
             for row, sample in enumerate(chunk.itertuples(index=False)):
                 raw = read_image(sample.image)
@@ -437,6 +451,9 @@ def build_dataset(
                             sample.mask,
                             f"mask is {labels.shape[:2]} but image {sample.image} is {raw.shape[:2]}",
                         )
+                    if instances and is_binary_labels(labels):
+                        binary_only.append(sample.mask)
+                        labels = instances_from_binary(labels)
                     labels_cache[sample.mask] = labels
                     if not labels.any():
                         empty_masks.append(sample.mask)
@@ -446,14 +463,16 @@ def build_dataset(
                 if images is None:  # buffers of exactly this shard's length
                     images = np.empty((len(chunk), *image.shape), np.float32)
                     masks = np.empty((len(chunk), *stored), np.uint8)
-                    if patches:
-                        instances = np.empty((len(chunk), *stored), np.uint32)
+                    if store_instances:
+                        stored_labels = np.empty((len(chunk), *stored), np.uint32)
                 images[row] = image
                 masks[row] = binary_mask(labels, stored, sample.mask)
                 if patches:
-                    instances[row] = resize_labels(labels, stored)
+                    stored_labels[row] = resize_labels(labels, stored)
                     if stored[0] < patch[0] or stored[1] < patch[1]:
                         padded += 1
+                elif store_instances:
+                    stored_labels[row] = instances_at_mask(labels, masks[row])
                 columns["shard"].append(name)
                 columns["row"].append(row)
                 columns["height"].append(int(raw.shape[0]))
@@ -465,13 +484,14 @@ def build_dataset(
             image_file, mask_file = shard_files(dataset_dir, name)
             _save_npy(image_file, images)
             _save_npy(mask_file, masks)
+            if store_instances:
+                _save_npy(extra_shard_file(dataset_dir, name, "instances"), stored_labels)
             if patches:
-                _save_npy(extra_shard_file(dataset_dir, name, "instances"), instances)
                 _save_npy(
                     extra_shard_file(dataset_dir, name, "foreground"),
                     foreground_sample(masks[0], FOREGROUND_LIMIT, seed=index),
                 )
-            del images, masks, instances
+            del images, masks, stored_labels
     bar.close()
 
     manifest = samples.copy()
@@ -490,6 +510,14 @@ def build_dataset(
     for mask in dict.fromkeys(empty_masks):
         warnings.warn(
             f"{mask}: empty mask (no cells); its images are kept as all-background samples",
+            stacklevel=2,
+        )
+    if binary_only:
+        warnings.warn(
+            f"{len(set(binary_only))} mask(s) carry no instance labels (binary only, e.g. "
+            f"{binary_only[0]}); model.instances needs instance labels, so connected components "
+            "were used to label their cells: touching cells there are one instance in the "
+            "training targets and the stored truth",
             stacklevel=2,
         )
     if padded:
@@ -514,7 +542,7 @@ def build_dataset(
         },
         samples={split: int((manifest["split"] == split).sum()) for split in SPLITS},
         shard_size=1 if patches else shard_size,
-        has_instances=patches,
+        has_instances=store_instances,
         cell_diameter=dataset_cfg.get("cell_diameter"),
         target_diameter=dataset_cfg.get("target_diameter")
         if dataset_cfg.get("cell_diameter")
@@ -634,14 +662,15 @@ class SplitData(Sequence):
         return image, mask, labels
 
     def instances(self, index: int) -> np.ndarray:
-        """Instance labels (H, W) at the training scale (patches geometry only)."""
+        """Instance labels (H, W) at the training scale (data sets with instance labels:
+        ``patches``, or ``resize`` built for a network with instance outputs)."""
         shard, row = self._entry(index)
         return np.array(self._array(shard, "instances")[row])
 
     def foreground(self, index: int) -> np.ndarray:
         """Up to :data:`FOREGROUND_LIMIT` (y, x) cell pixels of sample ``index``."""
         shard, row = self._entry(index)
-        if self.record.has_instances:
+        if self.record.geometry == "patches":
             return np.asarray(self._array(shard, "foreground"))
         return foreground_sample(self._array(shard, "masks")[row], FOREGROUND_LIMIT, seed=index)
 
@@ -663,14 +692,18 @@ def open_split(dataset_dir: str | Path, split: str) -> SplitData:
 
 
 class TorchSplit:
-    """A map-style torch data set over whole samples: (image C x H x W, mask 1 x H x W).
+    """A map-style torch data set over whole samples: (image C x H x W, target 1 x H x W).
 
-    Plain class (torch's ``DataLoader`` needs only ``__len__`` and ``__getitem__``), so that
-    this module imports without torch and the object pickles into DataLoader workers.
+    ``instances`` (:data:`protoseg.instances.MODES`): with a mode other than ``none`` the
+    target also holds that mode's extra outputs (1 + K x H x W), made from the stored
+    instance labels. Plain class (torch's ``DataLoader`` needs only ``__len__`` and
+    ``__getitem__``), so that this module imports without torch and the object pickles into
+    DataLoader workers.
     """
 
-    def __init__(self, data: SplitData):
+    def __init__(self, data: SplitData, instances: str = "none"):
         self.data = data
+        self.mode = instances
 
     def __len__(self) -> int:
         return len(self.data)
@@ -679,7 +712,12 @@ class TorchSplit:
         import torch
 
         image, mask = self.data.arrays(index)
-        return torch.from_numpy(image), torch.from_numpy(mask).unsqueeze(0).float()
+        if self.mode == "none":
+            return torch.from_numpy(image), torch.from_numpy(mask).unsqueeze(0).float()
+        from protoseg.instances import with_targets
+
+        target = with_targets(mask, self.data.instances(index), self.mode)
+        return torch.from_numpy(image), torch.from_numpy(target)
 
 
 def torch_dataset(dataset_dir: str | Path, split: str) -> TorchSplit:

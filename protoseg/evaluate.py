@@ -10,6 +10,12 @@ resolution makes numbers of different geometries comparable; ``evaluate.resoluti
 training`` scores against the stored (resized) masks instead, as the study did. Samples are
 read one at a time from the memory-mapped shards.
 
+A model with instance outputs (:mod:`protoseg.instances`) is scored twice for instances:
+the connected components of its thresholded foreground (the columns every model has) and
+the cells of its seeded watershed, with its stored settings, in the same columns prefixed
+:data:`WATERSHED_PREFIX` (``ws_sa50``, ``ws_msa``, ``ws_matched_f1``, ...); its overlay data
+holds those cells too.
+
 The per-image table keeps the manifest's columns (source image, state, z, modality, ...), so
 the tables stage can group by plane without the dataset.
 """
@@ -19,17 +25,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
-from skimage.segmentation import expand_labels
 from tqdm import tqdm
 
 from protoseg import metrics
 from protoseg.errors import ConfigError, InputError
 from protoseg.inference import sliding_window, to_original_size
 from protoseg.io import read_image
-from protoseg.transforms import display_rgb, label_image
+from protoseg.transforms import display_rgb, instances_at_mask, label_image
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,9 @@ COUNT_COLUMNS = ["tp", "fp", "fn", "tn"]
 PIXEL_COLUMNS = ["accuracy", "f1", "iou"]
 INSTANCE_COLUMNS = ["n_true", "n_pred", "tp50", *metrics.INSTANCE_SCORES]
 METRIC_COLUMNS = ["threshold", *COUNT_COLUMNS, *PIXEL_COLUMNS, *INSTANCE_COLUMNS]
+# Instance scores of a network's own instances (seeded watershed of its instance outputs).
+WATERSHED_PREFIX = "ws_"
+WATERSHED_COLUMNS = [f"{WATERSHED_PREFIX}{name}" for name in INSTANCE_COLUMNS if name != "n_true"]
 
 
 def score_image(
@@ -75,52 +82,40 @@ def _stack_overlay(overlay: dict) -> dict:
             "modality": np.zeros(0, str),
         }
     order = np.lexsort((np.array(overlay["z"]), np.array(overlay["modality"])))
-    return {
+    stacked = {
         "images": np.stack(overlay["images"])[order],
         "masks": np.stack(overlay["masks"])[order],
         "probabilities": np.stack(overlay["probabilities"])[order],
         "z": np.array(overlay["z"])[order],
         "modality": np.array(overlay["modality"])[order],
     }
+    if overlay.get("instances"):
+        stacked["instances"] = np.stack(overlay["instances"])[order]
+    return stacked
 
 
 # ---------------------------------------------------------------- one model, its dataset
 INSTANCE_SOURCES = ("labels", "components")
 
 
-def instances_at_mask(labels: np.ndarray, binary: np.ndarray) -> np.ndarray:
-    """True instances at the dataset's scale: instance labels resized (nearest) onto the
-    dataset's binary mask, whose fringe pixels take the label of the nearest cell.
-
-    The binary mask stays the reference (it is what pixel scores use); the labels only say
-    which of its pixels belong to which cell, so touching cells stay apart.
-    """
-    binary = np.asarray(binary) > 0
-    height, width = binary.shape
-    small = cv2.resize(
-        np.asarray(labels).astype(np.int32), (width, height), interpolation=cv2.INTER_NEAREST
-    )
-    small[~binary] = 0
-    fringe = binary & (small == 0)
-    if fringe.any():
-        grown = expand_labels(small, distance=3)
-        small[fringe] = grown[fringe]
-        # Mask pixels far from any resized cell (a cell lost by the resize) get their own ids.
-        orphans = binary & (small == 0)
-        if orphans.any():
-            extra = metrics.instances_from_binary(orphans).astype(np.int32)
-            small[orphans] = extra[orphans] + small.max()
-    return small.astype(np.uint32)
-
-
 RESOLUTIONS = ("original", "training")
 
 
 def predict_sample(
-    model, split, index: int, *, tile, overlap: float, device: str, batch_size: int, precision: str
+    model,
+    split,
+    index: int,
+    *,
+    tile,
+    overlap: float,
+    device: str,
+    batch_size: int,
+    precision: str,
+    all_outputs: bool = False,
 ) -> np.ndarray:
     """Probabilities (H, W) of one stored sample at the training scale, by the one
-    inference path (:func:`protoseg.inference.sliding_window`)."""
+    inference path (:func:`protoseg.inference.sliding_window`); with ``all_outputs`` every
+    output channel (K, H, W)."""
     image, _ = split.arrays(index)
     return sliding_window(
         model,
@@ -130,6 +125,7 @@ def predict_sample(
         device=device,
         batch_size=batch_size,
         precision=precision,
+        all_outputs=all_outputs,
     )
 
 
@@ -192,6 +188,7 @@ def evaluate_split(
     precision: str = "fp32",
     overlay_state: str | None = None,
     progress: bool = True,
+    watershed: dict | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Score every sample of ``split`` (a :class:`protoseg.dataset.SplitData`).
 
@@ -199,12 +196,19 @@ def evaluate_split(
     and the overlay data of ``overlay_state`` at the training scale (``images`` uint8
     (K, H, W, 3), ``masks`` bool, ``probabilities`` float16, ``z``, ``modality``, ordered by
     modality and plane; and ``state``, ``threshold``), ready for :func:`protoseg.io.save_npz`.
+    ``watershed``: the instance post-processing of a model with instance outputs (its
+    ``mode`` and ``settings``, :func:`protoseg.instances.model_instances`): its cells are
+    scored too (:data:`WATERSHED_COLUMNS`) and kept in the overlay (``instances`` uint32).
     """
+    from protoseg.instances import segment
+    from protoseg.transforms import resize_labels
+
     truth = TruthReader(split, resolution, instances)
-    rows, overlay = [], {key: [] for key in ("images", "masks", "probabilities", "z", "modality")}
+    keys = ("images", "masks", "probabilities", "z", "modality")
+    rows, overlay = [], {key: [] for key in keys + (("instances",) if watershed else ())}
     for index in tqdm(range(len(split)), desc="evaluate", unit="image", disable=not progress):
         row = split.manifest.iloc[index]
-        probabilities = predict_sample(
+        outputs = predict_sample(
             model,
             split,
             index,
@@ -213,17 +217,27 @@ def evaluate_split(
             device=device,
             batch_size=batch_size,
             precision=precision,
+            all_outputs=watershed is not None,
         )
+        probabilities = outputs if watershed is None else outputs[0]
         binary, labels = truth(index)
         if resolution == "original":
-            scored = to_original_size(probabilities, *binary.shape)
+            scored = to_original_size(outputs, *binary.shape)
         else:
-            scored = probabilities
-        rows.append(
-            row.to_dict()
-            | score_image(scored, binary, threshold, labels)
-            | {"resolution": resolution}
+            scored = outputs
+        record = row.to_dict() | score_image(
+            scored if watershed is None else scored[0], binary, threshold, labels
         )
+        if watershed is not None:
+            cells = segment(scored, watershed["mode"], threshold, watershed["settings"])
+            true_cells = metrics.instances_from_binary(binary) if labels is None else labels
+            record |= {
+                f"{WATERSHED_PREFIX}{name}": value
+                for name, value in metrics.instance_scores(cells, true_cells).items()
+                if name != "n_true"
+            }
+            record["instance_mode"] = watershed["mode"]
+        rows.append(record | {"resolution": resolution})
         if overlay_state is not None and str(row["state"]) == str(overlay_state):
             image, stored_mask = split.arrays(index)
             overlay["images"].append(display_rgb(image, channels_first=True))
@@ -231,6 +245,8 @@ def evaluate_split(
             overlay["probabilities"].append(probabilities.astype(np.float16))
             overlay["z"].append(int(row["z"]))
             overlay["modality"].append(str(row.get("modality", "")))
+            if watershed is not None:
+                overlay["instances"].append(resize_labels(cells, probabilities.shape))
     if not rows:
         raise ValueError("no images to evaluate")
     stacked = _stack_overlay(overlay)
@@ -326,6 +342,9 @@ def evaluate_model(
             model_path,
             f"the model takes {in_channels} channel(s), the dataset in {dataset_dir} has {split.record.channels}",
         )
+    from protoseg.instances import model_instances
+
+    watershed = model_instances(meta, int(model.architecture["out_channels"]), model_path)
     value, source = model_threshold(meta, threshold)
     if source == "default":
         log.warning("%s records no threshold; scoring at 0.5", model_path)
@@ -353,6 +372,7 @@ def evaluate_model(
         batch_size=batch_size,
         precision=precision,
         overlay_state=overlay_state,
+        watershed=watershed,
     )
     per_image["threshold_source"] = source
     per_image["geometry"] = split.record.geometry

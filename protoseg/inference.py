@@ -62,11 +62,14 @@ def predict_probabilities(
     batch_size: int = 16,
     precision: str = "fp32",
     progress: bool = False,
+    all_outputs: bool = False,
 ) -> np.ndarray:
     """Cell probabilities (sigmoid of the model's logits) of ``images`` (N, C, H, W).
 
     ``images`` may be any array-like, e.g. a memory-mapped shard; one batch at a time is
-    copied to ``device``. No gradients; autocast in ``precision``. Returns float32 (N, H, W).
+    copied to ``device``. No gradients; autocast in ``precision``. Returns float32 (N, H, W)
+    of the foreground channel, or with ``all_outputs`` (N, K, H, W) of every output channel
+    (a network with instance outputs, :mod:`protoseg.instances`).
     """
     import torch
 
@@ -93,7 +96,7 @@ def predict_probabilities(
             # A copy: dataset shards are read-only memory maps, which torch will not wrap.
             tensor = torch.from_numpy(np.array(images[batch], dtype=np.float32)).to(device)
             logits = model(tensor.contiguous(memory_format=memory_format))
-            if logits.ndim == 4:
+            if logits.ndim == 4 and not all_outputs:
                 logits = logits[:, 0]  # the foreground channel
             probabilities = torch.sigmoid(logits.float()).cpu().numpy()
             if output is None:
@@ -102,6 +105,11 @@ def predict_probabilities(
     if output is None:
         return np.empty((0, *np.shape(images)[2:]), dtype=np.float32)
     return output
+
+
+def output_count(model) -> int:
+    """The output channels of a protoseg U-Net (1 for other modules)."""
+    return int((getattr(model, "architecture", None) or {}).get("out_channels", 1))
 
 
 # ---------------------------------------------------------------- the sliding window
@@ -138,8 +146,10 @@ def sliding_window(
     device: str = "cpu",
     batch_size: int = 4,
     precision: str = "fp32",
+    all_outputs: bool = False,
 ) -> np.ndarray:
-    """Cell probabilities (H, W) float32 of one image (C, H, W) at the training scale.
+    """Cell probabilities (H, W) float32 of one image (C, H, W) at the training scale, or
+    with ``all_outputs`` every output channel (K, H, W), each blended the same way.
 
     ``tile``: the window (training patch, or training size); ``overlap``: the share of a
     tile that its neighbour covers too, in [0, 1). Overlapping predictions are averaged with
@@ -164,24 +174,33 @@ def sliding_window(
         for x in tile_starts(padded_w, tile_w, overlap)
     ]
     if len(corners) == 1:  # one tile (the resize geometry): no blending to do
-        return predict_probabilities(model, image[None], device, 1, precision)[0][:height, :width]
+        probabilities = predict_probabilities(
+            model, image[None], device, 1, precision, all_outputs=all_outputs
+        )
+        return probabilities[0][..., :height, :width]
     weights = gaussian_weights((tile_h, tile_w))
-    total = np.zeros((padded_h, padded_w), dtype=np.float32)
+    channels = (output_count(model),) if all_outputs else ()
+    total = np.zeros((*channels, padded_h, padded_w), dtype=np.float32)
     weight_sum = np.zeros((padded_h, padded_w), dtype=np.float32)
     for batch in _batches(len(corners), batch_size):
         chunk = corners[batch]
         inputs = np.stack([image[:, y : y + tile_h, x : x + tile_w] for y, x in chunk])
-        probabilities = predict_probabilities(model, inputs, device, len(chunk), precision)
+        probabilities = predict_probabilities(
+            model, inputs, device, len(chunk), precision, all_outputs=all_outputs
+        )
         for (y, x), probability in zip(chunk, probabilities, strict=True):
-            total[y : y + tile_h, x : x + tile_w] += probability * weights
+            total[..., y : y + tile_h, x : x + tile_w] += probability * weights
             weight_sum[y : y + tile_h, x : x + tile_w] += weights
-    return (total / weight_sum)[:height, :width]
+    return (total / weight_sum)[..., :height, :width]
 
 
 def to_original_size(probabilities: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Probabilities at the training scale brought back to an image's own size (linear)."""
-    if probabilities.shape == (height, width):
+    """Probabilities (H, W) or outputs (K, H, W) at the training scale brought back to an
+    image's own size (linear)."""
+    if probabilities.shape[-2:] == (height, width):
         return probabilities
+    if probabilities.ndim == 3:
+        return np.stack([resize(channel, (height, width)) for channel in probabilities])
     return resize(probabilities, (height, width))
 
 
@@ -196,8 +215,10 @@ def predict_image(
     batch_size: int = 4,
     precision: str = "fp32",
     source: object = "image",
+    all_outputs: bool = False,
 ) -> np.ndarray:
-    """Cell probabilities (H, W) of one raw image at the image's own size.
+    """Cell probabilities (H, W) of one raw image at the image's own size (with
+    ``all_outputs``: every output channel, (K, H, W)).
 
     The image is prepared as the model's training data was, predicted by
     :func:`sliding_window` at the training scale (``tile`` defaults to the model's), and the
@@ -213,5 +234,6 @@ def predict_image(
         device=device,
         batch_size=batch_size,
         precision=precision,
+        all_outputs=all_outputs,
     )
     return to_original_size(probabilities, height, width)

@@ -98,3 +98,41 @@ def get_loss(name: str, key: str = "train.losses", **kwargs) -> nn.Module:
     if name not in LOSSES:
         raise ConfigError(key, f"unknown loss '{name}'; known losses: {', '.join(loss_names())}")
     return LOSSES[name](**kwargs)
+
+
+# ---------------------------------------------------------------- instance outputs
+class InstanceOutputLoss(nn.Module):
+    """The loss of a network's extra outputs (channels 1.., logits), fixed by the instance
+    mode (:mod:`protoseg.instances`); the foreground channel keeps ``train.losses``.
+
+    * ``boundaries``: soft Dice of the boundary probability (torch_em's ``DiceLoss``, its
+      usual loss of boundary channels: boundaries are thin, so BCE alone is outvoted);
+    * ``distances``: Dice of the centre and of the boundary distance, each masked to the
+      true foreground: micro-sam's ``DiceBasedDistanceLoss(mask_distances_in_bg=True)``
+      without its foreground term.
+
+    ``target`` holds the foreground in channel 0 and the extra targets after it.
+    """
+
+    def __init__(self, mode: str):
+        super().__init__()
+        from torch_em.loss import DiceLoss as TorchEmDice
+
+        if mode not in ("boundaries", "distances"):
+            raise ValueError(f"instance mode '{mode}' has no extra outputs")
+        self.mode = mode
+        self.dice = TorchEmDice()
+
+    def forward(self, extra_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        probabilities = torch.sigmoid(extra_logits.float())
+        target = target.float()
+        if self.mode == "boundaries":
+            return self.dice(probabilities, target[:, 1:])
+        foreground = target[:, :1]
+        total = probabilities.new_zeros(())
+        for channel in range(probabilities.shape[1]):
+            total = total + self.dice(
+                probabilities[:, channel : channel + 1] * foreground,
+                target[:, 1 + channel : 2 + channel] * foreground,
+            )
+        return total

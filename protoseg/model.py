@@ -2,11 +2,17 @@
 
 Double 3x3 convolutions (padded, so the output has the input's size; optional batch norm)
 at every level, 2x2 max-pooling down, transposed convolution or bilinear upsampling up,
-skip connections by concatenation, one output logit channel. Any input size works: where
-an odd size makes the upsampled map one pixel short, it is padded to the skip's size.
+skip connections by concatenation, one output logit channel (the foreground), or more for
+a network with instance outputs (``model.instances``, :mod:`protoseg.instances`). Any input
+size works: where an odd size makes the upsampled map one pixel short, it is padded to the
+skip's size.
 
 ``model.pt`` holds a dict: ``format``, ``architecture`` (the constructor's arguments),
-``state_dict`` (weights) and ``meta`` (training config, data set description, ...).
+``state_dict`` (weights) and ``meta`` (training config, data set description, threshold,
+instance post-processing, ...). A binary network is written as :data:`CHECKPOINT_FORMAT`;
+one with instance outputs as :data:`INSTANCE_CHECKPOINT_FORMAT`, so that a protoseg from
+before instance outputs refuses it ("not a protoseg U-Net checkpoint") instead of reading
+its first channel as a binary model and dropping the instances.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from protoseg.errors import ConfigError, InputError
 from protoseg.io import atomic_path
 
 CHECKPOINT_FORMAT = "protoseg-unet-1"
+INSTANCE_CHECKPOINT_FORMAT = "protoseg-unet-instances-1"
+FORMATS = (CHECKPOINT_FORMAT, INSTANCE_CHECKPOINT_FORMAT)
 UPSAMPLE_MODES = ("transpose", "bilinear")
 
 
@@ -111,9 +119,11 @@ class UNet(nn.Module):
 
 def architecture_from_config(model_cfg: dict, in_channels: int) -> dict:
     """The U-Net's constructor arguments from config ``model`` and the data's channels."""
+    from protoseg.instances import output_channels
+
     return {
         "in_channels": int(in_channels),
-        "out_channels": 1,
+        "out_channels": output_channels(model_cfg.get("instances", "none")),
         "depth": int(model_cfg.get("depth", 4)),
         "base_channels": int(model_cfg.get("base_channels", 64)),
         "batch_norm": bool(model_cfg.get("batch_norm", True)),
@@ -131,8 +141,9 @@ def count_parameters(model: nn.Module) -> int:
 
 def save_model(path: str | Path, model: UNet, meta: dict | None = None) -> None:
     """Write weights, architecture and ``meta`` (plain Python values) to ``path`` atomically."""
+    instance_outputs = model.architecture["out_channels"] > 1
     payload = {
-        "format": CHECKPOINT_FORMAT,
+        "format": INSTANCE_CHECKPOINT_FORMAT if instance_outputs else CHECKPOINT_FORMAT,
         "architecture": dict(model.architecture),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": meta or {},
@@ -156,9 +167,17 @@ def read_checkpoint(path: str | Path) -> dict:
         raise InputError(
             path, f"not a readable PyTorch checkpoint ({type(error).__name__}: {error})"
         ) from error
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") not in FORMATS:
         raise InputError(
-            path, f"not a protoseg U-Net checkpoint (expected format '{CHECKPOINT_FORMAT}')"
+            path,
+            f"not a protoseg U-Net checkpoint (expected format {' or '.join(map(repr, FORMATS))})",
+        )
+    instance_outputs = int(payload.get("architecture", {}).get("out_channels", 1)) > 1
+    if instance_outputs != (payload["format"] == INSTANCE_CHECKPOINT_FORMAT):
+        raise InputError(
+            path,
+            f"format '{payload['format']}' does not fit a network with "
+            f"{payload['architecture'].get('out_channels')} output channel(s); rewrite it by training",
         )
     return payload
 
@@ -196,4 +215,9 @@ def load_model(
             path,
             f"weights do not fit the U-Net architecture {stored}: {str(error).splitlines()[0]}",
         ) from error
-    return model.to(device).eval(), payload.get("meta", {})
+    meta = payload.get("meta", {})
+    # A network with instance outputs must record how they become cells (and in range).
+    from protoseg.instances import model_instances
+
+    model_instances(meta, int(stored.get("out_channels", 1)), path)
+    return model.to(device).eval(), meta

@@ -124,6 +124,8 @@ def metrics_vs_z(
 def prediction_overlays(overlay: dict, threshold: float, title: str):
     """The test state's images per plane (columns) and modality (rows), with the mask's
     outline (red) and the prediction's (cyan outline, light cyan shade); each panel titled with its pixel F1.
+    Overlays of a model with instance outputs (an ``instances`` array) show each of its
+    cells in its own colour instead of the cyan shade, titled with their number too.
     Returns the matplotlib figure."""
     modalities = list(dict.fromkeys(str(m) for m in overlay["modality"]))
     planes = sorted(set(int(z) for z in overlay["z"]))
@@ -153,13 +155,22 @@ def prediction_overlays(overlay: dict, threshold: float, title: str):
         # A light fill as well as the outline, so that a prediction covering (nearly) the
         # whole image, whose outline hugs the border, is still plain to see.
         fill = np.zeros((*probability.shape, 4), np.float32)
-        fill[probability > threshold] = (*to_rgb(PREDICTION_COLOUR), 0.25)
+        cells = overlay["instances"][index] if "instances" in overlay else None
+        if cells is None:
+            fill[probability > threshold] = (*to_rgb(PREDICTION_COLOUR), 0.25)
+        else:
+            from protoseg.predict import instance_colours
+
+            colours = instance_colours(int(cells.max())).astype(np.float32) / 255
+            fill[cells > 0, :3] = colours[cells[cells > 0] - 1]
+            fill[cells > 0, 3] = 0.45
         ax.imshow(fill, interpolation="nearest")
         if mask.any():
             ax.contour(mask.astype(float), levels=[0.5], colors=MASK_COLOUR, linewidths=1.0)
         if (probability > threshold).any():
             ax.contour(probability, levels=[threshold], colors=PREDICTION_COLOUR, linewidths=1.0)
-        ax.set_title(f"z{overlay['z'][index]}  F1 {score:.2f}", fontsize=9)
+        counted = "" if cells is None else f", {int(len(np.unique(cells[cells > 0])))} cells"
+        ax.set_title(f"z{overlay['z'][index]}  F1 {score:.2f}{counted}", fontsize=9)
         if column == 0:
             ax.text(
                 -0.04,
@@ -177,7 +188,9 @@ def prediction_overlays(overlay: dict, threshold: float, title: str):
             [],
             [],
             color=PREDICTION_COLOUR,
-            label=f"prediction (p > {threshold:g}, outline and shade)",
+            label=f"prediction (p > {threshold:g}, outline and shade)"
+            if "instances" not in overlay
+            else f"prediction (p > {threshold:g}); its cells one colour each",
         ),
     ]
     figure.legend(handles=handles, loc="lower center", ncol=2, frameon=False)

@@ -15,9 +15,15 @@ Probabilities are brought back to the image's own size and thresholded at the mo
 threshold (chosen on validation images in training, or the configured one), unless
 ``predict.threshold`` overrides it.
 
+Cells: a model with instance outputs (:mod:`protoseg.instances`) gives its own, by the
+seeded watershed with the settings stored in it (``instances: auto``, the default, or
+``model``); binary models' cells are the connected components (``auto``, ``cc``) or a
+distance watershed of the binary mask (``watershed``).
+
 Per input image ``NAME.ext`` the output folder gets ``NAME_binary.tif`` (uint8, 1 = cell),
 ``NAME_labels.tif`` (uint16 instance labels, 0 = background), ``NAME_overlay.png`` (cell
-outlines on the image) and one row in ``predictions.csv``.
+outlines on the image; each cell in its own colour for a model's own instances) and one row
+in ``predictions.csv``.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ from protoseg.transforms import Preprocessing, display_rgb
 log = logging.getLogger(__name__)
 
 INSTANCE_METHODS = ("cc", "watershed")
+# auto: the model's own instances where it has instance outputs, else connected components.
+PREDICT_INSTANCES = ("auto", "model", *INSTANCE_METHODS)
 SUMMARY_NAME = "predictions.csv"
 OUTLINE_COLOUR = (255, 220, 0)  # yellow reads on bright-field and on dark fluorescence
 
@@ -57,6 +65,7 @@ class PredictionModel:
     threshold: float
     threshold_source: str
     name: str
+    instances: dict | None = None  # mode and watershed settings of a model with instance outputs
 
     @property
     def in_channels(self) -> int:
@@ -180,6 +189,46 @@ def overlay_outlines(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return overlay
 
 
+def instance_colours(count: int, seed: int = 0) -> np.ndarray:
+    """``count`` bright, distinct-looking RGB colours (uint8), the same for the same seed."""
+    from matplotlib.colors import hsv_to_rgb
+
+    rng = np.random.default_rng(seed)
+    hsv = np.stack(
+        [rng.permutation(np.linspace(0, 1, count, endpoint=False)) if count else np.zeros(0)]
+        + [rng.uniform(0.6, 1.0, count), rng.uniform(0.8, 1.0, count)],
+        axis=1,
+    )
+    return (hsv_to_rgb(hsv) * 255).astype(np.uint8).reshape(count, 3)
+
+
+def overlay_instances(image: np.ndarray, labels: np.ndarray, alpha: float = 0.35) -> np.ndarray:
+    """The image (8-bit RGB) with each instance tinted and outlined in its own colour, so
+    that touching cells the network separated are told apart."""
+    overlay = display_rgb(image).astype(np.float32)
+    labels = np.asarray(labels)
+    colours = np.vstack([np.zeros((1, 3), np.uint8), instance_colours(int(labels.max()))])
+    painted = colours[labels].astype(np.float32)
+    inside = labels > 0
+    overlay[inside] = (1 - alpha) * overlay[inside] + alpha * painted[inside]
+    edges = find_boundaries(labels, mode="inner")
+    overlay[edges] = painted[edges]
+    return overlay.astype(np.uint8)
+
+
+def own_instances(outputs: np.ndarray, own: dict, threshold: float, min_area: int = 0):
+    """A model's own instance labels (uint16) from its outputs (1 + K, H, W): the seeded
+    watershed with its stored settings; ``min_area`` drops smaller objects on top."""
+    from protoseg.instances import segment
+
+    settings = dict(own["settings"])
+    settings["min_size"] = max(int(settings["min_size"]), int(min_area))
+    labels = segment(outputs, own["mode"], threshold, settings)
+    if labels.max() > np.iinfo(np.uint16).max:
+        raise ValueError(f"{labels.max()} instances do not fit uint16 labels")
+    return labels.astype(np.uint16)
+
+
 def load_prediction_model(model_path: str | Path, device: str = "cpu") -> PredictionModel:
     """Read a ``model.pt`` written by the training stage, with its training geometry."""
     from protoseg import model as model_module
@@ -204,12 +253,15 @@ def prediction_model_from_meta(network, meta: dict, name: str = "model") -> Pred
             f"network takes {architecture['in_channels']} channel(s) but its data set had {record.channels}",
         )
     stored = meta.get("threshold") or {"value": 0.5, "source": "default"}
+    from protoseg.instances import model_instances
+
     return PredictionModel(
         network=network,
         preprocessing=record.preprocessing,
         threshold=float(stored["value"]),
         threshold_source=str(stored["source"]),
         name=name,
+        instances=model_instances(meta, int(architecture.get("out_channels", 1)), name),
     )
 
 
@@ -221,7 +273,7 @@ def predict_files(
     tile: tuple[int, int] | None = None,
     overlap: float = 0.5,
     threshold: float | None = None,
-    instances: str = "cc",
+    instances: str = "auto",
     min_distance: int = 10,
     min_area: int = 0,
     device: str = "cpu",
@@ -234,14 +286,24 @@ def predict_files(
     Every image is checked for channels the model takes before any is predicted, so a
     bad input stops the run before anything is written. ``tile`` defaults to the model's
     (training size or patch); ``overlap`` is the share of a tile its neighbour covers;
-    ``threshold`` None uses the model's. Returns the summary table (one row per image:
-    image, height, width, cells, cell_fraction, threshold, outputs), also written to
+    ``threshold`` None uses the model's. ``instances``: ``auto`` (the model's own
+    instances where it has instance outputs, else connected components), ``model``, ``cc``
+    or ``watershed``. Returns the summary table (one row per image: image, height, width,
+    cells, cell_fraction, threshold, instances, outputs), also written to
     ``out_dir/predictions.csv``.
     """
-    if instances not in INSTANCE_METHODS:
+    if instances not in PREDICT_INSTANCES:
         raise ValueError(
-            f"unknown instance method '{instances}'; use one of {', '.join(INSTANCE_METHODS)}"
+            f"unknown instance method '{instances}'; use one of {', '.join(PREDICT_INSTANCES)}"
         )
+    if instances == "model" and model.instances is None:
+        raise InputError(
+            model.name,
+            "instances 'model' needs a model with instance outputs (model.instances "
+            "boundaries or distances); this one predicts foreground only (use cc or watershed)",
+        )
+    own = model.instances if instances in ("auto", "model") else None
+    method = own["mode"] if own else ("cc" if instances == "auto" else instances)
     if threshold is None:
         threshold = model.threshold
         log.info("threshold %.2f (%s) from %s", threshold, model.threshold_source, model.name)
@@ -255,7 +317,7 @@ def predict_files(
     rows = []
     for path in tqdm(files, desc="predict", unit="image", disable=not progress):
         image = read_image(path)
-        probabilities = predict_image(
+        outputs = predict_image(
             model.network,
             image,
             model.preprocessing,
@@ -265,13 +327,20 @@ def predict_files(
             batch_size=batch_size,
             precision=precision,
             source=str(path),
+            all_outputs=own is not None,
         )
+        probabilities = outputs if own is None else outputs[0]
         binary = probabilities > threshold
-        labels = label_instances(binary, instances, min_distance=min_distance, min_area=min_area)
+        if own is None:
+            labels = label_instances(binary, method, min_distance=min_distance, min_area=min_area)
+            overlay = overlay_outlines(image, labels)
+        else:
+            labels = own_instances(outputs, own, threshold, min_area)
+            overlay = overlay_instances(image, labels)
         paths = output_paths(out_dir, path.stem)
         write_tiff(paths["binary"], binary.astype(np.uint8))
         write_tiff(paths["labels"], labels)
-        write_png(paths["overlay"], overlay_outlines(image, labels))
+        write_png(paths["overlay"], overlay)
         rows.append(
             {
                 "image": str(path),
@@ -280,6 +349,7 @@ def predict_files(
                 "cells": int(labels.max()),
                 "cell_fraction": float(binary.mean()),
                 "threshold": float(threshold),
+                "instances": method,
                 **{f"{kind}_path": str(target) for kind, target in paths.items()},
             }
         )

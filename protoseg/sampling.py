@@ -12,6 +12,9 @@ enough foreground; at 0.1 % foreground almost every draw is rejected, and it gua
 share per batch. Cell pixels stored with each sample (:mod:`protoseg.dataset`) make the
 guaranteed draw one array lookup.
 
+With ``instances`` (:mod:`protoseg.instances`) an item's target also holds the extra
+outputs of that mode, made from the patch's labels after augmentation.
+
 Each item's randomness comes from ``(seed, epoch, index)`` alone, so an epoch is the same
 whatever the number of DataLoader workers, and a resumed run draws what the interrupted run
 would have drawn.
@@ -41,6 +44,7 @@ class PatchSampler:
         foreground_share: float,
         augmentation: Augmentation | None = None,
         seed: int = 0,
+        instances: str = "none",
     ):
         if len(data) == 0:
             raise ConfigError("split", f"the {data.split} split of {data.dataset_dir} is empty")
@@ -55,6 +59,7 @@ class PatchSampler:
         self.forced_per_batch = int(round(foreground_share * self.batch_size))
         self.augmentation = augmentation or Augmentation()
         self.seed = int(seed)
+        self.mode = instances
         self.epoch = 0
         areas = np.array(
             [
@@ -122,8 +127,12 @@ class PatchSampler:
     def __getitem__(self, index: int):
         import torch
 
-        image, mask, _ = self.draw(index)
-        return torch.from_numpy(image), torch.from_numpy(mask).unsqueeze(0).float()
+        image, mask, labels = self.draw(index)
+        if self.mode == "none":
+            return torch.from_numpy(image), torch.from_numpy(mask).unsqueeze(0).float()
+        from protoseg.instances import with_targets
+
+        return torch.from_numpy(image), torch.from_numpy(with_targets(mask, labels, self.mode))
 
 
 def _mirror(array: np.ndarray, pad) -> np.ndarray:

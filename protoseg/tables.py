@@ -13,6 +13,9 @@ losses the study had); otherwise the study's columns are left out.
 
 A second table per variant gives instance scores (SA50, mean SA, matched F1 at IoU 0.5),
 averaged over images; its overall row also has SA50 and matched F1 from pooled object counts.
+Models with instance outputs (``model.instances``) add the same scores of their own cells
+(the seeded watershed, columns ``ws_*`` of the per-image table) beside those of the
+connected components.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from protoseg.study import OVERALL, row_label
 
 PIXEL_METRICS = ("accuracy", "f1", "iou")
 INSTANCE_METRICS = ("sa50", "msa", "matched_f1")
+# The same scores of a network's own instances (protoseg.evaluate.WATERSHED_PREFIX).
+WATERSHED_METRICS = ("ws_sa50", "ws_msa", "ws_matched_f1")
 REDUCTIONS = ("micro", "imagewise")
 COUNT_COLUMNS = ("tp", "fp", "fn", "tn")
 METRIC_LABELS = {
@@ -37,6 +42,9 @@ METRIC_LABELS = {
     "sa50": "SA50",
     "msa": "mSA",
     "matched_f1": "F1@0.5",
+    "ws_sa50": "SA50 ws",
+    "ws_msa": "mSA ws",
+    "ws_matched_f1": "F1@0.5 ws",
 }
 REDUCTION_TITLES = {
     "micro": "pixels pooled over the images of each row",
@@ -92,16 +100,27 @@ def instance_summary(per_image: pd.DataFrame, planes: Sequence[int]) -> pd.DataF
     """SA50, mSA, matched F1 per plane and overall: image means (``imagewise``), and for
     SA50 and matched F1 also from pooled object counts (``micro``; mSA is NaN there)."""
     records = []
+    own = "ws_sa50" in per_image.columns  # a model with instance outputs
+    names = INSTANCE_METRICS + (WATERSHED_METRICS if own else ())
     for label, rows in _groups(per_image, planes):
         mean = {"z": label, "reduction": "imagewise", "n_images": len(rows)}
         pooled = {"z": label, "reduction": "micro", "n_images": len(rows), "msa": np.nan}
+        if own:
+            pooled["ws_msa"] = np.nan
         if len(rows):
-            mean |= {name: float(rows[name].mean()) for name in INSTANCE_METRICS}
+            mean |= {name: float(rows[name].mean()) for name in names}
             scores = metrics.pooled_instance_scores(rows["n_true"], rows["n_pred"], rows["tp50"])
             pooled |= {"sa50": scores["sa50"], "matched_f1": scores["matched_f1"]}
+            if own:
+                scores = metrics.pooled_instance_scores(
+                    rows["n_true"], rows["ws_n_pred"], rows["ws_tp50"]
+                )
+                pooled |= {"ws_sa50": scores["sa50"], "ws_matched_f1": scores["matched_f1"]}
         else:
-            mean |= dict.fromkeys(INSTANCE_METRICS, np.nan)
+            mean |= dict.fromkeys(names, np.nan)
             pooled |= {"sa50": np.nan, "matched_f1": np.nan}
+            if own:
+                pooled |= {"ws_sa50": np.nan, "ws_matched_f1": np.nan}
         records += [pooled, mean]
     return pd.DataFrame.from_records(records)
 
@@ -134,6 +153,9 @@ def provenance(per_image: pd.DataFrame) -> dict:
     for column in PROVENANCE_COLUMNS:
         values = per_image[column].dropna().unique() if column in per_image else []
         found[column] = values[0] if len(values) == 1 else (np.nan if not len(values) else "mixed")
+    if "instance_mode" in per_image:  # only models with instance outputs have it
+        values = per_image["instance_mode"].dropna().unique()
+        found["instance_mode"] = values[0] if len(values) == 1 else "mixed"
     return found
 
 
@@ -151,6 +173,8 @@ def describe_provenance(row: Mapping) -> str:
             f"threshold {float(threshold):.2f}"
             + (f" ({source})" if isinstance(source, str) else "")
         )
+    if isinstance(row.get("instance_mode"), str):
+        parts.append(f"instance outputs: {row['instance_mode']} (seeded watershed)")
     return ", ".join(parts) if parts else "not recorded"
 
 
@@ -198,11 +222,20 @@ def variant_tables(
             reduction: (table - reference.reindex(index=table.index, columns=table.columns))
             for reduction, table in ours.items()
         }
+    own = [
+        name
+        for name in WATERSHED_METRICS
+        if name in summary_table.columns
+        and summary_table.loc[summary_table["variant"] == variant, name].notna().any()
+    ]
+    instance_names = INSTANCE_METRICS + tuple(own)
     instances = {
-        reduction: _wide(summary_table, variant, losses, reduction, INSTANCE_METRICS)
+        reduction: _wide(summary_table, variant, losses, reduction, instance_names)
         for reduction in REDUCTIONS
     }
-    instances["micro"] = instances["micro"].drop(columns="msa", level="metric")
+    instances["micro"] = instances["micro"].drop(
+        columns=[name for name in ("msa", "ws_msa") if name in instance_names], level="metric"
+    )
     made = {}
     for loss in losses:
         rows = summary_table[
@@ -215,6 +248,7 @@ def variant_tables(
         "study": reference,
         "difference": difference,
         "instances": instances,
+        "own_instances": bool(own),
         "study_table_number": study.table_number(variant) if reference is not None else None,
     }
 
@@ -335,7 +369,14 @@ def to_markdown(variant: str, tables: dict) -> str:
         "",
         "SA50 and mSA: micro-sam's segmentation accuracy TP / (TP + FP + FN) at IoU 0.5 and "
         "averaged over IoU 0.50..0.95; F1@0.5: F1 of the one-to-one matching at IoU 0.5. "
-        "Mean of the per-image scores:",
+        + (
+            "Columns marked ws: the network's own cells (the seeded watershed of its instance "
+            "outputs, `model.instances`, settings chosen on validation images; "
+            "docs/instances.md); the others: connected components of its foreground. "
+            if tables.get("own_instances")
+            else ""
+        )
+        + "Mean of the per-image scores:",
         "",
         _markdown_table(
             _header(tables["instances"]["imagewise"]), _body(tables["instances"]["imagewise"], 3)

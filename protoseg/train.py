@@ -20,6 +20,13 @@ validation images (``threshold: auto`` or ``validation``), stored in ``model.pt`
 evaluation and prediction. Without a validation split the threshold is 0.5 (a warning says
 so) or the number ``train.threshold`` gives.
 
+A network with instance outputs (``model.instances``: ``boundaries`` or ``distances``,
+:mod:`protoseg.instances`) trains its foreground with the configured loss and its extra
+outputs with the mode's fixed loss (:class:`protoseg.losses.InstanceOutputLoss`) on targets
+made from the data set's instance labels; after the foreground threshold, its watershed
+settings are chosen on the validation split (``train.watershed: auto``) or taken from the
+config, and stored in ``model.pt``.
+
 Outputs in ``model_dir``: ``model.pt`` (see :mod:`protoseg.model`; byte-identical for
 identical runs on one machine), ``history.csv`` (one row per epoch), ``curve.png`` and
 ``checkpoints/epoch-NNN.pt`` (model, optimiser, scheduler, scaler, every RNG state, history,
@@ -53,12 +60,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from protoseg import dataset as datasets
+from protoseg import instances as instance_outputs
 from protoseg import metrics
 from protoseg.device import autocast_dtype, resolve_device, resolve_precision
-from protoseg.errors import ConfigError, ProtosegError
-from protoseg.evaluate import threshold_counts
+from protoseg.errors import ConfigError, InputError, ProtosegError
+from protoseg.evaluate import TruthReader, predict_sample, threshold_counts
+from protoseg.inference import to_original_size
 from protoseg.io import atomic_path, save_figure, write_csv
-from protoseg.losses import get_loss
+from protoseg.losses import InstanceOutputLoss, get_loss
 from protoseg.model import architecture_from_config, build_model, count_parameters, save_model
 from protoseg.sampling import PatchSampler
 from protoseg.transforms import Augmentation
@@ -414,7 +423,14 @@ class Trainer:
             "tile": inference.get("tile"),
             "overlap": float(inference.get("overlap", 0.5)),
         }
+        # The resolution evaluation scores at: where the watershed settings are chosen.
+        self.resolution = inference.get("resolution", "original")
         self.settings = settings = settings_from_config(train_cfg)
+        self.instances = instance_outputs.check_mode(self.model_cfg.get("instances", "none"))
+        if self.instances != "none":
+            # Only here: a binary model's settings (and its fingerprint) stay as they were.
+            settings["watershed"] = train_cfg.get("watershed", "auto")
+            instance_outputs.check_setting(settings["watershed"], self.instances)
         self.device = torch.device(resolve_device(settings["device"], "train.device"))
         self.precision = resolve_precision(settings["precision"], self.device.type)
         self.autocast = autocast_dtype(self.precision)
@@ -433,6 +449,13 @@ class Trainer:
         has_validation = len(self.validation_split) > 0
         check_threshold_setting(settings["threshold"], has_validation)
         self.validating = has_validation
+        if self.instances != "none" and not self.record.has_instances:
+            raise InputError(
+                self.dataset_dir / datasets.INFO_NAME,
+                f"model.instances is '{self.instances}' but this data set stores no instance "
+                "labels (built for a binary model); rebuild it with model.instances set",
+            )
+        self.extra_loss = InstanceOutputLoss(self.instances) if self.instances != "none" else None
         self.architecture = architecture_from_config(model_cfg, self.record.channels)
         self.fingerprint = _fingerprint(
             self.architecture, settings, loss, self.info, _dataset_stamp(dataset_dir)
@@ -456,7 +479,7 @@ class Trainer:
         else:
             self.sampler = None
             self.loader = make_loader(
-                datasets.TorchSplit(self.train_split),
+                datasets.TorchSplit(self.train_split, self.instances),
                 batch_size,
                 True,
                 self.shuffle_generator,
@@ -470,7 +493,9 @@ class Trainer:
         self.history: list[dict] = []
         self.best: dict | None = None  # epoch, val_f1, weights of the best validated epoch
 
-    def _patch_sampler(self, augmentation: Augmentation, foreground_share=None) -> PatchSampler:
+    def _patch_sampler(
+        self, augmentation: Augmentation, foreground_share=None, targets: bool = True
+    ) -> PatchSampler:
         batch_size = int(self.settings["batch_size"])
         samples = self.settings["samples_per_epoch"] or DEFAULT_PATCH_BATCHES * batch_size
         return PatchSampler(
@@ -483,6 +508,7 @@ class Trainer:
             ),
             augmentation=augmentation,
             seed=self.seed,
+            instances=self.instances if targets else "none",
         )
 
     def _optimiser(self):
@@ -583,7 +609,12 @@ class Trainer:
                 self.device.type, dtype=self.autocast, enabled=self.autocast is not None
             ):
                 logits = self.forward(_to_input(images, self.precision))
-            batch_loss = self.loss_fn(logits, masks)  # float32: the losses cast first
+            if self.extra_loss is None:
+                batch_loss = self.loss_fn(logits, masks)  # float32: the losses cast first
+            else:
+                batch_loss = self.loss_fn(logits[:, :1], masks[:, :1]) + self.extra_loss(
+                    logits[:, 1:], masks
+                )
             if not torch.isfinite(batch_loss):
                 good = latest_checkpoint(self.model_dir)
                 raise TrainingError(
@@ -695,6 +726,7 @@ class Trainer:
                 layers,
             )
         threshold = self.choose_threshold()
+        watershed = self.choose_watershed(threshold["value"])
         table = pd.DataFrame(self.history, columns=HISTORY_COLUMNS)
         meta = {
             "name": self.name,
@@ -709,6 +741,8 @@ class Trainer:
             "threshold": threshold,
             "final_train_loss": float(table["train_loss"].iloc[-1]),
         }
+        if watershed is not None:
+            meta["instances"] = watershed
         save_model(self.model_dir / "model.pt", self.model, meta)
         write_csv(self.model_dir / "history.csv", table)
         save_figure(self.model_dir / "curve.png", plot_curve(table, title=self.name))
@@ -720,7 +754,7 @@ class Trainer:
             data = datasets.TorchSplit(self.train_split)
         else:
             # Unbiased patches (no cell oversampling, no augmentation), drawn with a fixed seed.
-            data = self._patch_sampler(Augmentation(), foreground_share=0.0)
+            data = self._patch_sampler(Augmentation(), foreground_share=0.0, targets=False)
             data.set_epoch(RECALIBRATION_EPOCH)
         return make_loader(data, batch_size, False, None, workers, self.device)
 
@@ -764,6 +798,67 @@ class Trainer:
                 "over" if value > 0.5 else "under",
             )
         return {"value": value, "source": "validation", "validation_f1": f1}
+
+    def choose_watershed(self, threshold: float) -> dict | None:
+        """The instance post-processing stored in ``model.pt`` (None for a binary model):
+        fixed settings from ``train.watershed``, else the best mean mSA over the validation
+        images at evaluation's resolution (:func:`protoseg.instances.choose_settings`), else
+        the defaults with a warning. Never chosen on test images."""
+        mode = self.instances
+        if mode == "none":
+            return None
+        setting = self.settings["watershed"]
+        if not isinstance(setting, str):
+            return {
+                "mode": mode,
+                "settings": instance_outputs.check_settings(mode, setting),
+                "source": "config",
+            }
+        if not self.validating:
+            log.warning(
+                "%s: no validation split, so the watershed settings are not chosen on data: "
+                "the defaults %s are used (set split.validation to choose them there)",
+                self.name,
+                instance_outputs.DEFAULTS[mode],
+            )
+            return {
+                "mode": mode,
+                "settings": instance_outputs.check_settings(mode, {}),
+                "source": "default (no validation split)",
+            }
+        truth = TruthReader(self.validation_split, self.resolution, "labels")
+
+        def validation_images():
+            for index in range(len(self.validation_split)):
+                outputs = predict_sample(
+                    self.model,
+                    self.validation_split,
+                    index,
+                    **self.window,
+                    device=str(self.device),
+                    batch_size=int(self.settings["batch_size"]),
+                    precision=self.precision,
+                    all_outputs=True,
+                )
+                _, labels = truth(index)
+                yield to_original_size(outputs, *labels.shape), labels
+
+        chosen = instance_outputs.choose_settings(mode, threshold, validation_images())
+        log.info(
+            "%s: watershed settings %s chosen on %d validation images (mean mSA %.4f, SA50 %.4f)",
+            self.name,
+            chosen["settings"],
+            chosen["images"],
+            chosen["msa"],
+            chosen["sa50"],
+        )
+        return {
+            "mode": mode,
+            "settings": chosen["settings"],
+            "source": "validation",
+            "validation_msa": chosen["msa"],
+            "validation_sa50": chosen["sa50"],
+        }
 
 
 def train_model(

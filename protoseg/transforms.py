@@ -7,7 +7,7 @@ training images were.
 * colour: :func:`convert_colour` (``rgb``: 3 channels, ``grey``: luminance, 1 channel);
 * geometry: :func:`resize` (to a size), :func:`rescale` (by a factor), :func:`resize_labels`
   (nearest neighbour, for instance labels), :func:`binary_mask` (the study's resize of a mask
-  as a 0/255 image, then > 0);
+  as a 0/255 image, then > 0), :func:`instances_at_mask` (labels onto a resized binary mask);
 * :class:`Preprocessing` and :func:`prepare_image`: everything a model needs to know to
   turn a raw image into its input at the training scale;
 * :func:`augment_sample`: random flips, quarter turns, scale, brightness, contrast and gamma
@@ -22,8 +22,10 @@ from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
+from skimage.segmentation import expand_labels
 
 from protoseg.errors import ConfigError, InputError
+from protoseg.metrics import instances_from_binary
 
 COLOURS = ("rgb", "grey")
 NORMALISATIONS = ("dtype", "percentile")
@@ -147,6 +149,39 @@ def binary_mask(mask: np.ndarray, size: Sequence[int], source: object = "mask") 
     if tuple(binary.shape) == (int(size[0]), int(size[1])):
         return (binary > 0).astype(np.uint8)
     return (resize(binary, size) > 0).astype(np.uint8)
+
+
+def instances_at_mask(labels: np.ndarray, binary: np.ndarray) -> np.ndarray:
+    """True instances at the dataset's scale: instance labels resized (nearest) onto the
+    dataset's binary mask, whose fringe pixels take the label of the nearest cell.
+
+    The binary mask stays the reference (it is what pixel scores use); the labels only say
+    which of its pixels belong to which cell, so touching cells stay apart.
+    """
+    binary = np.asarray(binary) > 0
+    height, width = binary.shape
+    small = cv2.resize(
+        np.asarray(labels).astype(np.int32), (width, height), interpolation=cv2.INTER_NEAREST
+    )
+    small[~binary] = 0
+    fringe = binary & (small == 0)
+    if fringe.any():
+        grown = expand_labels(small, distance=3)
+        small[fringe] = grown[fringe]
+        # Mask pixels far from any resized cell (a cell lost by the resize) get their own ids.
+        orphans = binary & (small == 0)
+        if orphans.any():
+            extra = instances_from_binary(orphans).astype(np.int32)
+            small[orphans] = extra[orphans] + small.max()
+    return small.astype(np.uint32)
+
+
+def is_binary_labels(labels: np.ndarray) -> bool:
+    """Whether a mask carries no instance labels: one non-zero value shared by several
+    separate objects (a binary mask saved as 0/1 or 0/255)."""
+    labels = np.asarray(labels)
+    values = np.unique(labels[labels > 0])
+    return len(values) == 1 and int(instances_from_binary(labels).max()) > 1
 
 
 # ---------------------------------------------------------------- preprocessing of a model

@@ -21,5 +21,6 @@ manifest = build_dataset(
     split_cfg=dict(snakemake.params.split),
     dataset_cfg=dict(snakemake.params.dataset),
     mask_path=snakemake.params.mask_template,
+    instances=bool(snakemake.params.instances),
 )
 log.info("%s: %s", snakemake.wildcards.variant, manifest.groupby("split").size().to_dict())

@@ -148,6 +148,16 @@ CASES = [
         folder=False,
     ),
     Case(
+        "watershed-setting-out-of-range",
+        [
+            edit("model.instances", "distances"),
+            edit("train.watershed", {"center_threshold": 1.5}),
+        ],
+        PARSE,
+        ["train.watershed.center_threshold", "(0, 1)", "1.5"],
+        folder=False,
+    ),
+    Case(
         "unknown-loss",
         [edit("train.losses", ["bce", "msee"])],
         PARSE,

@@ -46,8 +46,32 @@ def test_the_shipped_configs_pass():
         (lambda c: c["train"].update(lr_min=0.1, lr_max=0.01), "train.lr_min", ["0.1", "0.01"]),
         # A bound left out takes protoseg.train's default (lr_max 1e-2).
         (lambda c: (c["train"].pop("lr_max"), c["train"].update(lr_min=0.5)), "train.lr_min", []),
+        (
+            lambda c: (
+                c["model"].update(instances="distances"),
+                c["train"].update(watershed={"center_threshold": 1.2}),
+            ),
+            "train.watershed.center_threshold",
+            ["(0, 1)", "1.2"],
+        ),
+        (
+            lambda c: (
+                c["model"].update(instances="boundaries"),
+                c["train"].update(watershed={"boundary_threshold": 0.5}),
+            ),
+            "train.watershed",
+            ["boundary_threshold", "seed_threshold"],
+        ),
     ],
-    ids=["masks-modality", "variant-modality", "loss", "lr-order", "lr-default"],
+    ids=[
+        "masks-modality",
+        "variant-modality",
+        "loss",
+        "lr-order",
+        "lr-default",
+        "watershed-range",
+        "watershed-mode",
+    ],
 )
 def test_config_errors_name_the_key(edit, key, words):
     with pytest.raises(ConfigError, match=f"config key '{key}'") as caught:

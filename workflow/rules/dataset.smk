@@ -45,6 +45,8 @@ rule dataset:
         ],
         split=config["split"],
         dataset=DATASET,
+        # A network with instance outputs trains on instance labels: stored in any geometry.
+        instances=config["model"]["instances"] != "none",
         # filled in per image by protoseg.dataset: {state} and {z}
         mask_template=lambda wildcards: DATASET_MASK,
     script:

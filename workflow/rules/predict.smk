@@ -44,8 +44,9 @@ if PREDICT.get("input_dir"):
             log_path("predict", "{variant}-{loss}"),
         benchmark:
             benchmark_path("predict", "{variant}-{loss}")
+        # torch, and torch-em for the watershed of a model's instance outputs.
         conda:
-            f"{ENVS}/torch.yaml"
+            f"{ENVS}/sam.yaml"
         # torch's intra-op threads; Snakemake lowers this to --cores where that is less.
         threads: 2
         resources:

@@ -4,6 +4,7 @@
 from protoseg.train import check_threshold_setting
 
 # train.threshold "validation" without a validation split stops the run here, not in a job.
+# (Watershed settings out of range stop it in protoseg.config_checks.)
 check_threshold_setting(
     config["train"]["threshold"], has_validation=bool(get_split_states("validation"))
 )
@@ -34,8 +35,9 @@ rule train:
         log_path("train", "{variant}-{loss}"),
     benchmark:
         benchmark_path("train", "{variant}-{loss}")
+    # torch, and torch-em for the instance targets and losses of model.instances.
     conda:
-        f"{ENVS}/torch.yaml"
+        f"{ENVS}/sam.yaml"
     # torch's intra-op threads; Snakemake lowers this to --cores where that is less.
     threads: 4
     resources:
@@ -50,6 +52,8 @@ rule train:
         inference={
             "tile": config["evaluate"]["tile"],
             "overlap": config["evaluate"]["overlap"],
+            # Watershed settings are chosen at the resolution evaluation scores at.
+            "resolution": config["evaluate"]["resolution"],
         },
     script:
         f"{SCRIPTS}/train.py"
