@@ -211,7 +211,3 @@ class ThresholdCounts:
         scores = self.f1_at(thresholds)
         index = int(np.argmax(scores))
         return float(thresholds[index]), float(scores[index])
-
-    @property
-    def empty(self) -> bool:
-        return not (self.cell.any() or self.background.any())

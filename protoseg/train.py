@@ -441,7 +441,9 @@ class Trainer:
         self.loss_fn = get_loss(loss)
 
         self.info = datasets.read_info(dataset_dir)
-        self.record = datasets.read_record(dataset_dir)
+        self.record = datasets.DatasetRecord.from_dict(
+            self.info, Path(dataset_dir) / datasets.INFO_NAME
+        )
         self.train_split = datasets.open_split(dataset_dir, "train")
         self.validation_split = datasets.open_split(dataset_dir, "validation")
         if len(self.train_split) == 0:

@@ -5,7 +5,7 @@ training images were.
 * intensity: :func:`scale_to_unit` (the study: integer types by their dtype's maximum),
   :func:`normalise_percentiles` (per image, as cellpose and nnU-Net do for microscopy);
 * colour: :func:`convert_colour` (``rgb``: 3 channels, ``grey``: luminance, 1 channel);
-* geometry: :func:`resize` (to a size), :func:`rescale` (by a factor), :func:`resize_labels`
+* geometry: :func:`resize` (to a size), :func:`scaled_shape` (by a factor), :func:`resize_labels`
   (nearest neighbour, for instance labels), :func:`binary_mask` (the study's resize of a mask
   as a 0/255 image, then > 0), :func:`instances_at_mask` (labels onto a resized binary mask);
 * :class:`Preprocessing` and :func:`prepare_image`: everything a model needs to know to
@@ -107,12 +107,6 @@ def resize(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
 def scaled_shape(shape: Sequence[int], scale: float) -> tuple[int, int]:
     """(height, width) of an image of ``shape`` rescaled by ``scale`` (at least 1 pixel)."""
     return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
-
-
-def rescale(image: np.ndarray, scale: float) -> np.ndarray:
-    """Resize H x W (x C) by ``scale`` with linear interpolation (unchanged at 1)."""
-    target = scaled_shape(image.shape, scale)
-    return image if target == tuple(image.shape[:2]) else resize(image, target)
 
 
 def resize_labels(labels: np.ndarray, size: Sequence[int]) -> np.ndarray:
