@@ -16,56 +16,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
-
-from protoseg.errors import ConfigError, InputError, ProtosegError
-
-SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
-
-
-# ---------------------------------------------------------------- config files
-def _deep_update(base: dict, update: dict) -> dict:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_update(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
-def load_config(paths: Sequence[str | Path], schema: str | Path | None = SCHEMA) -> dict:
-    """Read YAML config files, later ones overriding earlier ones key by key (as Snakemake's
-    ``--configfile`` does), and check the result against the workflow's schema when the
-    schema is at hand (a source checkout). Raises :class:`ConfigError` or :class:`InputError`.
-    """
-    config: dict = {}
-    for path in paths:
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(path, "config file not found")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise InputError(path, f"not valid YAML: {error}") from error
-        if not isinstance(loaded, dict):
-            raise InputError(path, "a config file must hold a mapping of keys")
-        _deep_update(config, loaded)
-    if schema is not None and Path(schema).is_file():
-        validate_config(config, schema)
-    return config
-
-
-def validate_config(config: dict, schema: str | Path = SCHEMA) -> None:
-    """Check ``config`` against the JSON schema; the first problem raises :class:`ConfigError`."""
-    import jsonschema
-
-    schema_doc = yaml.safe_load(Path(schema).read_text())
-    validator = jsonschema.validators.validator_for(schema_doc)(schema_doc)
-    errors = sorted(validator.iter_errors(config), key=lambda error: list(error.absolute_path))
-    if errors:
-        error = errors[0]
-        key = ".".join(str(part) for part in error.absolute_path) or "<top level>"
-        raise ConfigError(key, error.message)
+from protoseg.config import load_config
+from protoseg.errors import InputError, ProtosegError
 
 
 # ---------------------------------------------------------------- predict

@@ -18,7 +18,8 @@ from skimage.measure import label as connected_components
 from snakemake.utils import validate
 
 from protoseg import naming
-from protoseg.cli import SCHEMA, validate_config
+from protoseg.config import SCHEMA
+from protoseg.config import validate as validate_config
 from protoseg.io import read_image
 from protoseg.masks.imported import import_path
 from tests.test_paper_config import leaf_keys
@@ -40,7 +41,7 @@ def aisegcell() -> dict:
 
 def test_config_validates_against_the_schema():
     config = aisegcell()
-    validate_config(config, SCHEMA)
+    validate_config(config)
     validate(config, str(SCHEMA))  # as the Snakefile does
 
 

@@ -14,7 +14,8 @@ import yaml
 from snakemake.utils import validate
 
 from protoseg import naming
-from protoseg.cli import SCHEMA, validate_config
+from protoseg.config import SCHEMA
+from protoseg.config import validate as validate_config
 from tests.test_paper_config import leaf_keys
 from tests.workflow_helpers import REPO, demo_config, run_snakemake, write_project
 
@@ -29,7 +30,7 @@ def baby() -> dict:
 
 def test_config_validates_and_sets_every_key():
     config = baby()
-    validate_config(config, SCHEMA)
+    validate_config(config)
     validate(config, str(SCHEMA))
     missing = leaf_keys(demo_config()) - leaf_keys(config)
     assert not missing, f"config/baby.yaml lacks {sorted(missing)}"

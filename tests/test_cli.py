@@ -11,7 +11,8 @@ import tifffile
 import torch
 import yaml
 
-from protoseg.cli import load_config, main
+from protoseg.cli import main
+from protoseg.config import load_config
 from protoseg.errors import ConfigError, InputError
 from protoseg.model import build_model, save_model
 from protoseg.predict import SUMMARY_NAME, output_paths

@@ -9,7 +9,8 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from protoseg.cli import SCHEMA, validate_config
+from protoseg.config import SCHEMA
+from protoseg.config import validate as validate_config
 from protoseg.synth import generate_demo
 from tests.workflow_helpers import REPO, demo_config, run_snakemake, write_project
 
@@ -33,7 +34,7 @@ def leaf_keys(tree: dict, prefix: str = "") -> set[str]:
 
 def test_paper_config_validates_against_the_schema():
     config = paper()
-    validate_config(config, SCHEMA)
+    validate_config(config)
     validate(config, str(SCHEMA))  # as the Snakefile does
 
 

@@ -4,11 +4,12 @@
 import sys
 from pathlib import Path
 
-from snakemake.utils import validate
-
 from protoseg import config_checks, naming
+from protoseg.config import validate
 
-validate(config, schema="../schemas/config.schema.yaml")
+# Checked against workflow/schemas/config.schema.yaml, whose defaults fill in every key
+# left out (the one place defaults live), so rules and scripts read keys directly.
+validate(config)
 # What the schema cannot see (keys against each other and against the images), checked
 # before any job starts so `snakemake -n` refuses it too.
 config_checks.check_config(config)
