@@ -44,31 +44,46 @@ def _validator_with_defaults(schema: dict):
     return jsonschema.validators.extend(base, {"properties": fill_then_check})(schema)
 
 
-def validate(config: dict, schema: dict | None = None) -> dict:
+def validate(config: dict, schema: dict | None = None, *, require: bool = True) -> dict:
     """Check ``config`` against the schema and fill in its defaults, in place; returns it.
 
     The first problem raises :class:`ConfigError` naming the key, e.g. ``train.losses.0:
-    'bcee' is not one of ['bce', 'mse', 'dice', 'bce+dice']``.
+    'bcee' is not one of ['bce', 'mse', 'dice', 'bce+dice']``. ``require=False`` lets
+    required keys be absent (a section completed for a library call that does not use them).
     """
     validator = _validator_with_defaults(schema if schema is not None else _schema())
-    errors = sorted(validator.iter_errors(config), key=lambda error: list(error.absolute_path))
+    errors = [
+        error
+        for error in validator.iter_errors(config)
+        if require or error.validator != "required"
+    ]
     if errors:
-        error = errors[0]
+        error = sorted(errors, key=lambda error: list(error.absolute_path))[0]
         key = ".".join(str(part) for part in error.absolute_path) or "<top level>"
         raise ConfigError(key, error.message)
     return config
 
 
-def section_defaults(name: str, **overrides) -> dict:
-    """One section (``train``, ``merge``, ...) as the schema completes it from ``overrides``.
+def complete_section(name: str, values: dict | None = None) -> dict:
+    """A copy of config section ``name`` (``train``, ``merge``, ...) with the schema's
+    defaults filled in for every key ``values`` leaves out, checked.
 
-    What a script gets for a section the user left out; tests use it to call library
-    functions the way the workflow does.
+    The workflow validates the whole config up front; library functions that take a
+    section call this too, so a section built by hand (the command line, a notebook, a
+    test) gets the same defaults from the same place. Keys it does not use may be absent.
     """
-    section_schema = _schema()["properties"][name]
-    section = copy.deepcopy(overrides)
-    validate(section, section_schema)
+    section = copy.deepcopy(dict(values or {}))
+    try:
+        validate(section, _schema()["properties"][name], require=False)
+    except ConfigError as error:
+        key = name if error.key == "<top level>" else f"{name}.{error.key}"
+        raise ConfigError(key, error.problem) from None
     return section
+
+
+def section_defaults(name: str, **values) -> dict:
+    """:func:`complete_section` with the given keys as keyword arguments."""
+    return complete_section(name, values)
 
 
 def _deep_update(base: dict, update: dict) -> dict:
