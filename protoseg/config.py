@@ -47,19 +47,20 @@ def _validator_with_defaults(schema: dict):
 def validate(config: dict, schema: dict | None = None, *, require: bool = True) -> dict:
     """Check ``config`` against the schema and fill in its defaults, in place; returns it.
 
-    The first problem raises :class:`ConfigError` naming the key, e.g. ``train.losses.0:
+    The first problem raises :class:`ConfigError` naming the key, e.g. ``train.losses:
     'bcee' is not one of ['bce', 'mse', 'dice', 'bce+dice']``. ``require=False`` lets
     required keys be absent (a section completed for a library call that does not use them).
     """
     validator = _validator_with_defaults(schema if schema is not None else _schema())
     errors = [
-        error
-        for error in validator.iter_errors(config)
-        if require or error.validator != "required"
+        error for error in validator.iter_errors(config) if require or error.validator != "required"
     ]
     if errors:
-        error = sorted(errors, key=lambda error: list(error.absolute_path))[0]
-        key = ".".join(str(part) for part in error.absolute_path) or "<top level>"
+        error = sorted(errors, key=lambda error: [str(part) for part in error.absolute_path])[0]
+        path = list(error.absolute_path)
+        while path and isinstance(path[-1], int):  # an item of a list: name the list's key
+            path.pop()
+        key = ".".join(str(part) for part in path) or "<top level>"
         raise ConfigError(key, error.message)
     return config
 

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 
 import pandas as pd
 
+from protoseg.config import complete_section
 from protoseg.errors import ConfigError
 from protoseg.naming import parse_value
 
@@ -34,15 +35,15 @@ def check_config(config: dict) -> None:
     modalities = sorted(set(map(str, config["data"]["channels"].values())))
     check_modality("masks.modality", config["masks"]["modality"], modalities)
     for name, variant in config["dataset"]["variants"].items():
-        for modality in variant.get("modalities", []):
+        for modality in variant["modalities"]:
             check_modality(f"dataset.variants.{name}.modalities", modality, modalities)
-    train = config.get("train", {})
-    check_learning_rates(train)
+    train = complete_section("train", config["train"])
+    check_learning_rates(train["lr_min"], train["lr_max"])
     from protoseg.instances import check_mode, check_setting
 
-    mode = check_mode(config.get("model", {}).get("instances", "none"))
-    check_setting(train.get("watershed", "auto"), mode)
-    check_losses(train.get("losses", []))  # last: it imports torch
+    mode = check_mode(complete_section("model", config.get("model"))["instances"])
+    check_setting(train["watershed"], mode)
+    check_losses(train["losses"])  # last: it imports torch
 
 
 def check_modality(key: str, modality: str, known: Iterable[str]) -> None:
@@ -69,23 +70,12 @@ def check_losses(losses: Iterable[str]) -> None:
         )
 
 
-def check_learning_rates(train_cfg: dict) -> None:
-    """``lr_min <= lr_max``, a bound left out taking protoseg.train's default."""
-    if "lr_min" in train_cfg and "lr_max" in train_cfg:
-        defaults = {}
-    else:
-        from protoseg import train
-
-        defaults = getattr(train, "DEFAULTS", {})
-    low, high = (
-        train_cfg.get("lr_min", defaults.get("lr_min")),
-        train_cfg.get("lr_max", defaults.get("lr_max")),
-    )
-    if low is not None and high is not None and float(low) > float(high):
-        key = "train.lr_min" if "lr_min" in train_cfg else "train.lr_max"
+def check_learning_rates(lr_min: float, lr_max: float) -> None:
+    """``lr_min <= lr_max``: the cyclic learning rate runs from one up to the other."""
+    if float(lr_min) > float(lr_max):
         raise ConfigError(
-            key,
-            f"lr_min {low} is above lr_max {high}; the cyclic learning rate runs from "
+            "train.lr_min",
+            f"lr_min {lr_min} is above lr_max {lr_max}; the cyclic learning rate runs from "
             "lr_min up to lr_max",
         )
 

@@ -51,13 +51,11 @@ import pandas as pd
 from tqdm import tqdm
 
 from protoseg import naming
+from protoseg.config import complete_section
 from protoseg.errors import ConfigError, InputError
 from protoseg.io import atomic_path, read_image, write_csv, write_text
 from protoseg.metrics import instances_from_binary
 from protoseg.transforms import (
-    COLOURS,
-    GEOMETRIES,
-    NORMALISATIONS,
     Preprocessing,
     binary_mask,
     instances_at_mask,
@@ -86,7 +84,6 @@ MANIFEST_COLUMNS = [
 SHARD_DIR = "shards"
 MANIFEST_NAME = "manifest.csv"
 INFO_NAME = "dataset.json"
-DEFAULT_SHARD_SIZE = 64
 # Cell pixels kept per sample for the patch sampler (nnU-Net keeps 10,000 per class).
 FOREGROUND_LIMIT = 10_000
 # Rescale factors beyond these are a unit mistake, not a microscope.
@@ -111,14 +108,15 @@ def assign_splits(catalogue: pd.DataFrame, split_cfg: dict) -> pd.Series:
     All rows with one key value go to one split, so no state is in two splits. A split
     that leaves train or test empty raises :class:`ConfigError` naming ``split.test``.
     """
-    key = split_cfg.get("key", "xy")
+    split_cfg = complete_section("split", split_cfg)
+    key = split_cfg["key"]
     if key not in catalogue.columns:
         raise ConfigError(
             "split.key", f"'{key}' is not a catalogue column (columns: {list(catalogue.columns)})"
         )
     values = catalogue[key].map(naming.parse_value)
-    test = {naming.parse_value(v) for v in split_cfg.get("test", [])}
-    validation = {naming.parse_value(v) for v in split_cfg.get("validation", []) or []}
+    test = {naming.parse_value(v) for v in split_cfg["test"]}
+    validation = {naming.parse_value(v) for v in split_cfg["validation"]}
     both = test & validation
     if both:
         raise ConfigError(
@@ -156,6 +154,7 @@ def plan_samples(
     ``mask_path(state, z)`` names the mask of each image. Every mask must exist before any
     work starts (:class:`InputError` naming the first missing file).
     """
+    split_cfg = complete_section("split", split_cfg)
     for column in ("path", "state", "modality", "z"):
         if column not in catalogue.columns:
             raise InputError("catalogue", f"has no '{column}' column")
@@ -174,7 +173,7 @@ def plan_samples(
     chosen["split_order"] = chosen["split"].map({s: i for i, s in enumerate(SPLITS)})
     chosen["modality_order"] = chosen["modality"].map({m: i for i, m in enumerate(modalities)})
     chosen = chosen.sort_values(["split_order", "state", "z", "modality_order"], kind="stable")
-    key = split_cfg.get("key", "xy")
+    key = split_cfg["key"]
     samples = pd.DataFrame(
         {
             "split": chosen["split"].to_numpy(),
@@ -277,49 +276,42 @@ def preprocessing_from_config(dataset_cfg: dict) -> tuple[Preprocessing, tuple |
     cell_diameter`` when the typical cell diameter is given (cellpose's way); absurd scales
     (outside 1/100..16) are refused, naming the key.
     """
-    geometry = dataset_cfg.get("geometry", "resize")
-    if geometry not in GEOMETRIES:
-        raise ConfigError(
-            "dataset.geometry", f"unknown geometry '{geometry}'; use one of {', '.join(GEOMETRIES)}"
-        )
-    colour = dataset_cfg.get("colour", "rgb")
-    if colour not in COLOURS:
-        raise ConfigError(
-            "dataset.colour", f"unknown colour '{colour}'; use one of {', '.join(COLOURS)}"
-        )
-    normalise = dataset_cfg.get("normalise", "dtype")
-    if normalise not in NORMALISATIONS:
-        raise ConfigError(
-            "dataset.normalise",
-            f"unknown normalisation '{normalise}'; use one of {', '.join(NORMALISATIONS)}",
-        )
-    percentiles = tuple(float(v) for v in dataset_cfg.get("percentiles", (1.0, 99.8)))
-    if len(percentiles) != 2 or not 0 <= percentiles[0] < percentiles[1] <= 100:
-        raise ConfigError("dataset.percentiles", f"need 0 <= low < high <= 100, got {percentiles}")
+    dataset_cfg = complete_section("dataset", dataset_cfg)
+    geometry, colour, normalise = (
+        dataset_cfg["geometry"],
+        dataset_cfg["colour"],
+        dataset_cfg["normalise"],
+    )
+    percentiles = tuple(float(v) for v in dataset_cfg["percentiles"])
+    if not percentiles[0] < percentiles[1]:
+        raise ConfigError("dataset.percentiles", f"need low < high, got {list(percentiles)}")
     if geometry == "resize":
-        if dataset_cfg.get("size") is None:
+        if dataset_cfg["size"] is None:
             raise ConfigError("dataset.size", "the resize geometry needs a size [height, width]")
         size = tuple(int(v) for v in dataset_cfg["size"])
         prep = Preprocessing(geometry, colour, normalise, percentiles, size, None, size)
         return prep, None
-    scale = dataset_scale(dataset_cfg)
-    patch = tuple(int(v) for v in dataset_cfg.get("patch_size") or (256, 256))
-    if len(patch) != 2 or min(patch) < 16:
-        raise ConfigError("dataset.patch_size", f"need [height, width] of at least 16, got {patch}")
+    scale = dataset_scale(
+        dataset_cfg["scale"], dataset_cfg["cell_diameter"], dataset_cfg["target_diameter"]
+    )
+    patch = tuple(int(v) for v in dataset_cfg["patch_size"])
     # A U-Net of depth d halves the size d times; sizes that divide evenly keep tiles aligned.
     prep = Preprocessing(geometry, colour, normalise, percentiles, None, scale, patch)
     return prep, patch
 
 
-def dataset_scale(dataset_cfg: dict) -> float:
-    """The patches geometry's rescale factor from ``scale`` or the cell diameters."""
-    scale, diameter = dataset_cfg.get("scale"), dataset_cfg.get("cell_diameter")
+def dataset_scale(
+    scale: float | None, cell_diameter: float | None, target_diameter: float
+) -> float:
+    """The patches geometry's rescale factor: ``dataset.scale``, or ``target_diameter /
+    cell_diameter`` when the typical cell diameter is given, or 1."""
+    diameter = cell_diameter
     if scale is not None and diameter is not None:
         raise ConfigError(
             "dataset.scale", "give either dataset.scale or dataset.cell_diameter, not both"
         )
     if diameter is not None:
-        target = dataset_cfg.get("target_diameter")
+        target = target_diameter
         for key, value in (("cell_diameter", diameter), ("target_diameter", target)):
             if value is None or not np.isfinite(float(value)) or float(value) <= 0:
                 raise ConfigError(
@@ -414,9 +406,9 @@ def build_dataset(
     if isinstance(mask_path, str):
         mask_path = mask_template(mask_path)
     prep, patch = preprocessing_from_config(dataset_cfg)
-    shard_size = int(dataset_cfg.get("shard_size", DEFAULT_SHARD_SIZE))
-    if shard_size < 1:
-        raise ConfigError("dataset.shard_size", "must be at least 1")
+    dataset_cfg = complete_section("dataset", dataset_cfg)
+    split_cfg = complete_section("split", split_cfg)
+    shard_size = int(dataset_cfg["shard_size"])
     patches = prep.geometry == "patches"
     store_instances = patches or bool(instances)
     samples = plan_samples(catalogue, variant, modalities, split_cfg, mask_path)
@@ -534,11 +526,11 @@ def build_dataset(
         modalities=tuple(dict.fromkeys(modalities)),
         preprocessing=prep,
         patch_size=patch,
-        mask_source=dataset_cfg.get("mask_source", "state"),
+        mask_source=dataset_cfg["mask_source"],
         split={
-            "key": split_cfg.get("key", "xy"),
-            "test": list(split_cfg.get("test", [])),
-            "validation": list(split_cfg.get("validation", []) or []),
+            "key": split_cfg["key"],
+            "test": list(split_cfg["test"]),
+            "validation": list(split_cfg["validation"]),
         },
         samples={split: int((manifest["split"] == split).sum()) for split in SPLITS},
         shard_size=1 if patches else shard_size,

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from protoseg.config import complete_section
 from protoseg.errors import ConfigError, InputError
 from protoseg.io import save_npz
 
@@ -209,8 +210,8 @@ def state_mask(
     planes: Sequence[np.ndarray],
     tracks: pd.DataFrame,
     *,
-    footprint: str = "medoid",
-    drop_covered: float = 0.5,
+    footprint: str,
+    drop_covered: float,
 ) -> np.ndarray:
     """One uint16 mask for the state: larger cells over smaller ones (the study's rule).
 
@@ -255,8 +256,8 @@ def merge_state(
     planes: Sequence[np.ndarray],
     same_cell_iou: float,
     *,
-    footprint: str = "medoid",
-    drop_covered: float = 0.5,
+    footprint: str,
+    drop_covered: float,
 ) -> np.ndarray:
     """The state mask of one state's plane masks (uint16); see :func:`merge`."""
     planes = check_planes(planes)
@@ -269,8 +270,8 @@ def merge(
     planes: Sequence[np.ndarray],
     same_cell_iou: float,
     *,
-    footprint: str = "medoid",
-    drop_covered: float = 0.5,
+    footprint: str,
+    drop_covered: float,
     names: Sequence[str] | None = None,
 ) -> Merged:
     """Track cells through a state's planes; return tracks, state mask and per-z masks.
@@ -423,7 +424,7 @@ def merge_state_files(
     from protoseg.io import read_image, write_png, write_tiff
     from protoseg.qc import overlay_grid
 
-    cfg = dict(merge_cfg or {})
+    cfg = complete_section("merge", merge_cfg)
     z = [int(value) for value in z]
     if len(plane_paths) != len(z) or len(per_z_paths) != len(z):
         raise ValueError(
@@ -432,9 +433,9 @@ def merge_state_files(
     planes = read_plane_masks(plane_paths)
     merged = merge(
         planes,
-        cfg.get("same_cell_iou", 0.5),
-        footprint=cfg.get("footprint", "medoid"),
-        drop_covered=cfg.get("drop_covered", 0.5),
+        cfg["same_cell_iou"],
+        footprint=cfg["footprint"],
+        drop_covered=cfg["drop_covered"],
         names=[str(path) for path in plane_paths],
     )
     if qc_path is not None:
@@ -454,7 +455,7 @@ def merge_state_files(
             planes,
             merged.state_mask,
             z,
-            panel_width=cfg.get("qc_panel_width", 360),
+            panel_width=cfg["qc_panel_width"],
             title=state,
         )
     # Written last and together, once everything above has worked.

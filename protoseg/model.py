@@ -119,15 +119,17 @@ class UNet(nn.Module):
 
 def architecture_from_config(model_cfg: dict, in_channels: int) -> dict:
     """The U-Net's constructor arguments from config ``model`` and the data's channels."""
+    from protoseg.config import complete_section
     from protoseg.instances import output_channels
 
+    model_cfg = complete_section("model", model_cfg)
     return {
         "in_channels": int(in_channels),
-        "out_channels": output_channels(model_cfg.get("instances", "none")),
-        "depth": int(model_cfg.get("depth", 4)),
-        "base_channels": int(model_cfg.get("base_channels", 64)),
-        "batch_norm": bool(model_cfg.get("batch_norm", True)),
-        "upsample": model_cfg.get("upsample", "transpose"),
+        "out_channels": output_channels(model_cfg["instances"]),
+        "depth": int(model_cfg["depth"]),
+        "base_channels": int(model_cfg["base_channels"]),
+        "batch_norm": bool(model_cfg["batch_norm"]),
+        "upsample": model_cfg["upsample"],
     }
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from protoseg.config import complete_section
 from protoseg.errors import ConfigError, InputError
 from protoseg.io import IMAGE_SUFFIXES
 
@@ -115,7 +116,7 @@ def scan_folder(raw_dir: str | Path, data_cfg: dict) -> pd.DataFrame:
         raise InputError(raw_dir, "data.raw_dir folder not found")
     compile_pattern(data_cfg["pattern"], data_cfg["state_format"])  # config errors first
     ignore = []
-    for expression in data_cfg.get("ignore", []):
+    for expression in complete_section("data", data_cfg)["ignore"]:
         try:
             ignore.append(re.compile(expression))
         except re.error as error:
@@ -256,7 +257,7 @@ def states_in_split(records: pd.DataFrame, split_cfg: dict, split: str) -> list[
         )
     value_of_state = per_state.map(lambda values: parse_value(values[0]))
     test = {parse_value(v) for v in split_cfg["test"]}
-    validation = {parse_value(v) for v in split_cfg.get("validation", [])}
+    validation = {parse_value(v) for v in complete_section("split", split_cfg)["validation"]}
     if split == "test":
         chosen = value_of_state.isin(test)
     elif split == "validation":

@@ -82,7 +82,7 @@ def overlay_grid(
     state_mask: np.ndarray | None,
     z: Sequence[int],
     *,
-    panel_width: int = 360,
+    panel_width: int,
     title: str = "",
 ) -> np.ndarray:
     """RGB uint8 grid: a column per plane, a row per modality, mask outlines on each panel.

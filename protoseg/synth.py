@@ -44,6 +44,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from protoseg import io, naming
+from protoseg.config import complete_section
 from protoseg.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -86,16 +87,16 @@ CELL_TABLE_COLUMNS = [
 class DemoParams:
     """What a state contains. Lengths are in pixels; depths and ranges in plane units."""
 
-    cells: tuple[int, int] = (9, 14)
-    cell_radius: tuple[float, float] = (14.0, 30.0)
-    dead_cells: tuple[int, int] = (1, 3)
-    debris: tuple[int, int] = (3, 8)
-    overlaps: tuple[int, int] = (1, 2)
-    depth_mean: float = 19.0
-    depth_sd: float = 3.0
-    presence_range: float = 3.0
-    blur_per_plane: float = 0.05
-    noise: float = 1.0
+    cells: tuple[int, int]
+    cell_radius: tuple[float, float]
+    dead_cells: tuple[int, int]
+    debris: tuple[int, int]
+    overlaps: tuple[int, int]
+    depth_mean: float
+    depth_sd: float
+    presence_range: float
+    blur_per_plane: float
+    noise: float
 
     @property
     def mean_radius(self) -> float:
@@ -106,8 +107,8 @@ class DemoParams:
         return self.blur_per_plane * self.mean_radius * np.abs(distance)
 
 
-def _pair(demo_cfg: dict, key: str, default: tuple, kind: type) -> tuple:
-    value = demo_cfg.get(key, default)
+def _pair(demo_cfg: dict, key: str, kind: type) -> tuple:
+    value = demo_cfg[key]
     if not isinstance(value, (list, tuple)) or len(value) != 2:
         raise ConfigError(f"demo.{key}", f"expected [min, max], got {value!r}")
     low, high = (kind(v) for v in value)
@@ -117,19 +118,20 @@ def _pair(demo_cfg: dict, key: str, default: tuple, kind: type) -> tuple:
 
 
 def params_from_config(demo_cfg: dict) -> DemoParams:
-    """:class:`DemoParams` from the ``demo:`` config section (missing keys: defaults)."""
-    defaults = DemoParams()
+    """:class:`DemoParams` from the ``demo:`` config section (keys left out: the schema's
+    defaults)."""
+    demo_cfg = complete_section("demo", demo_cfg)
     params = DemoParams(
-        cells=_pair(demo_cfg, "cells", defaults.cells, int),
-        cell_radius=_pair(demo_cfg, "cell_radius", defaults.cell_radius, float),
-        dead_cells=_pair(demo_cfg, "dead_cells", defaults.dead_cells, int),
-        debris=_pair(demo_cfg, "debris", defaults.debris, int),
-        overlaps=_pair(demo_cfg, "overlaps", defaults.overlaps, int),
-        depth_mean=float(demo_cfg.get("depth_mean", defaults.depth_mean)),
-        depth_sd=float(demo_cfg.get("depth_sd", defaults.depth_sd)),
-        presence_range=float(demo_cfg.get("presence_range", defaults.presence_range)),
-        blur_per_plane=float(demo_cfg.get("blur_per_plane", defaults.blur_per_plane)),
-        noise=float(demo_cfg.get("noise", defaults.noise)),
+        cells=_pair(demo_cfg, "cells", int),
+        cell_radius=_pair(demo_cfg, "cell_radius", float),
+        dead_cells=_pair(demo_cfg, "dead_cells", int),
+        debris=_pair(demo_cfg, "debris", int),
+        overlaps=_pair(demo_cfg, "overlaps", int),
+        depth_mean=float(demo_cfg["depth_mean"]),
+        depth_sd=float(demo_cfg["depth_sd"]),
+        presence_range=float(demo_cfg["presence_range"]),
+        blur_per_plane=float(demo_cfg["blur_per_plane"]),
+        noise=float(demo_cfg["noise"]),
     )
     if params.cell_radius[0] < 3:
         raise ConfigError(
@@ -604,7 +606,7 @@ def make_state(
     params: DemoParams | None = None,
 ) -> StateSample:
     """Draw one state: objects, images at every plane in both channels, and the truth."""
-    params = params or DemoParams()
+    params = params or params_from_config({})
     planes = [int(z) for z in planes]
     if not planes:
         raise ConfigError("data.planes", "needs at least one focal plane")
@@ -758,6 +760,7 @@ def generate_demo(
     (``data.state_format``) name the files as the rest of the workflow expects them.
     """
     out_dir = Path(out_dir)
+    demo_cfg = complete_section("demo", demo_cfg)
     params = params_from_config(demo_cfg)
     height, width = int(demo_cfg["height"]), int(demo_cfg["width"])
     channel_of = demo_channels(channels)
@@ -768,7 +771,7 @@ def generate_demo(
     first = None
     for day, time, xy in tqdm(states, desc="demo states", unit="state"):
         sample = make_state(
-            state_rng(demo_cfg.get("seed", 0), day, time, xy), height, width, planes, params
+            state_rng(demo_cfg["seed"], day, time, xy), height, width, planes, params
         )
         state = state_name(day, time, xy, state_format)
         for index, z in enumerate(sample.planes):

@@ -62,6 +62,7 @@ from tqdm import tqdm
 from protoseg import dataset as datasets
 from protoseg import instances as instance_outputs
 from protoseg import metrics
+from protoseg.config import complete_section
 from protoseg.device import autocast_dtype, resolve_device, resolve_precision
 from protoseg.errors import ConfigError, InputError, ProtosegError
 from protoseg.evaluate import TruthReader, predict_sample, threshold_counts
@@ -75,35 +76,6 @@ from protoseg.transforms import Augmentation
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
-DEFAULTS = {
-    "epochs": 50,
-    "batch_size": 16,
-    "lr_min": 1e-4,
-    "lr_max": 1e-2,
-    "lr_half_cycle_epochs": 5,
-    "schedule": "cyclic",
-    "seed": 0,
-    "device": "auto",
-    "precision": "auto",
-    "workers": 0,
-    "keep_checkpoints": 2,
-    "recalibrate_bn": True,
-    "samples_per_epoch": None,
-    "foreground_share": 0.33,
-    "validate_every": 1,
-    "keep_best": True,
-    "threshold": "auto",
-    "compile": False,
-    "augment": {
-        "flip": False,
-        "rotate90": False,
-        "scale": 0.0,
-        "brightness": 0.0,
-        "contrast": 0.0,
-        "gamma": 0.0,
-    },
-}
-SCHEDULES = ("cyclic", "cosine")
 THRESHOLD_MODES = ("auto", "validation")
 # Batches per epoch of the patches geometry when train.samples_per_epoch is null.
 DEFAULT_PATCH_BATCHES = 32
@@ -125,30 +97,16 @@ class TrainingError(ProtosegError):
 
 
 def settings_from_config(train_cfg: dict) -> dict:
-    """Config ``train`` with defaults filled in and checked (``losses`` left out)."""
-    settings = {
-        key: train_cfg.get(key, value) for key, value in DEFAULTS.items() if key != "augment"
-    }
-    settings["augment"] = {**DEFAULTS["augment"], **(train_cfg.get("augment") or {})}
-    for key in ("epochs", "batch_size", "validate_every"):
-        if int(settings[key]) < 1:
-            raise ConfigError(f"train.{key}", f"must be at least 1, got {settings[key]}")
-    if not 0 < float(settings["lr_min"]) <= float(settings["lr_max"]):
+    """Config ``train`` completed with the schema's defaults and checked; ``losses`` (one
+    model per loss) and ``watershed`` (instance models only) left out."""
+    settings = complete_section("train", train_cfg)
+    settings.pop("losses", None)
+    settings.pop("watershed", None)
+    if not float(settings["lr_min"]) <= float(settings["lr_max"]):
         raise ConfigError(
             "train.lr_max",
-            f"need 0 < lr_min <= lr_max, got {settings['lr_min']} and {settings['lr_max']}",
+            f"need lr_min <= lr_max, got {settings['lr_min']} and {settings['lr_max']}",
         )
-    if float(settings["lr_half_cycle_epochs"]) <= 0:
-        raise ConfigError("train.lr_half_cycle_epochs", "must be positive")
-    if settings["schedule"] not in SCHEDULES:
-        raise ConfigError(
-            "train.schedule",
-            f"unknown schedule '{settings['schedule']}'; use one of {', '.join(SCHEDULES)}",
-        )
-    if not 0 <= float(settings["foreground_share"]) <= 1:
-        raise ConfigError("train.foreground_share", "must lie between 0 and 1")
-    if settings["samples_per_epoch"] is not None and int(settings["samples_per_epoch"]) < 1:
-        raise ConfigError("train.samples_per_epoch", "must be at least 1 (or null)")
     check_threshold_setting(settings["threshold"])
     return settings
 
@@ -418,18 +376,17 @@ class Trainer:
         self.name = name or self.model_dir.name
         self.loss_name, self.model_cfg, self.progress = loss, dict(model_cfg), progress
         # The sliding window of validation: evaluation's, so the threshold fits it.
-        inference = inference or {}
-        self.window = {
-            "tile": inference.get("tile"),
-            "overlap": float(inference.get("overlap", 0.5)),
-        }
+        inference = complete_section("evaluate", inference)
+        self.window = {"tile": inference["tile"], "overlap": float(inference["overlap"])}
         # The resolution evaluation scores at: where the watershed settings are chosen.
-        self.resolution = inference.get("resolution", "original")
+        self.resolution = inference["resolution"]
         self.settings = settings = settings_from_config(train_cfg)
-        self.instances = instance_outputs.check_mode(self.model_cfg.get("instances", "none"))
+        self.instances = instance_outputs.check_mode(
+            complete_section("model", model_cfg)["instances"]
+        )
         if self.instances != "none":
             # Only here: a binary model's settings (and its fingerprint) stay as they were.
-            settings["watershed"] = train_cfg.get("watershed", "auto")
+            settings["watershed"] = complete_section("train", train_cfg)["watershed"]
             instance_outputs.check_setting(settings["watershed"], self.instances)
         self.device = torch.device(resolve_device(settings["device"], "train.device"))
         self.precision = resolve_precision(settings["precision"], self.device.type)

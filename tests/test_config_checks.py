@@ -44,7 +44,7 @@ def test_the_shipped_configs_pass():
         ),
         (lambda c: c["train"].update(losses=["bce", "msee"]), "train.losses", ["'msee'", "mse"]),
         (lambda c: c["train"].update(lr_min=0.1, lr_max=0.01), "train.lr_min", ["0.1", "0.01"]),
-        # A bound left out takes protoseg.train's default (lr_max 1e-2).
+        # A bound left out takes the schema's default (lr_max 1e-2).
         (lambda c: (c["train"].pop("lr_max"), c["train"].update(lr_min=0.5)), "train.lr_min", []),
         (
             lambda c: (

@@ -229,17 +229,17 @@ def test_patches_geometry_stores_each_image_rescaled_with_instances_and_cells(tm
 
 
 def test_patches_scale_from_cell_diameter_and_absurd_values_name_the_key():
-    assert dataset_scale({"cell_diameter": 60, "target_diameter": 30}) == 0.5
-    assert dataset_scale({"scale": 2.0}) == 2.0
-    assert dataset_scale({}) == 1.0
+    assert dataset_scale(None, 60, 30) == 0.5
+    assert dataset_scale(2.0, None, 30) == 2.0
+    assert dataset_scale(None, None, 30) == 1.0
     with pytest.raises(ConfigError, match=r"dataset\.cell_diameter.*outside"):
-        dataset_scale({"cell_diameter": 0.5, "target_diameter": 30})
+        dataset_scale(None, 0.5, 30)
     with pytest.raises(ConfigError, match=r"dataset\.scale.*outside"):
-        dataset_scale({"scale": 1000})
+        dataset_scale(1000, None, 30)
     with pytest.raises(ConfigError, match=r"dataset\.cell_diameter.*positive"):
-        dataset_scale({"cell_diameter": -3, "target_diameter": 30})
+        dataset_scale(None, -3, 30)
     with pytest.raises(ConfigError, match="not both"):
-        dataset_scale({"cell_diameter": 10, "target_diameter": 30, "scale": 1.0})
+        dataset_scale(1.0, 10, 30)
 
 
 def test_no_cell_in_any_training_image_is_an_error_and_nothing_is_written(tmp_path):

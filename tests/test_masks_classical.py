@@ -131,7 +131,7 @@ def test_bad_settings_name_the_key(bad, key):
 def test_demo_data_is_segmented_well():
     synth = pytest.importorskip("protoseg.synth")
     planes = [12, 14, 16, 18, 20, 22, 24]
-    params = synth.DemoParams()
+    params = synth.params_from_config({})
     scores = []
     for xy in (1, 2):
         sample = synth.make_state(synth.state_rng(7, 1, 1, xy), 200, 280, planes, params)

@@ -57,12 +57,14 @@ def test_16_bit_grey_images_are_shown():
         np.full((60, 80), 1000, np.uint16),
         np.arange(60 * 80, dtype=np.uint16).reshape(60, 80),
     ]
-    grid = overlay_grid({"fluorescent": images}, masks(2), None, [1, 2])
+    grid = overlay_grid({"fluorescent": images}, masks(2), None, [1, 2], panel_width=360)
     assert grid.dtype == np.uint8
 
 
 def test_mismatched_inputs_are_refused():
     with pytest.raises(ValueError, match="2 images for 3 planes"):
-        overlay_grid({"fluorescent": stack(2)}, masks(3), None, [1, 2, 3])
+        overlay_grid({"fluorescent": stack(2)}, masks(3), None, [1, 2, 3], panel_width=360)
     with pytest.raises(ValueError, match="differs from mask shape"):
-        overlay_grid({"fluorescent": stack(2, shape=(50, 80))}, masks(2), None, [1, 2])
+        overlay_grid(
+            {"fluorescent": stack(2, shape=(50, 80))}, masks(2), None, [1, 2], panel_width=360
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -45,8 +46,13 @@ def files_of(folder) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def sample() -> synth.StateSample:
     """A crowded state: overlapping pairs, dead cells and debris."""
-    params = synth.DemoParams(
-        cells=(7, 8), cell_radius=(9, 15), dead_cells=(2, 2), debris=(4, 5), overlaps=(2, 2)
+    params = replace(
+        synth.params_from_config({}),
+        cells=(7, 8),
+        cell_radius=(9, 15),
+        dead_cells=(2, 2),
+        debris=(4, 5),
+        overlaps=(2, 2),
     )
     return synth.make_state(synth.state_rng(11, 1, 1, 1), HEIGHT, WIDTH, PLANES, params)
 
@@ -188,8 +194,13 @@ def test_brightfield_is_light_and_fluorescent_dark_with_blue_outlines(sample):
 
 
 def test_dead_cells_and_debris_show_in_brightfield_only():
-    params = synth.DemoParams(
-        cells=(2, 2), cell_radius=(10, 14), dead_cells=(3, 3), debris=(5, 5), overlaps=(0, 0)
+    params = replace(
+        synth.params_from_config({}),
+        cells=(2, 2),
+        cell_radius=(10, 14),
+        dead_cells=(3, 3),
+        debris=(5, 5),
+        overlaps=(0, 0),
     )
     sample = synth.make_state(synth.state_rng(2, 1, 1, 1), HEIGHT, WIDTH, PLANES, params)
     others = [
@@ -305,8 +316,13 @@ def sharpness(crop: np.ndarray) -> float:
 
 
 def test_blur_grows_with_distance_from_the_cells_depth():
-    params = synth.DemoParams(
-        cells=(3, 4), cell_radius=(10, 16), dead_cells=(0, 0), debris=(0, 0), overlaps=(0, 0)
+    params = replace(
+        synth.params_from_config({}),
+        cells=(3, 4),
+        cell_radius=(10, 16),
+        dead_cells=(0, 0),
+        debris=(0, 0),
+        overlaps=(0, 0),
     )
     measured = 0
     for seed in range(1, 5):
@@ -333,7 +349,9 @@ def test_blur_grows_with_distance_from_the_cells_depth():
 
 
 def test_most_cells_are_sharp_near_z18_to_z20_and_blurred_at_z12():
-    sample = synth.make_state(synth.state_rng(5, 1, 1, 2), 256, 360, PLANES, synth.DemoParams())
+    sample = synth.make_state(
+        synth.state_rng(5, 1, 1, 2), 256, 360, PLANES, synth.params_from_config({})
+    )
     depths = np.array([c.depth for c in sample.cells])
     nearest = np.array([PLANES[int(np.argmin([abs(z - d) for z in PLANES]))] for d in depths])
     assert np.isin(nearest, [16, 18, 20, 22]).mean() >= 0.6

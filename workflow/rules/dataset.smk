@@ -7,9 +7,7 @@ DATASET = config["dataset"]
 # Geometry, scale (or cell diameters), patch and normalisation checked at parse time: a
 # zero, negative or absurd scale stops the run naming the key, before any job.
 preprocessing_from_config(DATASET)
-DATASET_MASK = (
-    STATE_MASK if DATASET.get("mask_source", "state") == "state" else PER_Z_MASK
-)
+DATASET_MASK = STATE_MASK if DATASET["mask_source"] == "state" else PER_Z_MASK
 DATASET_INFO = f"{DATASET_DIR}/dataset.json"
 DATASET_SHARDS = f"{DATASET_DIR}/shards"
 # Every mask of the chosen mask_source: the dataset pairs each image with one.

@@ -4,9 +4,9 @@
 # names) stops the run before any job starts. See docs/predict.md.
 from protoseg.predict import image_files as predict_image_files
 
-PREDICT = config.get("predict") or {}
+PREDICT = config["predict"]
 
-if PREDICT.get("input_dir"):
+if PREDICT["input_dir"]:
 
     PREDICT_IMAGES = [str(path) for path in predict_image_files([PREDICT["input_dir"]])]
     PREDICT_STEMS = [Path(path).stem for path in PREDICT_IMAGES]

@@ -5,9 +5,9 @@ if TRUTH_DIR:
     from protoseg.quality import build_pairs
 
     QUALITY_METHOD = config["masks"]["method"]
-    COMPARE_CLASSICAL = QUALITY_METHOD != "classical" and (
-        config.get("quality") or {}
-    ).get("compare_classical", False)
+    COMPARE_CLASSICAL = (
+        QUALITY_METHOD != "classical" and config["quality"]["compare_classical"]
+    )
     QUALITY_PAIRS = build_pairs(
         STATES,
         PLANES,
@@ -55,7 +55,7 @@ if TRUTH_DIR:
             f"{ENVS}/sam.yaml"
         params:
             pairs=QUALITY_PAIRS,
-            classical=config["masks"].get("classical") or {},
+            classical=config["masks"]["classical"],
         script:
             f"{SCRIPTS}/quality.py"
 
