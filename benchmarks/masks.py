@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from conftest import build_random_vit_t  # noqa: E402 - the tests' random-model builder
 
 from protoseg import synth  # noqa: E402
+from protoseg.config import section_defaults  # noqa: E402
 from protoseg.masks import make_plane_mask, sam  # noqa: E402
 
 DEMO_SHAPE = (256, 360)
@@ -100,13 +101,14 @@ class Bench:
             "embeddings_dir": None if cache is None else str(self.workdir / cache),
         }
         keys.update(sam_keys)
-        return {
-            "method": method,
-            "modality": "fluorescent",
-            "sam": keys,
-            "classical": dict(DEMO_CONFIG["masks"].get("classical") or {}),
-            "prompted": {"prompts": str(self.workdir / "prompts.csv")},
-        }
+        return section_defaults(
+            "masks",
+            method=method,
+            modality="fluorescent",
+            sam=keys,
+            classical=DEMO_CONFIG["masks"]["classical"],
+            prompted={"prompts": str(self.workdir / "prompts.csv")},
+        )
 
     def run(self, case, size, image, masks_cfg, note="", estimate_s=None, state="bench"):
         """Time one plane; skip when the estimate is over the limit. Returns seconds or None."""
@@ -133,15 +135,16 @@ class Bench:
 
 def encoder_seconds(checkpoint, model, image, tile_shape=None, halo=None):
     """One uncached embedding computation (the model already loaded)."""
+    sam_keys = {
+        "model_type": model[:5],
+        "checkpoint": str(checkpoint),
+        "device": "cpu",
+        "tile_shape": tile_shape,
+        "halo": halo,
+        "embeddings_dir": None,
+    }
     settings = sam.settings_from_config(
-        {
-            "model_type": model[:5],
-            "checkpoint": str(checkpoint),
-            "device": "cpu",
-            "tile_shape": tile_shape,
-            "halo": halo,
-            "embeddings_dir": None,
-        }
+        section_defaults("masks", method="sam-auto", modality="fluorescent", sam=sam_keys)["sam"]
     )
     predictor, _ = sam.load_predictor(settings)
     start = time.perf_counter()

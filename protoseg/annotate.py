@@ -27,7 +27,7 @@ import pandas as pd
 
 from protoseg import naming
 from protoseg.errors import ConfigError, InputError, ProtosegError
-from protoseg.masks.imported import DEFAULT_TEMPLATE, import_path
+from protoseg.masks.imported import import_path
 from protoseg.masks.sam import embedding_path as sam_embedding_path
 from protoseg.masks.sam import settings_from_config as sam_settings_from_config
 
@@ -77,9 +77,7 @@ def commit_path(config: dict, state: str, z: int) -> Path:
             "is null; set it to the folder where annotated masks should go (e.g. resources/annotations) "
             "so that masks.method 'import' reads them",
         )
-    return import_path(
-        import_cfg["dir"], import_cfg.get("template") or DEFAULT_TEMPLATE, state, int(z)
-    )
+    return import_path(import_cfg["dir"], import_cfg["template"], state, int(z))
 
 
 def annotator_plan(config: dict, state: str, planes: list[int] | None = None) -> list[PlaneTask]:

@@ -117,7 +117,7 @@ def score_pairs(pairs: Iterable[dict], classical: dict | None = None) -> pd.Data
     :class:`InputError` naming the prediction.
     """
     from protoseg.io import read_image
-    from protoseg.masks.classical import segment
+    from protoseg.masks.classical import segment, settings_from_config
 
     pairs = list(pairs)
     rows = []
@@ -128,7 +128,7 @@ def score_pairs(pairs: Iterable[dict], classical: dict | None = None) -> pd.Data
             prediction = read_image(source)
         else:
             source = pair["image"]
-            prediction = segment(read_image(source), **(classical or {}))
+            prediction = segment(read_image(source), settings_from_config(classical))
         if prediction.ndim != 2:
             raise InputError(source, f"expected a 2D label image, got shape {prediction.shape}")
         if prediction.shape != truth.shape:

@@ -5,10 +5,10 @@ from protoseg.logs import log_to_file
 snakemake = globals()["snakemake"]  # injected by Snakemake; named here for linters
 log = log_to_file(snakemake.log[0])
 
-from protoseg.masks import make_state_masks  # noqa: E402 - after the log is set up
+from protoseg.masks import get_method, make_state_masks  # noqa: E402 - after the log is set up
 
 masks_cfg = snakemake.params.masks
-if masks_cfg["method"] in ("sam-auto", "sam-prompted"):
+if get_method(masks_cfg["method"]).uses_sam:
     import torch
 
     torch.set_num_threads(snakemake.threads)

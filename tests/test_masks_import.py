@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from protoseg.config import section_defaults
 from protoseg.errors import ConfigError, InputError
 from protoseg.masks import imported, make_plane_mask, make_state_masks
 
@@ -103,11 +104,12 @@ def test_template_maps_states_and_planes_to_files(tmp_path):
 
 
 def import_config(tmp_path, template="{state}/z{z}.tif"):
-    return {
-        "method": "import",
-        "modality": "fluorescent",
-        "import": {"dir": str(tmp_path / "committed"), "template": template},
-    }
+    return section_defaults(
+        "masks",
+        method="import",
+        modality="fluorescent",
+        **{"import": {"dir": str(tmp_path / "committed"), "template": template}},
+    )
 
 
 def write_state(tmp_path, planes, masks, shape=SHAPE):
@@ -195,10 +197,12 @@ def test_method_inputs_name_the_files_each_method_reads(tmp_path):
         str(tmp_path / "committed" / "s1" / "z12.tif"),
         str(tmp_path / "committed" / "s1" / "z18.tif"),
     ]
-    assert method_inputs(
-        {"method": "sam-prompted", "prompted": {"prompts": "p.csv"}}, "s1", [12]
-    ) == ["p.csv"]
-    assert method_inputs({"method": "classical"}, "s1", [12]) == []
+    prompted = section_defaults(
+        "masks", method="sam-prompted", modality="fluorescent", prompted={"prompts": "p.csv"}
+    )
+    assert method_inputs(prompted, "s1", [12]) == ["p.csv"]
+    classical = section_defaults("masks", method="classical", modality="fluorescent")
+    assert method_inputs(classical, "s1", [12]) == []
 
 
 def test_template_can_find_truth_beside_the_image(tmp_path):

@@ -13,6 +13,7 @@ import pytest
 import tifffile
 from skimage.measure import regionprops
 
+from protoseg.config import section_defaults
 from protoseg.masks import make_plane_mask
 from protoseg.quality import score
 
@@ -57,11 +58,13 @@ def test_sam_paths_run_on_real_fluorescence_and_are_scored(vit_t_checkpoint, tmp
         "embeddings_dir": str(tmp_path / "embeddings"),
         "points_per_side": 4,
     }
-    masks_cfg = {
-        "modality": "fluorescent",
-        "sam": sam_keys,
-        "prompted": {"prompts": str(tmp_path / "prompts.csv")},
-    }
+    masks_cfg = section_defaults(
+        "masks",
+        method="sam-auto",
+        modality="fluorescent",
+        sam=sam_keys,
+        prompted={"prompts": str(tmp_path / "prompts.csv")},
+    )
 
     prompted = make_plane_mask(
         image,

@@ -14,6 +14,7 @@ import pytest
 import tifffile
 import torch
 
+from protoseg.config import section_defaults
 from protoseg.device import resolve_device
 from protoseg.errors import ConfigError, InputError
 from protoseg.masks import make_plane_mask, make_state_masks, sam
@@ -44,12 +45,20 @@ def sam_config(tmp_path, checkpoint=None, method="sam-auto", **sam_keys):
         "points_per_side": 2,
     }
     keys.update(sam_keys)
-    return {
-        "method": method,
-        "modality": "fluorescent",
-        "sam": keys,
-        "prompted": {"prompts": str(tmp_path / "prompts.csv")},
-    }
+    return section_defaults(
+        "masks",
+        method=method,
+        modality="fluorescent",
+        sam=keys,
+        prompted={"prompts": str(tmp_path / "prompts.csv")},
+    )
+
+
+def sam_settings(**keys):
+    """``masks.sam`` as validation fills it, with ``keys`` set; not validated, so bad
+    values reach the library's own checks."""
+    section = section_defaults("masks", method="sam-auto", modality="fluorescent")["sam"]
+    return sam.settings_from_config(section | keys)
 
 
 class EncoderCalls:
@@ -76,7 +85,7 @@ def test_unknown_method_is_a_config_error():
 
 
 def test_unknown_model_lists_valid_names():
-    settings = sam.settings_from_config({"model_type": "vit_q"})
+    settings = sam_settings(model_type="vit_q")
     with pytest.raises(
         ConfigError, match="masks.sam.model_type.*unknown model 'vit_q'.*vit_b_lm.*vit_h"
     ):
@@ -84,9 +93,7 @@ def test_unknown_model_lists_valid_names():
 
 
 def test_missing_checkpoint_is_a_config_error(tmp_path):
-    settings = sam.settings_from_config(
-        {"model_type": "vit_t", "checkpoint": str(tmp_path / "absent.pt")}
-    )
+    settings = sam_settings(model_type="vit_t", checkpoint=str(tmp_path / "absent.pt"))
     with pytest.raises(ConfigError, match="masks.sam.checkpoint.*checkpoint file not found"):
         sam.check_model(settings)
 
@@ -103,12 +110,12 @@ def test_missing_checkpoint_is_a_config_error(tmp_path):
 )
 def test_bad_sam_settings(keys, key):
     with pytest.raises(ConfigError, match=key):
-        sam.settings_from_config(keys)
+        sam_settings(**keys)
 
 
 def test_ais_needs_a_decoder_named_model():
     with pytest.raises(ConfigError, match="masks.sam.mode.*'vit_h' has none"):
-        sam.check_model(sam.settings_from_config({"model_type": "vit_h", "mode": "ais"}))
+        sam.check_model(sam_settings(model_type="vit_h", mode="ais"))
 
 
 def test_offline_weights_missing_named_before_any_work(tmp_path, monkeypatch):
@@ -132,10 +139,10 @@ def test_offline_weights_missing_named_before_any_work(tmp_path, monkeypatch):
 
 
 def test_cached_or_downloadable_weights_pass_the_check(tmp_path):
-    settings = sam.settings_from_config({"model_type": "vit_b_lm"})
+    settings = sam_settings(model_type="vit_b_lm")
     missing = sam.missing_weights("vit_b_lm")
     assert [path.name for path in missing] == ["vit_b_lm", "vit_b_lm_decoder"]
-    sam.check_model(sam.settings_from_config({"model_type": "vit_b_lm", "download": True}))
+    sam.check_model(sam_settings(model_type="vit_b_lm", download=True))
     for path in missing:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"weights")

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 import tifffile
 
+from protoseg.config import section_defaults
 from protoseg.errors import InputError
 from protoseg.quality import build_pairs, markdown, score, summarise, write_quality
 
@@ -107,7 +108,14 @@ def test_write_quality_scores_files_and_the_classical_baseline(tmp_path):
             truth=str(truth_path),
         ),
     ]
-    settings = dict(enhance="intensity", sigma=0.5, threshold="otsu", min_area=5, split_depth=1.0)
+    settings = section_defaults(
+        "masks",
+        method="classical",
+        modality="fluorescent",
+        classical=dict(
+            enhance="intensity", sigma=0.5, threshold="otsu", min_area=5, split_depth=1.0
+        ),
+    )["classical"]
     write_quality(pairs, tmp_path / "q.csv", tmp_path / "q.md", classical=settings)
     written = pd.read_csv(tmp_path / "q.csv")
     assert list(written["method"]) == ["import", "classical"]

@@ -1,4 +1,4 @@
-"""The offline mask method: outline filter, fill, seeded watershed (no network, no weights).
+"""The ``classical`` mask method: outline filter, fill, seeded watershed (no network, no weights).
 
 Works on the study's fluorescent images (blue membrane outlines on a dark background) and,
 with ``enhance="intensity"``, on fluorescence of filled objects such as nuclei:
@@ -21,15 +21,23 @@ with ``enhance="intensity"``, on fluorescence of filled objects such as nuclei:
    outline, of the ridge response divided by the local brightness (a ratio, so it does not
    depend on how bright the cell or the image is). A focal stack then keeps each cell on
    the planes where it is in focus, which is what per-z masks need.
+
+The settings are the config's ``masks.classical`` section (:func:`settings_from_config`).
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
 from skimage import filters, measure, morphology, segmentation
 
 from protoseg.errors import ConfigError
+from protoseg.masks import MaskMethod, register_method
 
 # A hole touching the image edge is filled when it is no larger than this share of the
 # image (used when max_area is not set): a cut-off cell is small next to the background.
@@ -65,17 +73,9 @@ def ridges(grey: np.ndarray, sigma: float) -> np.ndarray:
 
 def _fill_interiors(foreground: np.ndarray, max_edge_hole: int) -> np.ndarray:
     filled = ndi.binary_fill_holes(foreground)
-    # Background pieces that touch the image edge: cut-off cells' interiors and the
-    # background itself. Fill the small ones (cells), keep the large ones (background).
-    background = measure.label(~filled, connectivity=1)
-    if background.max() == 0:
-        return filled
-    sizes = np.bincount(background.ravel())
-    small = np.flatnonzero(sizes <= max_edge_hole)
-    small = small[small > 0]
-    if small.size:
-        filled = filled | np.isin(background, small)
-    return filled
+    # What is left of the background touches the image edge: cut-off cells' interiors and
+    # the background itself. Fill the small pieces (cells), keep the large (background).
+    return morphology.remove_small_holes(filled, max_size=max_edge_hole, connectivity=1)
 
 
 def _trim_outlines(foreground: np.ndarray, filled: np.ndarray) -> np.ndarray:
@@ -97,11 +97,6 @@ def _trim_outlines(foreground: np.ndarray, filled: np.ndarray) -> np.ndarray:
     return filled & (keep_ring | ~ringed)
 
 
-def _drop_small_pieces(mask: np.ndarray, max_size: int) -> np.ndarray:
-    pieces = measure.label(mask, connectivity=1)
-    return (np.bincount(pieces.ravel()) > max_size)[pieces] & mask
-
-
 def sharpness(labels: np.ndarray, grey: np.ndarray, response: np.ndarray) -> dict[int, float]:
     """Focus score of every object: median over its outline of ridge response / brightness."""
     ids = np.unique(labels[labels > 0])
@@ -115,57 +110,104 @@ def sharpness(labels: np.ndarray, grey: np.ndarray, response: np.ndarray) -> dic
     return {int(i): float(m) for i, m in zip(ids, np.atleast_1d(medians), strict=True)}
 
 
-def segment(
-    image: np.ndarray,
-    *,
-    sigma: float = 1.0,
-    min_area: int = 150,
-    max_area: int | None = None,
-    enhance: str = "ridge",
-    threshold: str = "li",
-    background_sigma: float | None = None,
-    split_depth: float = 2.0,
-    min_sharpness: float = 0.0,
-) -> np.ndarray:
+@dataclass(frozen=True)
+class ClassicalSettings:
+    """The ``masks.classical`` config section, checked (a bad value names its key).
+
+    ``sigma``: scale in pixels of the ridge filter or the smoothing. ``min_area``/
+    ``max_area``: objects outside this pixel-area range are dropped (``max_area=None``: no
+    upper limit). ``enhance``: "ridge" for outline stains, "intensity" for filled objects.
+    ``threshold``: "otsu", "li" or "triangle" (scikit-image's automatic thresholds).
+    ``background_sigma``: with "intensity", subtract a Gaussian background of this sigma
+    first (None: no). ``split_depth``: how far (distance-transform pixels) a cell centre
+    must rise above the neck joining it to a neighbour to get its own label.
+    ``min_sharpness``: drop objects whose outline sharpness is below this (0: keep all; see
+    the module docstring).
+    """
+
+    enhance: str
+    sigma: float
+    threshold: str
+    background_sigma: float | None
+    split_depth: float
+    min_area: int
+    max_area: int | None
+    min_sharpness: float
+
+    def __post_init__(self) -> None:
+        key = "masks.classical."
+        if self.sigma < 0:
+            raise ConfigError(key + "sigma", f"must be >= 0, got {self.sigma}")
+        if self.min_area < 0:
+            raise ConfigError(key + "min_area", f"must be >= 0, got {self.min_area}")
+        if self.max_area is not None and self.max_area < max(self.min_area, 1):
+            raise ConfigError(
+                key + "max_area", f"must be >= min_area ({self.min_area}), got {self.max_area}"
+            )
+        if self.enhance not in ENHANCE:
+            raise ConfigError(
+                key + "enhance", f"unknown value '{self.enhance}' (use one of {list(ENHANCE)})"
+            )
+        if self.threshold not in THRESHOLDS:
+            raise ConfigError(
+                key + "threshold",
+                f"unknown method '{self.threshold}' (use one of {sorted(THRESHOLDS)})",
+            )
+        if self.background_sigma is not None and self.background_sigma < 0:
+            raise ConfigError(
+                key + "background_sigma", f"must be >= 0 or null, got {self.background_sigma}"
+            )
+        if self.split_depth <= 0:
+            raise ConfigError(key + "split_depth", f"must be > 0, got {self.split_depth}")
+        if self.min_sharpness < 0:
+            raise ConfigError(key + "min_sharpness", f"must be >= 0, got {self.min_sharpness}")
+
+
+def settings_from_config(section: dict) -> ClassicalSettings:
+    """:class:`ClassicalSettings` from the validated ``masks.classical`` section."""
+    return ClassicalSettings(
+        enhance=section["enhance"],
+        sigma=section["sigma"],
+        threshold=section["threshold"],
+        background_sigma=section["background_sigma"],
+        split_depth=section["split_depth"],
+        min_area=section["min_area"],
+        max_area=section["max_area"],
+        min_sharpness=section["min_sharpness"],
+    )
+
+
+def segment(image: np.ndarray, settings: ClassicalSettings) -> np.ndarray:
     """Instance labels (uint16, 0 = background) of the cells in one fluorescent image.
 
-    ``image``: (H, W) or (H, W, C), any integer or float dtype. ``sigma``: scale in pixels
-    of the ridge filter or the smoothing. ``min_area``/``max_area``: objects outside this
-    pixel-area range are dropped (``max_area=None``: no upper limit). ``enhance``: "ridge"
-    for outline stains, "intensity" for filled objects. ``threshold``: "otsu", "li" or
-    "triangle" (scikit-image's automatic thresholds). ``background_sigma``: with
-    "intensity", subtract a Gaussian background of this sigma first (None: no). ``split_depth``:
-    how far (distance-transform pixels) a cell centre must rise above the neck joining it to
-    a neighbour to get its own label. ``min_sharpness``: drop objects whose outline
-    sharpness is below this (0: keep all; see the module docstring).
+    ``image``: (H, W) or (H, W, C), any integer or float dtype.
     """
-    _check(
-        sigma, min_area, max_area, enhance, threshold, background_sigma, split_depth, min_sharpness
-    )
     grey = to_grey(image)
     if grey.max() - grey.min() < 1e-6:  # blank plane: nothing to find
         return np.zeros(grey.shape, dtype=np.uint16)
 
-    response = ridges(grey, sigma) if enhance == "ridge" or min_sharpness > 0 else None
-    if enhance == "ridge":
+    sigma, min_area, max_area = settings.sigma, settings.min_area, settings.max_area
+    ridge = settings.enhance == "ridge"
+    response = ridges(grey, sigma) if ridge or settings.min_sharpness > 0 else None
+    if ridge:
         signal = response
     else:
         signal = filters.gaussian(grey, sigma=sigma) if sigma > 0 else grey
-        if background_sigma:
+        if settings.background_sigma:
             # Uneven illumination: subtract a broad blur so one threshold fits the whole field.
-            signal = signal - filters.gaussian(signal, sigma=background_sigma)
+            signal = signal - filters.gaussian(signal, sigma=settings.background_sigma)
     if signal.max() - signal.min() < 1e-9:
         return np.zeros(grey.shape, dtype=np.uint16)
-    foreground = signal > THRESHOLDS[threshold](signal)
+    foreground = signal > THRESHOLDS[settings.threshold](signal)
 
     max_edge_hole = max_area if max_area is not None else int(EDGE_HOLE_FRACTION * grey.size)
     filled = _fill_interiors(foreground, max_edge_hole)
     filled = _trim_outlines(foreground, filled)
     # Specks far below a cell's size would each seed a label; drop them first.
-    filled = _drop_small_pieces(filled, max(min_area // 4, 1))
+    filled = morphology.remove_small_objects(filled, max_size=max(min_area // 4, 1), connectivity=1)
 
     distance = ndi.distance_transform_edt(filled)
-    seeds = morphology.h_maxima(filters.gaussian(distance, sigma=1.0), split_depth)
+    seeds = morphology.h_maxima(filters.gaussian(distance, sigma=1.0), settings.split_depth)
     markers = measure.label(seeds & filled)
     labels = segmentation.watershed(-distance, markers, mask=filled)
 
@@ -174,9 +216,9 @@ def segment(
     if max_area is not None:
         keep &= areas <= max_area
     keep[0] = False
-    if min_sharpness > 0:
+    if settings.min_sharpness > 0:
         for label, score in sharpness(np.where(keep[labels], labels, 0), grey, response).items():
-            keep[label] = score >= min_sharpness
+            keep[label] = score >= settings.min_sharpness
     labels = np.where(keep[labels], labels, 0)
     labels, _, _ = segmentation.relabel_sequential(labels)
     if labels.max() > np.iinfo(np.uint16).max:
@@ -184,27 +226,24 @@ def segment(
     return labels.astype(np.uint16)
 
 
-def _check(
-    sigma, min_area, max_area, enhance, threshold, background_sigma, split_depth, min_sharpness
-) -> None:
-    key = "masks.classical."
-    if sigma < 0:
-        raise ConfigError(key + "sigma", f"must be >= 0, got {sigma}")
-    if min_area < 0:
-        raise ConfigError(key + "min_area", f"must be >= 0, got {min_area}")
-    if max_area is not None and max_area < max(min_area, 1):
-        raise ConfigError(key + "max_area", f"must be >= min_area ({min_area}), got {max_area}")
-    if enhance not in ENHANCE:
-        raise ConfigError(
-            key + "enhance", f"unknown value '{enhance}' (use one of {list(ENHANCE)})"
-        )
-    if threshold not in THRESHOLDS:
-        raise ConfigError(
-            key + "threshold", f"unknown method '{threshold}' (use one of {sorted(THRESHOLDS)})"
-        )
-    if background_sigma is not None and background_sigma < 0:
-        raise ConfigError(key + "background_sigma", f"must be >= 0 or null, got {background_sigma}")
-    if split_depth <= 0:
-        raise ConfigError(key + "split_depth", f"must be > 0, got {split_depth}")
-    if min_sharpness < 0:
-        raise ConfigError(key + "min_sharpness", f"must be >= 0, got {min_sharpness}")
+@register_method("classical")
+class ClassicalMethod(MaskMethod):
+    """:func:`segment` with the ``masks.classical`` settings; reads no other files."""
+
+    @functools.cached_property
+    def settings(self) -> ClassicalSettings:
+        return settings_from_config(self.masks_cfg["classical"])
+
+    def check(
+        self,
+        state: str,
+        planes: Sequence[int],
+        states: Sequence[str] | None,
+        image_paths: Sequence[str | Path | None],
+    ) -> None:
+        _ = self.settings  # parsing checks the values: a bad one stops the run before any work
+
+    def segment(
+        self, image: np.ndarray, state: str, z: int, image_path: str | Path | None
+    ) -> np.ndarray:
+        return segment(image, self.settings)

@@ -2,14 +2,18 @@
 
 The study annotated every plane in micro-sam's napari annotator and saved the
 ``committed_objects`` layer as a TIFF. Such files go into ``masks.import.dir`` under the
-name ``masks.import.template`` (default ``{state}/z{z}.tif``). Any integer label image of
+name ``masks.import.template`` (:func:`import_path`). Any integer label image of
 the plane's height and width is accepted; labels are renumbered 1..n (uint16). A binary
 mask (values 0 and one other value, e.g. 0/255 or 0/1, as in ground-truth PNGs) is split
-into instances by connected components.
+into instances by connected components. The method's inputs are these files, so editing
+one reruns its state's masks, and a missing one stops the run before any work.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +22,20 @@ from skimage.segmentation import relabel_sequential
 
 from protoseg.errors import ConfigError, InputError
 from protoseg.io import read_image
+from protoseg.masks import MaskMethod, register_method
 
-DEFAULT_TEMPLATE = "{state}/z{z}.tif"
+
+@dataclass(frozen=True)
+class ImportSettings:
+    """The ``masks.import`` config section: the folder and the file name of one plane."""
+
+    dir: str | None
+    template: str
+
+
+def settings_from_config(section: dict) -> ImportSettings:
+    """:class:`ImportSettings` from the validated ``masks.import`` section."""
+    return ImportSettings(dir=section["dir"], template=section["template"])
 
 
 def import_path(
@@ -125,3 +141,43 @@ def load_imported_mask(path: str | Path, shape: tuple[int, ...]) -> np.ndarray:
             f"mask is {mask.shape[0]} x {mask.shape[1]} (rows x columns) but its image is {expected[0]} x {expected[1]}",
         )
     return relabel_mask(mask, path)
+
+
+@register_method("import")
+class ImportMethod(MaskMethod):
+    """Each plane's mask read from ``masks.import.dir``, checked and relabelled."""
+
+    @functools.cached_property
+    def settings(self) -> ImportSettings:
+        return settings_from_config(self.masks_cfg["import"])
+
+    def path(self, state: str, z: int, image_path: str | Path | None) -> Path:
+        return import_path(self.settings.dir, self.settings.template, state, z, image_path)
+
+    def inputs(
+        self, state: str, planes: Sequence[int], image_paths: Sequence[str | Path | None]
+    ) -> list[str]:
+        return [
+            str(self.path(state, z, image_path))
+            for z, image_path in zip(planes, image_paths, strict=True)
+        ]
+
+    def check(
+        self,
+        state: str,
+        planes: Sequence[int],
+        states: Sequence[str] | None,
+        image_paths: Sequence[str | Path | None],
+    ) -> None:
+        for z, image_path in zip(planes, image_paths, strict=True):
+            path = self.path(state, z, image_path)
+            if not path.is_file():
+                raise InputError(
+                    path,
+                    f"imported mask of {state} z{z} not found (config masks.import.dir and masks.import.template)",
+                )
+
+    def segment(
+        self, image: np.ndarray, state: str, z: int, image_path: str | Path | None
+    ) -> np.ndarray:
+        return load_imported_mask(self.path(state, z, image_path), image.shape)

@@ -17,18 +17,29 @@ napari's point-layer CSV export (columns ``axis-0`` = row, ``axis-1`` = column a
 micro-sam annotator's ``label`` = positive/negative) is accepted as well once ``state``,
 ``z`` and ``object`` columns have been added to it; ``kind`` then defaults to point.
 
-Nothing here needs torch: SAM itself is called from :mod:`protoseg.masks.sam`.
+The ``sam-prompted`` method (:class:`SamPromptedMethod`) reads the file named by
+``masks.prompted.prompts`` (its input, so editing it reruns the masks), checks every
+prompt against the states and planes before any work and against the image sizes before
+any plane is segmented, and segments each object with SAM. A plane without prompts gets
+an empty mask and a warning. Nothing here needs torch: SAM itself is called from
+:mod:`protoseg.masks.sam`.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from protoseg.errors import InputError
+from protoseg.errors import ConfigError, InputError
+from protoseg.masks import register_method, sam
+
+log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("state", "z", "object")
 POINT_COLUMNS = ("x", "y", "positive")
@@ -234,3 +245,60 @@ def combine_object_masks(masks: list[np.ndarray], shape: tuple[int, int]) -> np.
     lookup = np.zeros(len(masks) + 1, dtype=np.uint16)
     lookup[present] = np.arange(1, len(present) + 1, dtype=np.uint16)
     return lookup[labels]
+
+
+@register_method("sam-prompted")
+class SamPromptedMethod(sam.SamMethod):
+    """Each prompted object of a plane segmented by SAM (:func:`sam.segment_prompted`)."""
+
+    @property
+    def prompts_path(self) -> Path:
+        path = self.masks_cfg["prompted"]["prompts"]
+        if not path:
+            raise ConfigError(
+                "masks.prompted.prompts",
+                "must name a prompts CSV when masks.method is 'sam-prompted' (docs/masks.md)",
+            )
+        return Path(path)
+
+    @functools.cached_property
+    def prompts(self) -> pd.DataFrame:
+        return read_prompts(self.prompts_path)
+
+    def plane_prompts(self, state: str, z: int) -> pd.DataFrame:
+        return self.prompts[(self.prompts["state"] == str(state)) & (self.prompts["z"] == int(z))]
+
+    def inputs(
+        self, state: str, planes: Sequence[int], image_paths: Sequence[str | Path | None]
+    ) -> list[str]:
+        path = self.masks_cfg["prompted"]["prompts"]
+        return [str(path)] if path else []  # unset: check() names the key
+
+    def check(
+        self,
+        state: str,
+        planes: Sequence[int],
+        states: Sequence[str] | None,
+        image_paths: Sequence[str | Path | None],
+    ) -> None:
+        super().check(state, planes, states, image_paths)
+        check_prompts(
+            self.prompts,
+            self.prompts_path,
+            planes=list(planes),
+            states=None if states is None else list(states),
+        )
+
+    def check_images(self, state: str, planes: Sequence[int], images: Sequence[np.ndarray]) -> None:
+        for z, image in zip(planes, images, strict=True):
+            check_inside(self.plane_prompts(state, z), self.prompts_path, image.shape[:2])
+
+    def segment(
+        self, image: np.ndarray, state: str, z: int, image_path: str | Path | None
+    ) -> np.ndarray:
+        objects = plane_objects(self.prompts, state, z)
+        if not objects:
+            log.warning("%s z%s: no prompts in %s for this plane", state, z, self.prompts_path)
+            return np.zeros(image.shape[:2], dtype=np.uint16)
+        check_inside(self.plane_prompts(state, z), self.prompts_path, image.shape[:2])
+        return sam.segment_prompted(image, objects, self.settings, self.embeddings(state, z))

@@ -1,17 +1,20 @@
-"""micro-sam mask methods: ``sam-auto`` (AMG or AIS) and ``sam-prompted`` (points, boxes).
+"""micro-sam for the mask methods ``sam-auto`` (AMG or AIS, registered here) and
+``sam-prompted`` (points, boxes; registered in :mod:`protoseg.masks.prompts`).
 
-Both run on one plane at a time and share:
+Both run on one plane at a time, read the config's ``masks.sam`` section
+(:func:`settings_from_config`) and share, through :class:`SamMethod`:
 
 - the model, loaded once per process (``get_sam_model`` by name from micro-sam's cache, or
   a local checkpoint), on the configured device (auto: cuda, mps, cpu);
 - the image embeddings, cached on disk as ``{embeddings_dir}/{model}/{state}/z{z}.zarr``
   (micro-sam's own zarr format, which its napari annotator opens too) and reused by later
   runs; a cache made for another image, model or tiling is recomputed, not trusted;
-- tiling for large images (``tile_shape`` and ``halo``), micro-sam's tiled embeddings.
+- tiling for large images (``tile_shape`` and ``halo``), micro-sam's tiled embeddings;
+- the checks before any work: the device, and :func:`check_model`, which finds out from
+  micro-sam's cache that weights are missing offline and names the config key to set.
 
-Offline, micro-sam cannot download weights. :func:`check_model` finds that out from the
-cache before any work starts and names the config key to set. torch and micro-sam are
-imported inside functions so that ``protoseg.masks`` imports without them.
+torch and micro-sam are imported inside functions so that this module imports without
+them (the method registry imports it at Snakemake parse time).
 """
 
 from __future__ import annotations
@@ -20,15 +23,20 @@ import functools
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from protoseg.device import resolve_device
 from protoseg.errors import ConfigError
+from protoseg.masks import MaskMethod, register_method
 from protoseg.masks.imported import relabel_mask
-from protoseg.masks.prompts import ObjectPrompts, combine_object_masks
+
+if TYPE_CHECKING:  # prompts imports this module (its method is a SamMethod)
+    from protoseg.masks.prompts import ObjectPrompts
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +49,18 @@ EMBEDDING_KEYS = ("data_signature", "tile_shape", "halo", "model_type", "model_h
 
 @dataclass(frozen=True)
 class SamSettings:
-    """The ``masks.sam`` config section with its defaults filled in."""
+    """The ``masks.sam`` config section (docs/masks.md), ``tile_shape`` and ``halo`` as tuples."""
 
-    model_type: str = "vit_b_lm"
-    checkpoint: str | None = None
-    mode: str = "amg"
-    device: str = "auto"
-    tile_shape: tuple[int, int] | None = None
-    halo: tuple[int, int] | None = None
-    embeddings_dir: str | None = "results/embeddings"
-    download: bool = False
-    points_per_side: int = 32
-    min_size: int = 0
+    model_type: str
+    checkpoint: str | None
+    mode: str
+    device: str
+    tile_shape: tuple[int, int] | None
+    halo: tuple[int, int] | None
+    embeddings_dir: str | None
+    download: bool
+    points_per_side: int
+    min_size: int
 
     @property
     def model_key(self) -> str:
@@ -62,16 +70,27 @@ class SamSettings:
         return self.model_type
 
 
-def settings_from_config(sam_cfg: dict | None) -> SamSettings:
-    """:class:`SamSettings` from the ``masks.sam`` config section (missing keys: defaults)."""
-    sam_cfg = dict(sam_cfg or {})
-    unknown = set(sam_cfg) - set(SamSettings.__dataclass_fields__)
+def _pair(value) -> tuple[int, int] | None:
+    return None if value is None else tuple(int(number) for number in value)
+
+
+def settings_from_config(section: dict) -> SamSettings:
+    """:class:`SamSettings` from the validated ``masks.sam`` section, its keys checked together."""
+    unknown = set(section) - {field.name for field in fields(SamSettings)}
     if unknown:
         raise ConfigError(f"masks.sam.{sorted(unknown)[0]}", "unknown key")
-    for key in ("tile_shape", "halo"):
-        if sam_cfg.get(key) is not None:
-            sam_cfg[key] = tuple(int(value) for value in sam_cfg[key])
-    settings = SamSettings(**sam_cfg)
+    settings = SamSettings(
+        model_type=section["model_type"],
+        checkpoint=section["checkpoint"],
+        mode=section["mode"],
+        device=section["device"],
+        tile_shape=_pair(section["tile_shape"]),
+        halo=_pair(section["halo"]),
+        embeddings_dir=section["embeddings_dir"],
+        download=section["download"],
+        points_per_side=section["points_per_side"],
+        min_size=section["min_size"],
+    )
     if settings.mode not in MODES:
         raise ConfigError(
             "masks.sam.mode", f"unknown mode '{settings.mode}'; use one of {', '.join(MODES)}"
@@ -359,6 +378,8 @@ def segment_prompted(
     embeddings: Path | None = None,
 ) -> np.ndarray:
     """One plane's prompted objects, each segmented by SAM, combined into uint16 labels."""
+    from protoseg.masks.prompts import combine_object_masks
+
     predictor, _ = load_predictor(settings)
     image_embeddings = compute_embeddings(predictor, np.asarray(image), embeddings, settings)
     masks = []
@@ -372,3 +393,40 @@ def segment_prompted(
             )
         masks.append(mask)
     return combine_object_masks(masks, image.shape[:2])
+
+
+# ---------------------------------------------------------------- the methods
+
+
+class SamMethod(MaskMethod):
+    """What the SAM methods share: ``masks.sam``, its checks and the embedding cache."""
+
+    uses_sam = True
+
+    @functools.cached_property
+    def settings(self) -> SamSettings:
+        return settings_from_config(self.masks_cfg["sam"])
+
+    def check(
+        self,
+        state: str,
+        planes: Sequence[int],
+        states: Sequence[str] | None,
+        image_paths: Sequence[str | Path | None],
+    ) -> None:
+        resolve_device(self.settings.device, key="masks.sam.device")
+        check_model(self.settings)
+
+    def embeddings(self, state: str, z: int) -> Path | None:
+        """Where this plane's image embeddings are cached (None: no cache)."""
+        return embedding_path(self.settings.embeddings_dir, self.settings, state, z)
+
+
+@register_method("sam-auto")
+class SamAutoMethod(SamMethod):
+    """micro-sam's automatic instance segmentation (``masks.sam.mode``: AMG or AIS)."""
+
+    def segment(
+        self, image: np.ndarray, state: str, z: int, image_path: str | Path | None
+    ) -> np.ndarray:
+        return segment_auto(image, self.settings, self.embeddings(state, z))

@@ -1,9 +1,9 @@
 # Step 1: one instance mask per plane of the `masks.modality` images, one job per state
 # (the SAM model is loaded once per state, not once per plane). Method: masks.method.
-from protoseg.masks import method_inputs
+from protoseg.masks import get_method, method_inputs
 
 MASKS = config["masks"]
-USES_SAM = MASKS["method"] in ("sam-auto", "sam-prompted")
+USES_SAM = get_method(MASKS["method"]).uses_sam
 
 
 rule masks:
