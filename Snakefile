@@ -38,6 +38,7 @@ include: "workflow/rules/dataset.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/figures.smk"
 include: "workflow/rules/predict.smk"
 # Last: its rule waits for every other result.
 include: "workflow/rules/warnings.smk"

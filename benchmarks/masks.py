@@ -3,7 +3,7 @@
     python benchmarks/masks.py                 # writes docs/benchmarks/masks.md
     python benchmarks/masks.py --threads 2 --limit 300 --out /tmp/masks.md
 
-Images: one synthetic fluorescent plane (protoseg.synth, the demo's generator) at the
+Images: one synthetic fluorescent plane (protoseg.demo, the demo's generator) at the
 demo size (256 x 360) and at the study's full size (2048 x 2880, cells scaled 8x).
 No SAM weights can be downloaded here, so SAM runs use randomly initialised models of
 the real architectures (vit_t = MobileSAM, vit_b; built like tests/conftest.py). Encoder

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from protoseg import naming
+from protoseg.catalogue import demo_records, lookup, records_from_config
 from protoseg.errors import ConfigError, InputError, ProtosegError
 from protoseg.masks.imported import import_path
 from protoseg.masks.sam import embedding_path as sam_embedding_path
@@ -53,8 +53,8 @@ def raw_records(config: dict) -> pd.DataFrame:
     data = config["data"]
     if data["source"] == "demo":
         raw_dir = Path(config["demo"]["out_dir"]) / "raw"
-        return naming.demo_records(config["demo"], data, raw_dir)
-    return naming.records_from_config(data, data["raw_dir"])
+        return demo_records(config["demo"], data, raw_dir)
+    return records_from_config(data, data["raw_dir"])
 
 
 def embedding_path(config: dict, state: str, z: int) -> Path:
@@ -104,7 +104,7 @@ def annotator_plan(config: dict, state: str, planes: list[int] | None = None) ->
     modality = config["masks"]["modality"]
     plan = []
     for z in sorted(int(z) for z in planes):
-        image = Path(naming.lookup(records, state=state, modality=modality, z=z))
+        image = Path(lookup(records, state=state, modality=modality, z=z))
         plan.append(
             PlaneTask(image, embedding_path(config, state, z), commit_path(config, state, z))
         )

@@ -2,7 +2,7 @@
 
 The schema (``workflow/schemas/config.schema.yaml``) checks each key on its own: its
 type, its allowed values. The checks here relate keys to each other and to the image
-records read from the file names (:mod:`protoseg.naming`), so that a value that can only
+records read from the file names (:mod:`protoseg.catalogue`), so that a value that can only
 fail later (in a training job, after the masks and datasets were made) stops the run
 before any job starts, ``snakemake -n`` included. Each raises
 :class:`~protoseg.errors.ConfigError` naming the key.
@@ -22,9 +22,9 @@ from collections.abc import Iterable
 
 import pandas as pd
 
+from protoseg.catalogue import parse_value
 from protoseg.config import complete_section
 from protoseg.errors import ConfigError
-from protoseg.naming import parse_value
 
 # Catalogue columns read from the pixels, so unknown when the workflow is parsed.
 CATALOGUE_ONLY_COLUMNS = ("height", "width", "channels", "dtype")

@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from protoseg import naming
+from protoseg.catalogue import parse_value
 from protoseg.config import complete_section
 from protoseg.errors import ConfigError, InputError
 from protoseg.io import atomic_path, read_image, write_csv, write_text
@@ -114,9 +114,9 @@ def assign_splits(catalogue: pd.DataFrame, split_cfg: dict) -> pd.Series:
         raise ConfigError(
             "split.key", f"'{key}' is not a catalogue column (columns: {list(catalogue.columns)})"
         )
-    values = catalogue[key].map(naming.parse_value)
-    test = {naming.parse_value(v) for v in split_cfg["test"]}
-    validation = {naming.parse_value(v) for v in split_cfg["validation"]}
+    values = catalogue[key].map(parse_value)
+    test = {parse_value(v) for v in split_cfg["test"]}
+    validation = {parse_value(v) for v in split_cfg["validation"]}
     both = test & validation
     if both:
         raise ConfigError(

@@ -8,10 +8,12 @@ instance mask (uint16, 0 = background). Merging (see docs/merge.md):
    missed on one plane still links across the gap); candidate pairs are joined greedily,
    highest IoU first, into tracks (union-find), never putting two instances of one plane
    into one track.
-2. **State mask** (the study's rule). A track's footprint is its largest instance (the
-   plane where the cell looks widest), or the union of its instances (``footprint="union"``).
-   Footprints are painted smallest first, so where a larger cell covers a smaller one the
-   larger is kept; a smaller cell covered over more than ``drop_covered`` of its footprint
+2. **State mask** (the study's rule). A track's footprint (``merge.footprint``) is its
+   medoid instance (the one that overlaps its other instances most: a cell seen blurred and
+   swollen at one plane does not grow the footprint), its largest instance (the plane where
+   the cell looks widest; the study's reading, ``config/paper.yaml``), or the union of its
+   instances. Larger footprints are painted first and a smaller one only takes what is
+   still free, so where a larger cell covers a smaller one the larger is kept; a smaller cell covered over more than ``drop_covered`` of its footprint
    is dropped entirely, otherwise it keeps its uncovered part.
 3. **Per-z masks** (the study's future work). Each plane gets its own segmentation, relabelled
    with the track ids: a cell appears on a plane only where it was segmented there, with one

@@ -38,13 +38,14 @@ from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 from skimage.measure import label as connected_components
 from skimage.morphology import remove_small_objects
-from skimage.segmentation import find_boundaries, relabel_sequential, watershed
+from skimage.segmentation import relabel_sequential, watershed
 from tqdm import tqdm
 
 from protoseg.dataset import DatasetRecord
 from protoseg.errors import InputError
 from protoseg.inference import predict_image
 from protoseg.io import IMAGE_SUFFIXES, image_header, read_image, write_csv, write_png, write_tiff
+from protoseg.qc import outline
 from protoseg.transforms import Preprocessing, display_rgb
 
 log = logging.getLogger(__name__)
@@ -184,9 +185,7 @@ def label_instances(
 
 def overlay_outlines(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """The image (8-bit RGB) with each instance's outline drawn in yellow."""
-    overlay = display_rgb(image).copy()
-    overlay[find_boundaries(labels, mode="inner")] = OUTLINE_COLOUR
-    return overlay
+    return outline(display_rgb(image), labels, OUTLINE_COLOUR)
 
 
 def instance_colours(count: int, seed: int = 0) -> np.ndarray:
@@ -211,9 +210,7 @@ def overlay_instances(image: np.ndarray, labels: np.ndarray, alpha: float = 0.35
     painted = colours[labels].astype(np.float32)
     inside = labels > 0
     overlay[inside] = (1 - alpha) * overlay[inside] + alpha * painted[inside]
-    edges = find_boundaries(labels, mode="inner")
-    overlay[edges] = painted[edges]
-    return overlay.astype(np.uint8)
+    return outline(overlay, labels, painted).astype(np.uint8)
 
 
 def own_instances(outputs: np.ndarray, own: dict, threshold: float, min_area: int = 0):

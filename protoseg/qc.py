@@ -40,20 +40,24 @@ def _resize(image: np.ndarray, size: tuple[int, int], labels: bool) -> np.ndarra
 def outline(
     panel: np.ndarray,
     labels: np.ndarray,
-    colour: tuple[int, int, int],
+    colour: tuple[int, int, int] | np.ndarray,
     thickness: int = 1,
     mode: str = "inner",
 ) -> np.ndarray:
-    """Draw the instance boundaries of ``labels`` on an RGB panel of the same size.
+    """Draw the instance boundaries of ``labels`` on an RGB panel of the same size: every
+    outline protoseg draws (QC grids, prediction overlays) goes through here.
 
-    ``mode`` as in :func:`skimage.segmentation.find_boundaries`: "inner" draws on the
-    object's edge pixels, "outer" on the background pixels just outside it.
+    ``colour``: one RGB colour, or an RGB image of the panel's size to take each edge
+    pixel's colour from (each cell outlined in its own colour). ``mode`` as in
+    :func:`skimage.segmentation.find_boundaries`: "inner" draws on the object's edge
+    pixels, "outer" on the background pixels just outside it.
     """
     edges = find_boundaries(labels, mode=mode)
     if thickness > 1:
         edges = cv2.dilate(edges.astype(np.uint8), np.ones((thickness, thickness), np.uint8)) > 0
     panel = panel.copy()
-    panel[edges] = colour
+    colour = np.asarray(colour)
+    panel[edges] = colour[edges] if colour.ndim == 3 else colour
     return panel
 
 

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
+from skimage import img_as_float32
 from skimage.segmentation import expand_labels
 
 from protoseg.errors import ConfigError, InputError
@@ -49,7 +50,7 @@ def scale_to_unit(image: np.ndarray, source: object = "image") -> np.ndarray:
             raise InputError(
                 source, f"signed integer image ({image.dtype}); expected unsigned intensities"
             )
-        return image.astype(np.float32) / np.float32(info.max)
+        return img_as_float32(image)
     if np.issubdtype(image.dtype, np.floating):
         return np.clip(image.astype(np.float32), 0.0, 1.0)
     raise InputError(source, f"unsupported pixel type {image.dtype}")
@@ -61,7 +62,8 @@ def normalise_percentiles(
     """Per-image normalisation: the ``percentiles`` (low, high) of all channels go to 0 and 1.
 
     Not clipped (cellpose and nnU-Net do not clip either), so bright objects keep their
-    contrast. A flat image (high == low) becomes all zeros rather than dividing by zero.
+    contrast; scikit-image's ``rescale_intensity`` clips, hence this. A flat image
+    (high == low) becomes all zeros rather than dividing by zero.
     """
     image = np.asarray(image, dtype=np.float32)
     if not np.isfinite(image).all():

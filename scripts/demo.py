@@ -1,7 +1,7 @@
 """Snakemake script: the synthetic demo set (raw images, truth masks, montage)."""
 
+from protoseg.demo import generate_demo
 from protoseg.logs import log_to_file
-from protoseg.synth import generate_demo
 
 snakemake = globals()["snakemake"]  # injected by Snakemake; named here for linters
 log = log_to_file(snakemake.log[0])

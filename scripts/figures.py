@@ -4,7 +4,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from protoseg import plots
+from protoseg import figures
 from protoseg.io import save_figure
 from protoseg.logs import log_to_file
 
@@ -13,7 +13,7 @@ log = log_to_file(snakemake.log[0])
 params = snakemake.params
 
 summary = pd.read_csv(snakemake.input.summary)
-figure = plots.metrics_vs_z(
+figure = figures.metrics_vs_z(
     summary, params.planes, params.variants, params.losses, params.modalities
 )
 save_figure(snakemake.output.metrics_vs_z, figure)
@@ -25,7 +25,7 @@ for (variant, loss), source, target in zip(
     with np.load(source) as stored:
         overlay = {key: stored[key] for key in stored.files}
     title = f"model {variant}-{loss}: test state {overlay['state']}"
-    figure = plots.prediction_overlays(overlay, float(overlay["threshold"]), title)
+    figure = figures.prediction_overlays(overlay, float(overlay["threshold"]), title)
     save_figure(target, figure)
     plt.close(figure)
     log.info("overlay of %s written to %s", title, target)

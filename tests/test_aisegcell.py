@@ -17,7 +17,7 @@ import yaml
 from skimage.measure import label as connected_components
 from snakemake.utils import validate
 
-from protoseg import naming
+from protoseg.catalogue import records_from_config, states_in_split
 from protoseg.config import SCHEMA
 from protoseg.config import validate as validate_config
 from protoseg.io import read_image
@@ -91,7 +91,7 @@ def test_config_asks_for_what_the_issue_asks():
 @needs_data
 def test_catalogue_of_the_real_folder_has_18_states_with_their_truth():
     data = aisegcell()["data"]
-    records = naming.records_from_config(data, DATA)
+    records = records_from_config(data, DATA)
     assert records["state"].nunique() == 18
     assert len(records) == 36
     assert set(records["modality"]) == {"brightfield", "nucleus"}
@@ -105,10 +105,10 @@ def test_catalogue_of_the_real_folder_has_18_states_with_their_truth():
 @needs_data
 def test_split_holds_out_whole_experiments():
     config = aisegcell()
-    records = naming.records_from_config(config["data"], DATA)
-    test = naming.states_in_split(records, config["split"], "test")
-    validation = naming.states_in_split(records, config["split"], "validation")
-    train = naming.states_in_split(records, config["split"], "train")
+    records = records_from_config(config["data"], DATA)
+    test = states_in_split(records, config["split"], "test")
+    validation = states_in_split(records, config["split"], "validation")
+    train = states_in_split(records, config["split"], "train")
     assert len(test) == 6 and len(validation) == 4 and len(train) == 8
     experiments = records.groupby("state")["experiment"].first()
     groups = [set(experiments[states]) for states in (test, validation, train)]

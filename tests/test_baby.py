@@ -13,7 +13,7 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from protoseg import naming
+from protoseg import catalogue
 from protoseg.config import SCHEMA
 from protoseg.config import validate as validate_config
 from tests.test_paper_config import leaf_keys
@@ -39,7 +39,7 @@ def test_config_validates_and_sets_every_key():
 @needs_data
 def test_catalogue_has_every_field_with_5_planes_and_its_mask():
     config = baby()
-    records = naming.records_from_config(config["data"], DATA)
+    records = catalogue.records_from_config(config["data"], DATA)
     # 12 evolve + 6 prime95b fields with masks; the single-plane mmsCMOS ones are left out.
     assert records["state"].nunique() == 18
     assert len(records) == 18 * 5 and sorted(records["z"].unique()) == [1, 2, 3, 4, 5]
@@ -50,9 +50,9 @@ def test_catalogue_has_every_field_with_5_planes_and_its_mask():
 @needs_data
 def test_split_keeps_the_time_points_of_a_trap_together():
     config = baby()
-    records = naming.records_from_config(config["data"], DATA)
+    records = catalogue.records_from_config(config["data"], DATA)
     splits = {
-        name: set(naming.states_in_split(records, config["split"], name))
+        name: set(catalogue.states_in_split(records, config["split"], name))
         for name in ("train", "validation", "test")
     }
     assert not (splits["train"] & splits["test"] or splits["validation"] & splits["test"])

@@ -27,7 +27,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from protoseg import naming
+from protoseg.catalogue import study_file_name
 from tests.workflow_helpers import REPO, run_snakemake, tiny_config, write_project
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.slow
 SHAPE = (24, 32, 3)
 STATES = ((1, 1, 1), (1, 1, 10))
 PLANES = (12, 14)
-VICTIM = naming.study_file_name(1, 1, 2, 10, 14)  # a fluorescent plane of the test state
+VICTIM = study_file_name(1, 1, 2, 10, 14)  # a fluorescent plane of the test state
 PARSE = "-n"
 CATALOGUE = "results/catalogue.csv"
 
@@ -54,7 +54,7 @@ def write_images(raw_dir: Path, image=None) -> None:
         for channel in (1, 2):
             for z in PLANES:
                 tifffile.imwrite(
-                    raw_dir / naming.study_file_name(day, time_point, channel, xy, z),
+                    raw_dir / study_file_name(day, time_point, channel, xy, z),
                     np.full(SHAPE, 40 * channel, np.uint8) if image is None else image,
                 )
 
@@ -125,7 +125,21 @@ CASES = [
     # -- config, known when the workflow is parsed: `snakemake -n` fails
     Case("unknown-key", [edit("masks.metod", "classical")], PARSE, ["metod"], folder=False),
     Case("wrong-type", [edit("train.epochs", "many")], PARSE, ["epochs"], folder=False),
-    Case("unknown-method", [edit("masks.method", "magic")], PARSE, ["magic"], folder=False),
+    # Allowed values are enums of the schema: a typo stops the run before the first job.
+    Case(
+        "unknown-method",
+        [edit("masks.method", "magic")],
+        PARSE,
+        ["masks.method", "magic", "sam-auto"],
+        folder=False,
+    ),
+    Case(
+        "unknown-geometry",
+        [edit("dataset.geometry", "tiles")],
+        PARSE,
+        ["dataset.geometry", "tiles", "patches"],
+        folder=False,
+    ),
     Case(
         "threshold-tuning-without-validation",
         [edit("train.threshold", "validation")],
@@ -161,7 +175,7 @@ CASES = [
         "unknown-loss",
         [edit("train.losses", ["bce", "msee"])],
         PARSE,
-        ["train.losses", "msee", "known losses"],
+        ["train.losses", "msee", "bce+dice"],
         folder=False,
     ),
     Case(
@@ -379,6 +393,8 @@ def test_the_corpus_names_every_case_of_issue_13():
     assert {
         "lr-min-above-max",
         "unknown-loss",
+        "unknown-method",
+        "unknown-geometry",
         "split-value-matches-nothing",
         "unknown-split-key",
         "variant-with-unknown-modality",

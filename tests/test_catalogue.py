@@ -4,14 +4,19 @@ import numpy as np
 import pytest
 import tifffile
 
-from protoseg import naming
-from protoseg.catalogue import build_catalogue, describe_image
+from protoseg.catalogue import (
+    STUDY_PATTERN,
+    STUDY_STATE_FORMAT,
+    build_catalogue,
+    describe_image,
+    study_file_name,
+)
 from protoseg.errors import InputError
 
 DATA_CFG = {
-    "pattern": naming.STUDY_PATTERN,
+    "pattern": STUDY_PATTERN,
     "ignore": [],
-    "state_format": naming.STUDY_STATE_FORMAT,
+    "state_format": STUDY_STATE_FORMAT,
     "channels": {"1": "brightfield", "2": "fluorescent"},
     "planes": [12, 14],
 }
@@ -21,7 +26,7 @@ def write_state(folder, xy, shape=(20, 30, 3)):
     paths = []
     for channel in (1, 2):
         for z in (12, 14):
-            path = folder / naming.study_file_name(1, 1, channel, xy, z)
+            path = folder / study_file_name(1, 1, channel, xy, z)
             tifffile.imwrite(path, np.full(shape, 7 * channel, dtype=np.uint8))
             paths.append(path)
     return paths

@@ -411,7 +411,7 @@ def test_evaluation_scores_the_networks_cells_beside_the_components(distance_mod
     assert per_image["ws_sa50"].between(0, 1).all() and per_image["ws_n_pred"].ge(0).all()
     # The overlay keeps the network's cells at the training scale, one colour each.
     assert overlay["instances"].shape == overlay["masks"].shape
-    from protoseg.plots import prediction_overlays
+    from protoseg.figures import prediction_overlays
 
     figure = prediction_overlays(overlay, float(overlay["threshold"]), "distances")
     assert "cells" in figure.axes[0].get_title()

@@ -140,7 +140,7 @@ def test_bad_settings_name_the_key(bad, key):
 
 
 def test_demo_data_is_segmented_well():
-    synth = pytest.importorskip("protoseg.synth")
+    synth = pytest.importorskip("protoseg.demo")
     planes = [12, 14, 16, 18, 20, 22, 24]
     params = synth.params_from_config({})
     scores = []

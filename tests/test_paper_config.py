@@ -11,7 +11,7 @@ from snakemake.utils import validate
 
 from protoseg.config import SCHEMA
 from protoseg.config import validate as validate_config
-from protoseg.synth import generate_demo
+from protoseg.demo import generate_demo
 from tests.workflow_helpers import REPO, demo_config, run_snakemake, write_project
 
 PAPER = REPO / "config" / "paper.yaml"
@@ -90,7 +90,7 @@ def test_every_key_is_commented():
 def full_size_set(tmp_path_factory):
     """Two full-size (2048 x 2880) states in the study's naming: xy1 (train) and xy10 (test).
 
-    protoseg.synth draws one state (about 15 s here); its files are copied under the second
+    protoseg.demo draws one state (about 15 s here); its files are copied under the second
     state's names, since a dry run looks at names only.
     """
     root = tmp_path_factory.mktemp("fullsize")

@@ -113,7 +113,7 @@ def test_report_renders_in_a_browser(finished_run, tmp_path):
     html = report.read_text(errors="replace")
     for label in ("metrics_vs_z", "catalogue"):
         assert label in html
-    from protoseg.report_check import find_chromium, screenshot
+    from tests.report_check import find_chromium, screenshot
 
     if find_chromium() is None:
         pytest.skip("no Chromium installed (Debian package `chromium`); the HTML checks above ran")

@@ -5,7 +5,7 @@ import pytest
 import tifffile
 import yaml
 
-from protoseg import naming
+from protoseg.catalogue import study_file_name
 from tests.workflow_helpers import run_snakemake, tiny_config, write_project
 
 pytestmark = pytest.mark.slow
@@ -26,7 +26,7 @@ def write_images(raw_dir, states=((1, 1, 1), (1, 1, 10))):
         for channel in (1, 2):
             for z in (12, 14):
                 tifffile.imwrite(
-                    raw_dir / naming.study_file_name(day, time, channel, xy, z),
+                    raw_dir / study_file_name(day, time, channel, xy, z),
                     np.zeros((24, 32, 3), np.uint8),
                 )
 

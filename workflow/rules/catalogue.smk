@@ -1,3 +1,6 @@
+CATALOGUE = f"{RESULTS}/catalogue.csv"
+
+
 rule catalogue:
     input:
         images=RECORDS["path"].tolist(),
@@ -16,4 +19,11 @@ rule catalogue:
         f"{SCRIPTS}/catalogue.py"
 
 
-register_targets(CATALOGUE)
+stage_targets("catalogue", CATALOGUE)
+
+
+# `snakemake all_catalogue`: every image opened and checked.
+rule all_catalogue:
+    input:
+        STAGE_TARGETS["catalogue"],
+    localrule: True

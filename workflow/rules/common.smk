@@ -1,10 +1,15 @@
-# Shared by all rule files. It holds config validation, the image list known at parse time,
-# output path templates (gathered here so one image's way through the DAG reads as a
-# straight line) and the targets of `rule all`.
+# Shared by all rule files. It holds config validation, the image list known at parse time, log
+# and benchmark paths, and the registry of each stage's final outputs.
 import sys
 from pathlib import Path
 
-from protoseg import config_checks, naming
+from protoseg import config_checks
+from protoseg.catalogue import (
+    demo_records,
+    lookup,
+    records_from_config,
+    states_in_split,
+)
 from protoseg.config import validate
 
 # Checked against workflow/schemas/config.schema.yaml, whose defaults fill in every key
@@ -17,22 +22,9 @@ config_checks.check_config(config)
 ENVS = "../../envs"
 SCRIPTS = "../../scripts"
 
-# ---------------------------------------------------------------- output paths
+# Each stage's output paths are declared once, at the top of its rule file, and its final
+# outputs are the input of its `all_<stage>` rule (`snakemake all_masks` runs one stage).
 RESULTS = "results"
-CATALOGUE = f"{RESULTS}/catalogue.csv"
-PLANE_MASK = f"{RESULTS}/masks/planes/{{state}}/z{{z}}.tif"
-STATE_MASK = f"{RESULTS}/masks/states/{{state}}.tif"
-PER_Z_MASK = f"{RESULTS}/masks/per_z/{{state}}/z{{z}}.tif"
-INSTANCES = f"{RESULTS}/masks/instances/{{state}}.npz"
-QC_OVERLAY = f"{RESULTS}/qc/{{state}}.png"
-QUALITY_CSV = f"{RESULTS}/masks/quality.csv"
-QUALITY_MD = f"{RESULTS}/masks/quality.md"
-DATASET_DIR = f"{RESULTS}/datasets/{{variant}}"
-DATASET_MANIFEST = f"{DATASET_DIR}/manifest.csv"
-MODEL_DIR = f"{RESULTS}/models/{{variant}}-{{loss}}"
-METRICS_DIR = f"{RESULTS}/metrics/{{variant}}-{{loss}}"
-TABLES_DIR = f"{RESULTS}/tables"
-FIGURES_DIR = f"{RESULTS}/figures"
 
 # ---------------------------------------------------------------- the images
 # Known at parse time from the file names alone (cheap, no image is opened), so a bad
@@ -41,11 +33,11 @@ FIGURES_DIR = f"{RESULTS}/figures"
 if config["data"]["source"] == "demo":
     RAW_DIR = str(Path(config["demo"]["out_dir"]) / "raw")
     TRUTH_DIR = str(Path(config["demo"]["out_dir"]) / "truth")
-    RECORDS = naming.demo_records(config["demo"], config["data"], RAW_DIR)
+    RECORDS = demo_records(config["demo"], config["data"], RAW_DIR)
 else:
     RAW_DIR = config["data"]["raw_dir"]
     TRUTH_DIR = config["quality"]["truth_dir"]
-    RECORDS = naming.records_from_config(config["data"], RAW_DIR)
+    RECORDS = records_from_config(config["data"], RAW_DIR)
 config_checks.check_split(config["split"], RECORDS)
 
 STATES = sorted(RECORDS["state"].unique())
@@ -61,12 +53,12 @@ def get_states():
 
 def get_split_states(split):
     """States whose split key falls in `split` ("test", "validation" or "train")."""
-    return naming.states_in_split(RECORDS, config["split"], split)
+    return states_in_split(RECORDS, config["split"], split)
 
 
 def raw_image(state, modality, z):
     """Path of the raw image of one state, modality and plane."""
-    return naming.lookup(RECORDS, state=state, modality=modality, z=int(z))
+    return lookup(RECORDS, state=state, modality=modality, z=int(z))
 
 
 def state_images(state, modality):
@@ -82,18 +74,20 @@ def benchmark_path(step, name="{state}"):
     return f"benchmarks/out/{step}/{name}.tsv"
 
 
-# ---------------------------------------------------------------- rule all
-# Each rule file registers the final outputs of its stage here.
-FINAL_TARGETS = []
+# ---------------------------------------------------------------- targets
+# Stage name -> its final outputs, filled by each rule file; `rule all` and the warnings
+# rule take them all.
+STAGE_TARGETS = {}
 
 
-def register_targets(*paths):
+def stage_targets(stage, *paths):
+    """Record `stage`'s final outputs (paths or lists of paths); returns them flat."""
+    flat = []
     for path in paths:
-        if isinstance(path, (list, tuple)):
-            FINAL_TARGETS.extend(path)
-        else:
-            FINAL_TARGETS.append(path)
+        flat.extend(path if isinstance(path, (list, tuple)) else [path])
+    STAGE_TARGETS[stage] = flat
+    return flat
 
 
 def all_targets(wildcards):
-    return FINAL_TARGETS
+    return [path for paths in STAGE_TARGETS.values() for path in paths]

@@ -4,6 +4,8 @@
 from protoseg.dataset import preprocessing_from_config
 
 DATASET = config["dataset"]
+DATASET_DIR = f"{RESULTS}/datasets/{{variant}}"
+DATASET_MANIFEST = f"{DATASET_DIR}/manifest.csv"
 # Geometry, scale (or cell diameters), patch and normalisation checked at parse time: a
 # zero, negative or absurd scale stops the run naming the key, before any job.
 preprocessing_from_config(DATASET)
@@ -51,4 +53,11 @@ rule dataset:
         f"{SCRIPTS}/dataset.py"
 
 
-register_targets(expand(DATASET_MANIFEST, variant=VARIANTS))
+stage_targets("dataset", expand(DATASET_MANIFEST, variant=VARIANTS))
+
+
+# `snakemake all_dataset`: one data set per variant.
+rule all_dataset:
+    input:
+        STAGE_TARGETS["dataset"],
+    localrule: True

@@ -1,5 +1,8 @@
 # The synthetic demo set (data.source: demo): raw images in the study's naming, the true
 # per-state and per-plane masks, a table of every drawn object and a montage to look at.
+# Nothing unless the condition below holds (existing images: nothing to generate).
+stage_targets("demo")
+
 if config["data"]["source"] == "demo":
 
     DEMO_DIR = config["demo"]["out_dir"]
@@ -42,4 +45,11 @@ if config["data"]["source"] == "demo":
         script:
             f"{SCRIPTS}/demo.py"
 
-    register_targets(DEMO_MONTAGE)
+    stage_targets("demo", DEMO_MONTAGE)
+
+
+# `snakemake all_demo`: the synthetic set and its montage.
+rule all_demo:
+    input:
+        STAGE_TARGETS["demo"],
+    localrule: True

@@ -1,12 +1,13 @@
 # Step 5: each trained model scored on its dataset's test split, image by image.
 # The kept predictions of one test state feed the overlay figures (tables.smk).
+METRICS_DIR = f"{RESULTS}/metrics/{{variant}}-{{loss}}"
 METRICS_PER_IMAGE = f"{METRICS_DIR}/per_image.csv"
 METRICS_OVERLAY = f"{METRICS_DIR}/overlay.npz"
 
 
 rule evaluate:
     input:
-        model=f"{MODEL_DIR}/model.pt",
+        model=MODEL,
         manifest=DATASET_MANIFEST,
         info=DATASET_INFO,
         shards=DATASET_SHARDS,
@@ -40,3 +41,17 @@ rule evaluate:
         instances=config["evaluate"]["instances"],
     script:
         f"{SCRIPTS}/evaluate.py"
+
+
+stage_targets(
+    "evaluate",
+    expand(METRICS_PER_IMAGE, variant=VARIANTS, loss=LOSSES),
+    expand(METRICS_OVERLAY, variant=VARIANTS, loss=LOSSES),
+)
+
+
+# `snakemake all_evaluate`: every model scored image by image on its test split.
+rule all_evaluate:
+    input:
+        STAGE_TARGETS["evaluate"],
+    localrule: True

@@ -3,6 +3,7 @@
 from protoseg.masks import get_method, method_inputs
 
 MASKS = config["masks"]
+PLANE_MASK = f"{RESULTS}/masks/planes/{{state}}/z{{z}}.tif"
 USES_SAM = get_method(MASKS["method"]).uses_sam
 
 
@@ -38,4 +39,11 @@ rule masks:
         f"{SCRIPTS}/masks.py"
 
 
-register_targets(expand(PLANE_MASK, state=STATES, z=PLANES))
+stage_targets("masks", expand(PLANE_MASK, state=STATES, z=PLANES))
+
+
+# `snakemake all_masks`: one instance mask per plane of every state.
+rule all_masks:
+    input:
+        STAGE_TARGETS["masks"],
+    localrule: True

@@ -2,6 +2,10 @@
 # per-z masks (each tracked cell only on its planes, the study's future work), an instance
 # table to inspect cells one by one, and a QC overlay of every plane in every modality.
 # The mask modality comes first in the overlay, then the others.
+STATE_MASK = f"{RESULTS}/masks/states/{{state}}.tif"
+PER_Z_MASK = f"{RESULTS}/masks/per_z/{{state}}/z{{z}}.tif"
+INSTANCES = f"{RESULTS}/masks/instances/{{state}}.npz"
+QC_OVERLAY = f"{RESULTS}/qc/{{state}}.png"
 QC_MODALITIES = [config["masks"]["modality"]] + [
     m for m in MODALITIES if m != config["masks"]["modality"]
 ]
@@ -41,9 +45,17 @@ rule merge:
         f"{SCRIPTS}/merge.py"
 
 
-register_targets(
+stage_targets(
+    "merge",
     expand(STATE_MASK, state=STATES),
     expand(PER_Z_MASK, state=STATES, z=PLANES),
     expand(INSTANCES, state=STATES),
     expand(QC_OVERLAY, state=STATES),
 )
+
+
+# `snakemake all_merge`: state masks, per-z masks, instance tables and QC overlays.
+rule all_merge:
+    input:
+        STAGE_TARGETS["merge"],
+    localrule: True

@@ -6,6 +6,9 @@ from protoseg.predict import image_files as predict_image_files
 
 PREDICT = config["predict"]
 
+# Nothing unless the condition below holds (no predict.input_dir).
+stage_targets("predict")
+
 if PREDICT["input_dir"]:
 
     PREDICT_IMAGES = [str(path) for path in predict_image_files([PREDICT["input_dir"]])]
@@ -25,7 +28,7 @@ if PREDICT["input_dir"]:
 
     rule predict:
         input:
-            model=f"{MODEL_DIR}/model.pt",
+            model=MODEL,
             images=PREDICT_IMAGES,
         output:
             binary=PREDICT_OUTPUTS["binary"],
@@ -66,4 +69,11 @@ if PREDICT["input_dir"]:
         script:
             f"{SCRIPTS}/predict.py"
 
-    register_targets(expand(PREDICT_SUMMARY, variant=VARIANTS, loss=LOSSES))
+    stage_targets("predict", expand(PREDICT_SUMMARY, variant=VARIANTS, loss=LOSSES))
+
+
+# `snakemake all_predict`: every model applied to predict.input_dir.
+rule all_predict:
+    input:
+        STAGE_TARGETS["predict"],
+    localrule: True

@@ -1,6 +1,12 @@
 # Mask quality against truth masks, where there are any (quality.truth_dir; the demo
 # generator writes its own): every plane mask, per-z mask and state mask of every state
 # scored (SA50, mSA, precision, recall, pixel IoU) -> one CSV row per image, a summary table.
+QUALITY_CSV = f"{RESULTS}/masks/quality.csv"
+QUALITY_MD = f"{RESULTS}/masks/quality.md"
+
+# Nothing unless the condition below holds (no truth masks to score against).
+stage_targets("quality")
+
 if TRUTH_DIR:
     from protoseg.quality import build_pairs
 
@@ -59,4 +65,11 @@ if TRUTH_DIR:
         script:
             f"{SCRIPTS}/quality.py"
 
-    register_targets(QUALITY_CSV, QUALITY_MD)
+    stage_targets("quality", QUALITY_CSV, QUALITY_MD)
+
+
+# `snakemake all_quality`: masks scored against the truth masks, where there are any.
+rule all_quality:
+    input:
+        STAGE_TARGETS["quality"],
+    localrule: True

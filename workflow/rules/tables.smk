@@ -1,13 +1,12 @@
-# Results: the study's Tables 1-2 layout per dataset variant (beside the study's numbers),
-# scores versus focal plane, and prediction overlays per plane of one test state.
+# Results: the study's Tables 1-2 layout per dataset variant, beside the study's numbers.
 # Every model, in the order of expand(..., variant=VARIANTS, loss=LOSSES).
 MODELS = [(variant, loss) for variant in VARIANTS for loss in LOSSES]
 VARIANT_MODALITIES = {
     name: list(variant["modalities"])
     for name, variant in config["dataset"]["variants"].items()
 }
+TABLES_DIR = f"{RESULTS}/tables"
 TABLES_SUMMARY = f"{TABLES_DIR}/summary.csv"
-METRICS_VS_Z = f"{FIGURES_DIR}/metrics_vs_z.png"
 
 
 rule tables:
@@ -53,44 +52,8 @@ rule tables:
         f"{SCRIPTS}/tables.py"
 
 
-rule figures:
-    input:
-        summary=TABLES_SUMMARY,
-        overlays=expand(METRICS_OVERLAY, variant=VARIANTS, loss=LOSSES),
-    output:
-        metrics_vs_z=report(
-            METRICS_VS_Z,
-            caption="../report/metrics_vs_z.rst",
-            category="Results",
-            subcategory="Figures",
-        ),
-        overlays=[
-            report(
-                f"{FIGURES_DIR}/predictions_{variant}-{loss}.png",
-                caption="../report/predictions.rst",
-                category="Results",
-                subcategory="Prediction overlays",
-                labels={"model": f"{variant}-{loss}"},
-            )
-            for variant, loss in MODELS
-        ],
-    log:
-        log_path("figures", "figures"),
-    benchmark:
-        benchmark_path("figures", "figures")
-    conda:
-        f"{ENVS}/io.yaml"
-    params:
-        models=MODELS,
-        variants=VARIANTS,
-        losses=LOSSES,
-        planes=PLANES,
-        modalities=VARIANT_MODALITIES,
-    script:
-        f"{SCRIPTS}/figures.py"
-
-
-register_targets(
+stage_targets(
+    "tables",
     TABLES_SUMMARY,
     [
         f"{TABLES_DIR}/{variant}.{suffix}"
@@ -98,6 +61,11 @@ register_targets(
         for suffix in ("csv", "md", "tex")
     ],
     [f"{TABLES_DIR}/{variant}_instances.csv" for variant in VARIANTS],
-    METRICS_VS_Z,
-    [f"{FIGURES_DIR}/predictions_{variant}-{loss}.png" for variant, loss in MODELS],
 )
+
+
+# `snakemake all_tables`: the per-z tables of every variant.
+rule all_tables:
+    input:
+        STAGE_TARGETS["tables"],
+    localrule: True

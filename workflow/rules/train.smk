@@ -3,6 +3,9 @@
 # a job fails: rerunning the job resumes from the newest one (protoseg.train).
 from protoseg.train import check_threshold_setting
 
+MODEL_DIR = f"{RESULTS}/models/{{variant}}-{{loss}}"
+MODEL = f"{MODEL_DIR}/model.pt"
+
 # train.threshold "validation" without a validation split stops the run here, not in a job.
 # (Watershed settings out of range stop it in protoseg.config_checks.)
 check_threshold_setting(
@@ -16,7 +19,7 @@ rule train:
         info=DATASET_INFO,
         shards=DATASET_SHARDS,
     output:
-        model=f"{MODEL_DIR}/model.pt",
+        model=MODEL,
         history=report(
             f"{MODEL_DIR}/history.csv",
             caption="../report/training.rst",
@@ -59,4 +62,11 @@ rule train:
         f"{SCRIPTS}/train.py"
 
 
-register_targets(expand(f"{MODEL_DIR}/model.pt", variant=VARIANTS, loss=LOSSES))
+stage_targets("train", expand(MODEL, variant=VARIANTS, loss=LOSSES))
+
+
+# `snakemake all_train`: one model per variant and loss.
+rule all_train:
+    input:
+        STAGE_TARGETS["train"],
+    localrule: True

@@ -9,7 +9,7 @@ LOG_DIR = "logs"
 # Logs written after this (parse) time are this run's.
 RUN_STARTED = time.time()
 # Every other final result: included last, this rule runs after them all.
-WARNING_SOURCES = list(FINAL_TARGETS)
+WARNING_SOURCES = all_targets(None)
 
 
 rule warnings:
@@ -36,4 +36,11 @@ rule warnings:
         f"{SCRIPTS}/log_warnings.py"
 
 
-register_targets(WARNINGS_CSV, WARNINGS_MD)
+stage_targets("warnings", WARNINGS_CSV, WARNINGS_MD)
+
+
+# `snakemake all_warnings`: the warnings of every job, in one table.
+rule all_warnings:
+    input:
+        STAGE_TARGETS["warnings"],
+    localrule: True

@@ -5,7 +5,7 @@ import numpy as np
 from matplotlib.colors import to_rgb
 from skimage.draw import disk
 
-from protoseg import plots, study, tables
+from protoseg import figures, study, tables
 from protoseg.io import read_image, save_figure
 
 from .test_tables import fake_per_image
@@ -21,9 +21,11 @@ def test_metrics_vs_z_has_a_panel_per_variant_and_metric(tmp_path):
     }
     summary = tables.summary(per_image, planes)
     modalities = {"all": ["brightfield", "fluorescent"], "brightfield": ["brightfield"]}
-    figure = plots.metrics_vs_z(summary, planes, ["all", "brightfield"], ["bce", "mse"], modalities)
+    figure = figures.metrics_vs_z(
+        summary, planes, ["all", "brightfield"], ["bce", "mse"], modalities
+    )
     axes = figure.get_axes()
-    assert len(axes) == 2 * len(plots.PANEL_METRICS)
+    assert len(axes) == 2 * len(figures.PANEL_METRICS)
     # Our two losses, plus the study's two in the pixel-metric panels.
     assert len(axes[0].get_lines()) == 4 and len(axes[3].get_lines()) == 2
     ours = axes[1].get_lines()[0].get_ydata()  # variant all, F1, BCE
@@ -62,7 +64,7 @@ def _overlay(planes, modalities, size=48):
 
 def test_prediction_overlays_grid(tmp_path):
     planes = [12, 18, 24]
-    figure = plots.prediction_overlays(
+    figure = figures.prediction_overlays(
         _overlay(planes, ["brightfield", "fluorescent"]), 0.5, "all-bce, day1t1xy10"
     )
     axes = figure.get_axes()
@@ -74,7 +76,7 @@ def test_prediction_overlays_grid(tmp_path):
     image = read_image(path)
     assert image.shape[1] > image.shape[0] > 200
     # Both outline colours are drawn.
-    for colour in (plots.MASK_COLOUR, plots.PREDICTION_COLOUR):
+    for colour in (figures.MASK_COLOUR, figures.PREDICTION_COLOUR):
         rgb = np.round(np.array(to_rgb(colour)) * 255).astype(np.uint8)
         assert np.any(np.all(image[..., :3] == rgb, axis=-1)), colour
 
@@ -87,6 +89,6 @@ def test_prediction_overlays_without_images_still_draws():
         "z": np.zeros(0, int),
         "modality": np.zeros(0, str),
     }
-    figure = plots.prediction_overlays(empty, 0.5, "nothing")
+    figure = figures.prediction_overlays(empty, 0.5, "nothing")
     assert "no test images" in figure.get_axes()[0].texts[0].get_text()
     plt.close(figure)

@@ -11,7 +11,8 @@ import pytest
 import tifffile
 from skimage.segmentation import find_boundaries
 
-from protoseg import naming, synth
+from protoseg import demo
+from protoseg.catalogue import STUDY_STATE_FORMAT, demo_records
 from protoseg.errors import ConfigError
 from protoseg.io import read_image
 
@@ -44,27 +45,27 @@ def files_of(folder) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def sample() -> synth.StateSample:
+def sample() -> demo.StateSample:
     """A crowded state: overlapping pairs, dead cells and debris."""
     params = replace(
-        synth.params_from_config({}),
+        demo.params_from_config({}),
         cells=(7, 8),
         cell_radius=(9, 15),
         dead_cells=(2, 2),
         debris=(4, 5),
         overlaps=(2, 2),
     )
-    return synth.make_state(synth.state_rng(11, 1, 1, 1), HEIGHT, WIDTH, PLANES, params)
+    return demo.make_state(demo.state_rng(11, 1, 1, 1), HEIGHT, WIDTH, PLANES, params)
 
 
-def footprint_mask(blob: synth.Blob, shape=(HEIGHT, WIDTH)) -> np.ndarray:
+def footprint_mask(blob: demo.Blob, shape=(HEIGHT, WIDTH)) -> np.ndarray:
     mask = np.zeros(shape, bool)
     where, inside = blob.footprint(*shape)
     mask[where] = inside
     return mask
 
 
-def fully_inside(blob: synth.Blob, margin: float = 0, shape=(HEIGHT, WIDTH)) -> bool:
+def fully_inside(blob: demo.Blob, margin: float = 0, shape=(HEIGHT, WIDTH)) -> bool:
     reach = blob.extent + margin
     return (
         reach <= blob.centre_y <= shape[0] - 1 - reach
@@ -72,7 +73,7 @@ def fully_inside(blob: synth.Blob, margin: float = 0, shape=(HEIGHT, WIDTH)) -> 
     )
 
 
-def isolated(blob: synth.Blob, blobs: list[synth.Blob], gap: float) -> bool:
+def isolated(blob: demo.Blob, blobs: list[demo.Blob], gap: float) -> bool:
     return all(
         math.hypot(o.centre_y - blob.centre_y, o.centre_x - blob.centre_x)
         > blob.extent + o.extent + gap
@@ -83,9 +84,9 @@ def isolated(blob: synth.Blob, blobs: list[synth.Blob], gap: float) -> bool:
 
 # ---------------------------------------------------------------- files and seeds
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
-    synth.generate_demo(tiny_demo_cfg(), [12, 18], tmp_path / "a")
-    synth.generate_demo(tiny_demo_cfg(), [12, 18], tmp_path / "b")
-    synth.generate_demo(tiny_demo_cfg(seed=4), [12, 18], tmp_path / "c")
+    demo.generate_demo(tiny_demo_cfg(), [12, 18], tmp_path / "a")
+    demo.generate_demo(tiny_demo_cfg(), [12, 18], tmp_path / "b")
+    demo.generate_demo(tiny_demo_cfg(seed=4), [12, 18], tmp_path / "c")
     first, again, other = (files_of(tmp_path / name) for name in "abc")
     assert first == again
     assert first.keys() == other.keys()
@@ -94,8 +95,8 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
 
 
 def test_a_state_does_not_depend_on_the_others(tmp_path):
-    synth.generate_demo(tiny_demo_cfg(xy=[1, 10]), [12, 18], tmp_path / "both")
-    synth.generate_demo(tiny_demo_cfg(xy=[10]), [12, 18], tmp_path / "one")
+    demo.generate_demo(tiny_demo_cfg(xy=[1, 10]), [12, 18], tmp_path / "both")
+    demo.generate_demo(tiny_demo_cfg(xy=[10]), [12, 18], tmp_path / "one")
     one = files_of(tmp_path / "one")
     both = files_of(tmp_path / "both")
     for name, content in one.items():
@@ -109,10 +110,10 @@ def test_files_are_named_and_shaped_as_the_workflow_expects(tmp_path):
     data_cfg = {
         "channels": {"1": "brightfield", "2": "fluorescent"},
         "planes": planes,
-        "state_format": naming.STUDY_STATE_FORMAT,
+        "state_format": STUDY_STATE_FORMAT,
     }
-    synth.generate_demo(cfg, planes, tmp_path)
-    records = naming.demo_records(cfg, data_cfg, tmp_path / "raw")
+    demo.generate_demo(cfg, planes, tmp_path)
+    records = demo_records(cfg, data_cfg, tmp_path / "raw")
     written = sorted(str(p) for p in (tmp_path / "raw").iterdir())
     assert written == sorted(records["path"])
     for path in records["path"]:
@@ -120,7 +121,7 @@ def test_files_are_named_and_shaped_as_the_workflow_expects(tmp_path):
         assert image.shape == (64, 80, 3)
         assert image.dtype == np.uint8
     for state in records["state"].unique():
-        state_path, plane_paths = synth.truth_paths(tmp_path, state, planes)
+        state_path, plane_paths = demo.truth_paths(tmp_path, state, planes)
         masks = [tifffile.imread(p) for p in [state_path, *plane_paths]]
         assert all(m.shape == (64, 80) and m.dtype == np.uint16 for m in masks)
     montage = read_image(tmp_path / "montage.png")
@@ -131,7 +132,7 @@ def test_files_are_named_and_shaped_as_the_workflow_expects(tmp_path):
 
 def test_channels_and_state_names_follow_the_data_config(tmp_path):
     channels = {"5": "fluorescent", "7": "brightfield"}
-    synth.generate_demo(
+    demo.generate_demo(
         tiny_demo_cfg(xy=[2]),
         [12],
         tmp_path,
@@ -167,7 +168,7 @@ def test_channels_and_state_names_follow_the_data_config(tmp_path):
 )
 def test_bad_demo_config_names_the_key_and_writes_nothing(tmp_path, cfg, channels, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        synth.generate_demo(cfg, [12], tmp_path, channels=channels)
+        demo.generate_demo(cfg, [12], tmp_path, channels=channels)
     assert not any(tmp_path.iterdir())
 
 
@@ -195,14 +196,14 @@ def test_brightfield_is_light_and_fluorescent_dark_with_blue_outlines(sample):
 
 def test_dead_cells_and_debris_show_in_brightfield_only():
     params = replace(
-        synth.params_from_config({}),
+        demo.params_from_config({}),
         cells=(2, 2),
         cell_radius=(10, 14),
         dead_cells=(3, 3),
         debris=(5, 5),
         overlaps=(0, 0),
     )
-    sample = synth.make_state(synth.state_rng(2, 1, 1, 1), HEIGHT, WIDTH, PLANES, params)
+    sample = demo.make_state(demo.state_rng(2, 1, 1, 1), HEIGHT, WIDTH, PLANES, params)
     others = [
         b
         for b in sample.blobs
@@ -317,7 +318,7 @@ def sharpness(crop: np.ndarray) -> float:
 
 def test_blur_grows_with_distance_from_the_cells_depth():
     params = replace(
-        synth.params_from_config({}),
+        demo.params_from_config({}),
         cells=(3, 4),
         cell_radius=(10, 16),
         dead_cells=(0, 0),
@@ -326,7 +327,7 @@ def test_blur_grows_with_distance_from_the_cells_depth():
     )
     measured = 0
     for seed in range(1, 5):
-        sample = synth.make_state(synth.state_rng(seed, 1, 1, 1), HEIGHT, WIDTH, PLANES, params)
+        sample = demo.make_state(demo.state_rng(seed, 1, 1, 1), HEIGHT, WIDTH, PLANES, params)
         for cell in sample.cells:
             if not (fully_inside(cell, 3) and isolated(cell, sample.blobs, gap=15)):
                 continue
@@ -349,8 +350,8 @@ def test_blur_grows_with_distance_from_the_cells_depth():
 
 
 def test_most_cells_are_sharp_near_z18_to_z20_and_blurred_at_z12():
-    sample = synth.make_state(
-        synth.state_rng(5, 1, 1, 2), 256, 360, PLANES, synth.params_from_config({})
+    sample = demo.make_state(
+        demo.state_rng(5, 1, 1, 2), 256, 360, PLANES, demo.params_from_config({})
     )
     depths = np.array([c.depth for c in sample.cells])
     nearest = np.array([PLANES[int(np.argmin([abs(z - d) for z in PLANES]))] for d in depths])

@@ -43,7 +43,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from protoseg import io, naming
+from protoseg import io
+from protoseg.catalogue import STUDY_STATE_FORMAT, format_state, study_file_name
 from protoseg.config import complete_section
 from protoseg.errors import ConfigError
 
@@ -667,10 +668,10 @@ def demo_states(demo_cfg: dict) -> list[tuple[int, int, int]]:
     ]
 
 
-def state_name(day: int, time: int, xy: int, state_format: str = naming.STUDY_STATE_FORMAT) -> str:
+def state_name(day: int, time: int, xy: int, state_format: str = STUDY_STATE_FORMAT) -> str:
     """The demo's state name (by default ``day{day}t{time}xy{xy}``, the study's)."""
     try:
-        return naming.format_state({"day": day, "time": time, "xy": xy}, state_format)
+        return format_state({"day": day, "time": time, "xy": xy}, state_format)
     except (KeyError, IndexError, ValueError) as error:
         raise ConfigError(
             "data.state_format",
@@ -749,7 +750,7 @@ def generate_demo(
     out_dir: str | Path,
     *,
     channels: dict | None = None,
-    state_format: str = naming.STUDY_STATE_FORMAT,
+    state_format: str = STUDY_STATE_FORMAT,
 ) -> None:
     """Write the demo set: raw TIFFs, truth masks, a cell table and a montage, under ``out_dir``.
 
@@ -780,7 +781,7 @@ def generate_demo(
                 (channel_of["fluorescent"], sample.fluorescent),
             ):
                 io.write_tiff(
-                    out_dir / "raw" / naming.study_file_name(day, time, channel, xy, z),
+                    out_dir / "raw" / study_file_name(day, time, channel, xy, z),
                     images[index],
                     photometric="rgb",
                 )
