@@ -33,7 +33,7 @@ rule warnings:
         log_dir=LOG_DIR,
         exclude=["warnings"],
     script:
-        f"{SCRIPTS}/log_warnings.py"
+        f"{SCRIPTS}/warnings.py"
 
 
 stage_targets("warnings", WARNINGS_CSV, WARNINGS_MD)
