@@ -89,7 +89,7 @@ started = time.perf_counter()
 build_dataset(catalogue, args["out"], variant="all", modalities=["brightfield", "fluorescent"],
               split_cfg={"key": "xy", "test": [10]},
               dataset_cfg={"size": [512, 512], "colour": "rgb", "shard_size": args["shard_size"]},
-              mask_path=lambda state, z: args["mask"], progress=False)
+              mask_path=lambda state, z: args["mask"], context_planes=0, progress=False)
 seconds = time.perf_counter() - started
 _, traced = tracemalloc.get_traced_memory()
 print(json.dumps({"seconds": seconds, "import_rss_mb": import_rss, "traced_peak_mb": traced / 2**20,

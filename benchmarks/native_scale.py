@@ -167,6 +167,7 @@ def sparse_dataset(folder: Path, images: int = 6, size: int = 1024) -> Path:
             "normalise": "percentile",
         },
         mask_path=str(folder / "mask{state}.tif"),
+        context_planes=0,
         progress=False,
     )
     return folder / "ds"
@@ -249,7 +250,8 @@ before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 tracemalloc.start()
 start = time.perf_counter()
 build_dataset(sys.argv[1], sys.argv[2], variant="all", modalities=["brightfield", "fluorescent"],
-    split_cfg={"key": "xy", "test": [10]}, mask_path=sys.argv[3], progress=False,
+    split_cfg={"key": "xy", "test": [10]}, mask_path=sys.argv[3], context_planes=0,
+    progress=False,
     dataset_cfg={"geometry": "patches", "scale": float(sys.argv[4]), "patch_size": [256, 256],
                  "colour": "rgb", "normalise": "percentile"})
 print(json.dumps({"seconds": time.perf_counter() - start, "rss_before_build_mb": before,

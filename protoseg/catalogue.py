@@ -177,6 +177,38 @@ def parse_paths(paths: list[str | Path], raw_dir: str | Path, data_cfg: dict) ->
     return _finish_records(rows, data_cfg, raw_dir)
 
 
+def match_names(paths: list[str | Path], data_cfg: dict) -> tuple[pd.DataFrame, list[Path]]:
+    """Records of the files whose names ``data.pattern`` matches, and the files it does not.
+
+    For files outside ``data.raw_dir`` (new images to predict): the pattern is tried on the
+    file's name, then with as many of its parent folders as it needs (``planes/NAME`` for a
+    pattern that starts with ``^planes/``). Matched names are checked as the catalogue checks
+    them (known channel, a plane of ``data.planes``, no two files of one state, channel and
+    plane), and an empty table is returned when none matches.
+    """
+    regex = compile_pattern(data_cfg["pattern"], data_cfg["state_format"])
+    rows, unmatched = [], []
+    for path in map(Path, paths):
+        parts = path.parts
+        match = None
+        for start in range(len(parts) - 1, -1, -1):
+            match = regex.search("/".join(parts[start:]))
+            if match is not None:
+                break
+        if match is None:
+            unmatched.append(path)
+            continue
+        fields = {
+            name: parse_value(value)
+            for name, value in match.groupdict().items()
+            if value is not None
+        }
+        rows.append({"path": str(path), **fields})
+    if not rows:
+        return pd.DataFrame(columns=["path", "channel", "z", "modality", "state"]), unmatched
+    return _finish_records(rows, data_cfg, "<inputs>"), unmatched
+
+
 def read_sample_sheet(sheet: str | Path, data_cfg: dict, raw_dir: str | Path) -> pd.DataFrame:
     """Records from a CSV with columns path, channel, z and the fields of data.state_format."""
     sheet = Path(sheet)

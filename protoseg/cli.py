@@ -1,6 +1,7 @@
 """The ``protoseg`` command: predict with a trained model, open the annotator.
 
     protoseg predict results/models/all-bce/model.pt new_images/ --out segmented/
+    protoseg predict results/models/brightfield_z1-bce/model.pt stacks/ -o out/ -c config/config.yaml
     protoseg annotate day1t1xy10 --config config/config.yaml [--plan]
 
 The pipeline itself runs through Snakemake (``snakemake --cores all``); these commands
@@ -53,6 +54,8 @@ def run_predict(args: argparse.Namespace) -> int:
     device = resolve_device(args.device, key="--device")
     precision = resolve_precision(args.precision, device, key="--precision")
     model = load_prediction_model(args.model, device=device)
+    # How per-plane files of focal stacks are named: what a focal-context model needs.
+    data_cfg = load_config(args.config)["data"] if args.config else None
     summary = predict_files(
         model,
         args.inputs,
@@ -65,6 +68,7 @@ def run_predict(args: argparse.Namespace) -> int:
         min_area=args.min_area,
         device=device,
         precision=precision,
+        data_cfg=data_cfg,
         progress=not args.quiet,
     )
     if not args.quiet:
@@ -168,6 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         choices=["auto", "fp32", "bf16", "fp16"],
         help="autocast precision (default: auto = bf16 on CPUs with native bf16, fp16 on CUDA)",
+    )
+    predict.add_argument(
+        "--config",
+        "-c",
+        nargs="+",
+        default=None,
+        metavar="FILE",
+        help="config file(s) whose data.pattern, data.channels and data.planes name the "
+        "per-plane files of focal stacks, for a focal-context model (context_planes > 0); "
+        "without it such a model takes multi-page TIFF stacks only",
     )
     predict.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
     predict.set_defaults(run=run_predict)

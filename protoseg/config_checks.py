@@ -10,7 +10,9 @@ before any job starts, ``snakemake -n`` included. Each raises
 * :func:`check_config` (config alone): modalities named by ``masks.modality`` and
   ``dataset.variants.*.modalities`` must be values of ``data.channels``; every
   ``train.losses`` entry must be a registered loss; ``train.lr_min <= train.lr_max``;
-  ``train.watershed`` settings must be in range and of ``model.instances``' mode.
+  ``train.watershed`` settings must be in range and of ``model.instances``' mode; a
+  variant's ``context_planes`` needs a stack of more than one plane in ``data.planes`` (a
+  window wider than the stack only warns: its ends repeat).
 * :func:`check_split` (config and records): ``split.key`` must be a column of the
   records, every ``split.test`` and ``split.validation`` value must match an image, the
   two must not share a value, and some images must be left for training.
@@ -18,6 +20,7 @@ before any job starts, ``snakemake -n`` included. Each raises
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 
 import pandas as pd
@@ -34,9 +37,11 @@ def check_config(config: dict) -> None:
     """Every check that needs only the config."""
     modalities = sorted(set(map(str, config["data"]["channels"].values())))
     check_modality("masks.modality", config["masks"]["modality"], modalities)
-    for name, variant in config["dataset"]["variants"].items():
+    variants = complete_section("dataset", config["dataset"])["variants"]
+    for name, variant in variants.items():
         for modality in variant["modalities"]:
             check_modality(f"dataset.variants.{name}.modalities", modality, modalities)
+        check_context(name, variant["context_planes"], config["data"]["planes"])
     train = complete_section("train", config["train"])
     check_learning_rates(train["lr_min"], train["lr_max"])
     from protoseg.instances import check_mode, check_setting
@@ -53,6 +58,28 @@ def check_modality(key: str, modality: str, known: Iterable[str]) -> None:
             key,
             f"modality '{modality}' is not one of data.channels' modalities "
             f"({', '.join(known)}); use one of those or add its channel to data.channels",
+        )
+
+
+def check_context(variant: str, context_planes: int, planes: Iterable[int]) -> None:
+    """A focal-context variant (``context_planes`` k > 0) needs a stack: ``data.planes``
+    of more than one plane. A window of 2k + 1 planes wider than the stack works (its ends
+    repeat the nearest plane) but fits no plane, so it warns."""
+    planes = sorted({int(z) for z in planes})
+    key = f"dataset.variants.{variant}.context_planes"
+    if context_planes > 0 and len(planes) < 2:
+        raise ConfigError(
+            key,
+            f"{context_planes} asks for the neighbouring planes of each image, but data.planes "
+            f"holds one plane ({', '.join(f'z{z}' for z in planes)}): there is no focal stack "
+            "to take them from; set it to 0 or list every plane of the stacks in data.planes",
+        )
+    if 2 * context_planes + 1 > len(planes):
+        warnings.warn(
+            f"config key '{key}': a window of {2 * context_planes + 1} planes is wider than "
+            f"the stack of {len(planes)} (data.planes): every sample's window runs past the "
+            "stack's ends, whose planes it repeats",
+            stacklevel=2,
         )
 
 

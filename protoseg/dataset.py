@@ -3,7 +3,11 @@ disk in memory-mapped shards.
 
 One sample is one image (the study's "all" data set holds the bright-field and the
 fluorescent image of a plane as two samples) paired with its mask, the merged mask of its
-state (the study) or its plane's per-z mask. Images are prepared by
+state (the study) or its plane's per-z mask. A focal-context variant
+(``dataset.variants.<name>.context_planes`` = k > 0, docs/focal-context.md) gives the sample
+of plane z the images of the same state and channel at z's k neighbouring planes on each
+side as well, as channels (:func:`protoseg.transforms.context_window`: planes beyond the
+stack's ends repeat the nearest one); its mask stays plane z's. Images are prepared by
 :func:`protoseg.transforms.prepare_image` (the same function inference uses): intensity
 (``dataset.normalise``: ``dtype``, the study's integer / dtype maximum, or ``percentile``,
 per image), colour (``dataset.colour``), then one of two geometries (``dataset.geometry``):
@@ -26,15 +30,19 @@ Layout of ``dataset_dir`` (the choice of format: docs/benchmarks/dataset.md):
 
 * ``manifest.csv``: one row per sample: ``sample, split, shard, row, image, mask, state,
   z, modality, channel``, the split key column, the original and stored size and the number
-  of cells of its mask;
+  of cells of its mask; for a focal-context variant also ``context_z`` and ``context`` (the
+  window's planes and image files, ``;``-separated, in channel order);
 * ``dataset.json``: the :class:`DatasetRecord` (geometry, preprocessing, split, ...);
 * ``shards/{shard}-images.npy`` (float32, N x C x H x W), ``{shard}-masks.npy`` (uint8,
   N x H x W), for ``patches`` (and ``resize`` with ``instances``) ``{shard}-instances.npy``
   (uint32), and for ``patches`` ``{shard}-foreground.npy`` (int32 K x 2). Plain ``.npy`` so that readers memory-map them
-  and touch only the pages they use.
+  and touch only the pages they use. C is the image's channels (3 for ``rgb``, 1 for
+  ``grey``) times the 2k + 1 planes of its focal window.
 
 The build streams image by image into one shard buffer, so its memory is one shard plus one
-full-size image, whatever the number of images.
+full-size image, whatever the number of images; a focal-context variant also keeps the
+prepared images of its sliding window (2k + 2 planes per modality), so each image is read
+and prepared once.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,8 +67,10 @@ from protoseg.metrics import instances_from_binary
 from protoseg.transforms import (
     Preprocessing,
     binary_mask,
+    context_window,
     instances_at_mask,
     is_binary_labels,
+    join_planes,
     label_image,
     prepare_image,
     resize_labels,
@@ -148,11 +159,15 @@ def plan_samples(
     modalities: Sequence[str],
     split_cfg: dict,
     mask_path: Callable[[str, int], str | Path],
+    *,
+    context_planes: int,
 ) -> pd.DataFrame:
     """One row per sample of a variant, ordered by split, state, plane and modality.
 
     ``mask_path(state, z)`` names the mask of each image. Every mask must exist before any
-    work starts (:class:`InputError` naming the first missing file).
+    work starts (:class:`InputError` naming the first missing file). ``context_planes`` k > 0
+    adds each sample's focal window (:func:`focal_windows`): columns ``context_z`` and
+    ``context``.
     """
     split_cfg = complete_section("split", split_cfg)
     for column in ("path", "state", "modality", "z"):
@@ -187,7 +202,50 @@ def plan_samples(
     )
     if key not in samples.columns:
         samples[key] = chosen[key].to_numpy()
+    if context_planes:
+        windows = focal_windows(catalogue, samples, variant, context_planes)
+        samples["context_z"] = [";".join(str(z) for z, _ in window) for window in windows]
+        samples["context"] = [";".join(path for _, path in window) for window in windows]
     return samples
+
+
+def focal_windows(
+    catalogue: pd.DataFrame, samples: pd.DataFrame, variant: str, context_planes: int
+) -> list[list[tuple[int, str]]]:
+    """(plane, image file) of every sample's focal window, in channel order: the images of
+    the sample's state and channel at :func:`protoseg.transforms.context_window`'s planes of
+    the catalogue's stack (every plane it holds; the stack's ends repeated).
+
+    A state without an image its window needs is an :class:`InputError` naming the sample's
+    image, the state, the channel and the plane (the catalogue stops such a state first; this
+    guards hand-made catalogues).
+    """
+    stack = sorted(int(z) for z in catalogue["z"].unique())
+    files = {
+        (str(state), str(modality), int(z)): str(path)
+        for state, modality, z, path in zip(
+            catalogue["state"],
+            catalogue["modality"],
+            catalogue["z"],
+            catalogue["path"],
+            strict=True,
+        )
+    }
+    windows = []
+    for sample in samples.itertuples(index=False):
+        window = []
+        for plane in context_window(stack, int(sample.z), context_planes):
+            found = files.get((str(sample.state), str(sample.modality), plane))
+            if found is None:
+                raise InputError(
+                    sample.image,
+                    f"state {sample.state} has no {sample.modality} image at plane z{plane}, "
+                    f"which the focal context of its z{sample.z} image needs "
+                    f"(dataset.variants.{variant}.context_planes: {context_planes})",
+                )
+            window.append((plane, found))
+        windows.append(window)
+    return windows
 
 
 # ---------------------------------------------------------------- the data set's record
@@ -205,14 +263,23 @@ class DatasetRecord:
     samples: dict
     shard_size: int
     has_instances: bool
+    # Focal context: the sample of plane z holds the planes z-k..z+k (k = this) as channels.
+    context_planes: int
     cell_diameter: float | None = None
     target_diameter: float | None = None
     # The raw images' sizes [height, width], each once: what a model was trained from.
     source_sizes: tuple[tuple[int, int], ...] = ()
 
     @property
-    def channels(self) -> int:
+    def plane_channels(self) -> int:
+        """Channels of one prepared image (3 for ``rgb``, 1 for ``grey``)."""
         return self.preprocessing.channels
+
+    @property
+    def channels(self) -> int:
+        """Channels of a sample, the network's input: one image's times the 2k + 1 planes
+        of its focal window."""
+        return self.preprocessing.channels * (2 * self.context_planes + 1)
 
     @property
     def geometry(self) -> str:
@@ -229,6 +296,7 @@ class DatasetRecord:
             "samples": self.samples,
             "shard_size": self.shard_size,
             "has_instances": self.has_instances,
+            "context_planes": self.context_planes,
             "cell_diameter": self.cell_diameter,
             "target_diameter": self.target_diameter,
             "source_sizes": [list(size) for size in self.source_sizes],
@@ -256,6 +324,8 @@ class DatasetRecord:
                 samples=dict(values["samples"]),
                 shard_size=int(values["shard_size"]),
                 has_instances=bool(values["has_instances"]),
+                # Data sets and models written before focal context are single-plane.
+                context_planes=int(values.get("context_planes", 0)),
                 cell_diameter=values.get("cell_diameter"),
                 target_diameter=values.get("target_diameter"),
                 source_sizes=tuple(
@@ -388,6 +458,7 @@ def build_dataset(
     split_cfg: dict,
     dataset_cfg: dict,
     mask_path: Callable[[str, int], str | Path] | str,
+    context_planes: int,
     instances: bool = False,
     progress: bool = True,
 ) -> pd.DataFrame:
@@ -398,7 +469,10 @@ def build_dataset(
     ``patches`` geometry: each sample its own shard at its own rescaled size, with its
     instance labels and a sample of its cell pixels. ``instances`` (a network with instance
     outputs will train on it): instance labels in every geometry, binary-only masks
-    labelled by connected components (a warning names them). Shards are written as they fill; the
+    labelled by connected components (a warning names them). ``context_planes`` (the
+    variant's ``context_planes``) k > 0: each sample holds its plane's focal window, the
+    images of its state and channel at its k neighbouring planes on each side
+    (:func:`focal_windows`), as channels. Shards are written as they fill; the
     manifest last, so a build that fails leaves no manifest (and the workflow treats the
     data set as missing).
     """
@@ -411,7 +485,28 @@ def build_dataset(
     shard_size = int(dataset_cfg["shard_size"])
     patches = prep.geometry == "patches"
     store_instances = patches or bool(instances)
-    samples = plan_samples(catalogue, variant, modalities, split_cfg, mask_path)
+    context_planes = int(context_planes)
+    samples = plan_samples(
+        catalogue, variant, modalities, split_cfg, mask_path, context_planes=context_planes
+    )
+    # Prepared images of the focal windows, most recently used last: samples go plane by
+    # plane through each state, so a window slides and 2k + 2 planes per modality suffice.
+    # Single-plane variants keep none: each image is one sample, read once.
+    prepared: OrderedDict[str, tuple[tuple[int, int], np.ndarray]] = OrderedDict()
+    keep = (2 * context_planes + 2) * len(set(samples["modality"])) if context_planes else 0
+
+    def prepare(path: str) -> tuple[tuple[int, int], np.ndarray]:
+        """(raw height and width, prepared image) of one image file."""
+        if path in prepared:
+            prepared.move_to_end(path)
+            return prepared[path]
+        raw = read_image(path)
+        entry = (tuple(raw.shape[:2]), prepare_image(raw, prep, path))
+        if keep:
+            prepared[path] = entry
+            while len(prepared) > keep:
+                prepared.popitem(last=False)
+        return entry
 
     dataset_dir = Path(dataset_dir)
     (dataset_dir / SHARD_DIR).mkdir(parents=True, exist_ok=True)
@@ -434,14 +529,17 @@ def build_dataset(
             images = masks = stored_labels = None
             labels_cache: dict[str, np.ndarray] = {}  # a state mask serves all its planes
             for row, sample in enumerate(chunk.itertuples(index=False)):
-                raw = read_image(sample.image)
+                window = sample.context.split(";") if context_planes else [sample.image]
+                entries = [prepare(path) for path in window]
+                raw_shape = entries[context_planes][0]  # the window's middle: the sample's image
+                image = join_planes([prepared_image for _, prepared_image in entries], window)
                 if sample.mask not in labels_cache:
                     labels_cache.clear()
                     labels = label_image(read_image(sample.mask), sample.mask)
-                    if labels.shape[:2] != raw.shape[:2]:
+                    if labels.shape[:2] != raw_shape:
                         raise InputError(
                             sample.mask,
-                            f"mask is {labels.shape[:2]} but image {sample.image} is {raw.shape[:2]}",
+                            f"mask is {labels.shape[:2]} but image {sample.image} is {raw_shape}",
                         )
                     if instances and is_binary_labels(labels):
                         binary_only.append(sample.mask)
@@ -450,7 +548,6 @@ def build_dataset(
                     if not labels.any():
                         empty_masks.append(sample.mask)
                 labels = labels_cache[sample.mask]
-                image = prepare_image(raw, prep, sample.image)
                 stored = image.shape[1:]
                 if images is None:  # buffers of exactly this shard's length
                     images = np.empty((len(chunk), *image.shape), np.float32)
@@ -467,8 +564,8 @@ def build_dataset(
                     stored_labels[row] = instances_at_mask(labels, masks[row])
                 columns["shard"].append(name)
                 columns["row"].append(row)
-                columns["height"].append(int(raw.shape[0]))
-                columns["width"].append(int(raw.shape[1]))
+                columns["height"].append(int(raw_shape[0]))
+                columns["width"].append(int(raw_shape[1]))
                 columns["stored_height"].append(int(stored[0]))
                 columns["stored_width"].append(int(stored[1]))
                 columns["cells"].append(int(len(np.unique(labels[labels > 0]))))
@@ -535,6 +632,7 @@ def build_dataset(
         samples={split: int((manifest["split"] == split).sum()) for split in SPLITS},
         shard_size=1 if patches else shard_size,
         has_instances=store_instances,
+        context_planes=context_planes,
         cell_diameter=dataset_cfg.get("cell_diameter"),
         target_diameter=dataset_cfg.get("target_diameter")
         if dataset_cfg.get("cell_diameter")
@@ -544,9 +642,10 @@ def build_dataset(
     write_text(dataset_dir / INFO_NAME, json.dumps(record.to_dict(), indent=2) + "\n")
     write_csv(dataset_dir / MANIFEST_NAME, manifest)
     log.info(
-        "dataset %s (%s geometry): %s samples per split in %d shards",
+        "dataset %s (%s geometry%s): %s samples per split in %d shards",
         variant,
         prep.geometry,
+        f", focal context of {context_planes} plane(s) on each side" if context_planes else "",
         record.samples,
         len(set(columns["shard"])),
     )

@@ -17,7 +17,9 @@ the cells of its seeded watershed, with its stored settings, in the same columns
 holds those cells too.
 
 The per-image table keeps the manifest's columns (source image, state, z, modality, ...), so
-the tables stage can group by plane without the dataset.
+the tables stage can group by plane without the dataset. A focal-context model
+(docs/focal-context.md) is scored like any other: its sample of plane z, which holds the
+neighbouring planes as channels, against plane z's truth; ``context_planes`` says how many.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from protoseg import metrics
 from protoseg.errors import ConfigError, InputError
 from protoseg.inference import sliding_window, to_original_size
 from protoseg.io import read_image
-from protoseg.transforms import display_rgb, instances_at_mask, label_image
+from protoseg.transforms import centre_plane, display_rgb, instances_at_mask, label_image
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +242,9 @@ def evaluate_split(
         rows.append(record | {"resolution": resolution})
         if overlay_state is not None and str(row["state"]) == str(overlay_state):
             image, stored_mask = split.arrays(index)
-            overlay["images"].append(display_rgb(image, channels_first=True))
+            # A focal-context sample holds its neighbours too: show the plane it is of.
+            plane = centre_plane(image, split.record.context_planes)
+            overlay["images"].append(display_rgb(plane, channels_first=True))
             overlay["masks"].append(stored_mask > 0)
             overlay["probabilities"].append(probabilities.astype(np.float16))
             overlay["z"].append(int(row["z"]))
@@ -376,4 +380,5 @@ def evaluate_model(
     )
     per_image["threshold_source"] = source
     per_image["geometry"] = split.record.geometry
+    per_image["context_planes"] = split.record.context_planes
     return per_image, overlay

@@ -1,4 +1,5 @@
-"""Figures of the results: scores versus focal plane, and prediction overlays per plane."""
+"""Figures of the results: scores versus focal plane, focal-context models beside
+single-plane ones, and prediction overlays per plane."""
 
 from __future__ import annotations
 
@@ -118,6 +119,85 @@ def metrics_vs_z(
         bbox_to_anchor=(0.5, -0.02),
     )
     figure.tight_layout(rect=(0, 0.06, 1, 1))
+    return figure
+
+
+def context_groups(
+    variants: Sequence[str], variant_modalities: dict, variant_context: dict
+) -> list[list[str]]:
+    """Variants that differ only in their focal context, grouped: one group per set of
+    modalities that has a focal-context variant (``context_planes`` > 0), its variants
+    ordered by context (the single-plane one first)."""
+    groups: dict[tuple, list[str]] = {}
+    for variant in variants:
+        groups.setdefault(tuple(sorted(variant_modalities[variant])), []).append(variant)
+    return [
+        sorted(members, key=lambda name: (int(variant_context[name]), name))
+        for members in groups.values()
+        if any(int(variant_context[name]) > 0 for name in members)
+    ]
+
+
+def context_label(variant: str, context_planes: int) -> str:
+    if not context_planes:
+        return f"{variant}: single plane"
+    return f"{variant}: ±{int(context_planes)} plane{'s' if context_planes > 1 else ''}"
+
+
+def context_vs_z(
+    summary_table: pd.DataFrame,
+    planes: Sequence[int],
+    variants: Sequence[str],
+    losses: Sequence[str],
+    variant_modalities: dict,
+    variant_context: dict,
+    metric: str = "f1",
+):
+    """F1 (pixels of each plane pooled) per focal plane of focal-context models beside the
+    single-plane model of the same modalities and loss: one row of panels per set of
+    modalities that has a focal-context variant (:func:`context_groups`), one panel per
+    loss, one line per variant. The y axis spans the scores shown, so that differences of
+    a few hundredths stay visible. Returns the matplotlib figure."""
+    rows = summary_table[(summary_table["reduction"] == "micro") & (summary_table["z"] != OVERALL)]
+    labels = [row_label(z) for z in planes]
+    groups = context_groups(variants, variant_modalities, variant_context)
+    if not groups:
+        raise ValueError("no variant has a focal context (context_planes > 0) to compare")
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    figure, axes = plt.subplots(
+        len(groups),
+        len(losses),
+        figsize=(4.2 * len(losses), 3.2 * len(groups)),
+        squeeze=False,
+        sharex=True,
+    )
+    title = PANEL_METRICS.get(metric, metric)
+    for row_index, members in enumerate(groups):
+        modalities = " + ".join(sorted(variant_modalities[members[0]]))
+        for column_index, loss in enumerate(losses):
+            ax = axes[row_index, column_index]
+            for index, variant in enumerate(members):
+                context = int(variant_context[variant])
+                model_rows = rows[(rows["variant"] == variant) & (rows["loss"] == loss)]
+                values = model_rows.set_index("z").reindex(labels)[metric].to_numpy(dtype=float)
+                ax.plot(
+                    range(len(labels)),
+                    values,
+                    marker="o" if context else "s",
+                    linestyle="-" if context else "--",
+                    color="0.35" if not context else cycle[index % len(cycle)],
+                    label=context_label(variant, context),
+                )
+            ax.set_xticks(range(len(labels)), labels)
+            ax.grid(alpha=0.3)
+            ax.set_title(f"{modalities}, {loss.upper()}", fontsize=10)
+            ax.legend(fontsize=8, loc="lower right")
+            if column_index == 0:
+                ax.set_ylabel(f"test {title}")
+            if row_index == len(groups) - 1:
+                ax.set_xlabel("focal plane")
+    figure.suptitle(f"{title} per focal plane: single-plane and focal-context models", fontsize=11)
+    figure.tight_layout()
     return figure
 
 

@@ -7,7 +7,8 @@
   smaller than a tile by mirroring;
 - :func:`predict_image` prepares a raw image as the training images were
   (:func:`protoseg.transforms.prepare_image`), runs the sliding window and brings the
-  probabilities back to the image's own size.
+  probabilities back to the image's own size; :func:`predict_prepared` does the same for an
+  input prepared already (a focal-context model's window of planes).
 
 For the study's ``resize`` geometry the input is exactly one tile, so the sliding window is
 a plain forward pass. Precision (fp32, bf16, fp16 autocast, with channels_last for the
@@ -225,7 +226,36 @@ def predict_image(
     result resized back with linear interpolation.
     """
     height, width = np.asarray(raw).shape[:2]
-    prepared = prepare_image(raw, prep, source)
+    return predict_prepared(
+        model,
+        prepare_image(raw, prep, source),
+        prep,
+        (height, width),
+        tile=tile,
+        overlap=overlap,
+        device=device,
+        batch_size=batch_size,
+        precision=precision,
+        all_outputs=all_outputs,
+    )
+
+
+def predict_prepared(
+    model,
+    prepared: np.ndarray,
+    prep: Preprocessing,
+    size: Sequence[int],
+    *,
+    tile: Sequence[int] | None = None,
+    overlap: float = 0.5,
+    device: str = "cpu",
+    batch_size: int = 4,
+    precision: str = "fp32",
+    all_outputs: bool = False,
+) -> np.ndarray:
+    """:func:`predict_image` of an input already prepared (C, H, W) at the training scale,
+    e.g. a focal window of several planes (:func:`protoseg.transforms.prepare_stack`),
+    brought back to ``size`` = (height, width) of the raw image."""
     probabilities = sliding_window(
         model,
         prepared,
@@ -236,4 +266,4 @@ def predict_image(
         precision=precision,
         all_outputs=all_outputs,
     )
-    return to_original_size(probabilities, height, width)
+    return to_original_size(probabilities, int(size[0]), int(size[1]))

@@ -202,6 +202,23 @@ def read_image_axes(path: str | Path) -> tuple[np.ndarray, str]:
     return image, "YX" if image.ndim == 2 else "YXS"
 
 
+def read_planes(path: str | Path) -> list[np.ndarray]:
+    """The focal planes of an image file, each as :func:`read_image` returns one image: the
+    pages of a multi-page TIFF (a z-stack, axes ``ZYX``, ``QYX``, ``ZYXS``, ...), in file
+    order, or the one plane of any other image. Raises :class:`InputError` naming the file
+    when it holds more than one axis besides a plane's (e.g. time and z)."""
+    image, axes = read_image_axes(path)
+    if axes in ("YX", "YXS"):
+        return [image]
+    if len(axes) == image.ndim and axes[0] not in "YXS" and axes[1:] in ("YX", "YXS"):
+        return [np.asarray(page) for page in image]
+    raise InputError(
+        path,
+        f"not one plane or one stack of planes (axes {axes}, shape "
+        f"{'x'.join(map(str, image.shape))}); expected pages of greyscale or colour planes",
+    )
+
+
 def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
     """A TIFF's first series and its axes, without leading axes of length 1 (``1 x H x W``)."""
     try:

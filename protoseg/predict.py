@@ -24,11 +24,25 @@ Per input image ``NAME.ext`` the output folder gets ``NAME_binary.tif`` (uint8, 
 ``NAME_labels.tif`` (uint16 instance labels, 0 = background), ``NAME_overlay.png`` (cell
 outlines on the image; each cell in its own colour for a model's own instances) and one row
 in ``predictions.csv``.
+
+A focal-context model (``context_planes`` k > 0, docs/focal-context.md) looks at each plane
+with its k neighbouring planes on each side, so it takes focal stacks (:func:`plan_inputs`):
+
+* per-plane files named by the config's ``data.pattern`` (as the raw images are): each
+  file's window is found among the inputs by state, channel and plane (``data.planes``,
+  the stack's ends repeated); a plane the window needs and the inputs lack is an error
+  naming the state and plane, before anything is predicted. Outputs as above, per file.
+* multi-page TIFFs, the pages being the planes in order: ``NAME_binary.tif`` and
+  ``NAME_labels.tif`` get one page per plane, ``NAME_overlay.png`` the planes side by side,
+  ``predictions.csv`` one row per page.
+
+A single image (one plane, not named by the pattern) is refused for such a model.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,10 +57,24 @@ from tqdm import tqdm
 
 from protoseg.dataset import DatasetRecord
 from protoseg.errors import InputError
-from protoseg.inference import predict_image
-from protoseg.io import IMAGE_SUFFIXES, image_header, read_image, write_csv, write_png, write_tiff
+from protoseg.inference import predict_prepared
+from protoseg.io import (
+    IMAGE_SUFFIXES,
+    image_header,
+    read_image,
+    read_planes,
+    write_csv,
+    write_png,
+    write_tiff,
+)
 from protoseg.qc import outline
-from protoseg.transforms import Preprocessing, display_rgb
+from protoseg.transforms import (
+    Preprocessing,
+    context_window,
+    display_rgb,
+    join_planes,
+    prepare_image,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +94,13 @@ class PredictionModel:
     threshold: float
     threshold_source: str
     name: str
+    # Focal context: the model looks at each plane with this many neighbours on each side.
+    context_planes: int
     instances: dict | None = None  # mode and watershed settings of a model with instance outputs
 
     @property
     def in_channels(self) -> int:
-        return self.preprocessing.channels
+        return self.preprocessing.channels * (2 * self.context_planes + 1)
 
     @property
     def colour(self) -> str:
@@ -130,17 +160,103 @@ def output_paths(out_dir: str | Path, stem: str) -> dict[str, Path]:
     }
 
 
-def check_channels(path: str | Path, model: PredictionModel) -> None:
-    """Refuse an image whose channels the model cannot take, from its header alone."""
-    shape, dtype = image_header(path)
+def check_channels(path: str | Path, model: PredictionModel, shape=None) -> None:
+    """Refuse an image whose channels the model cannot take, from its header alone (or from
+    ``shape``, one plane's, e.g. a page of a stack)."""
+    if shape is None:
+        shape, _ = image_header(path)
     if len(shape) == 3 and shape[2] not in (1, 3, 4):
         raise InputError(
             path,
             f"has {shape[2]} channels; the model {model.name} takes greyscale or RGB(A) images "
-            f"({model.in_channels} channel(s) after '{model.colour}' conversion)",
+            f"({model.preprocessing.channels} channel(s) after '{model.colour}' conversion)",
         )
     # Greyscale and colour images both convert to the model's channels ('rgb' repeats a
     # grey image, 'grey' takes the luminance of a colour one).
+
+
+# ---------------------------------------------------------------- focal stacks
+@dataclass(frozen=True)
+class PredictInput:
+    """One input file and where the focal window of each of its planes comes from.
+
+    ``stack`` False: the file is one plane, predicted from ``window``, the files of its
+    focal window in channel order (the file alone for a single-plane model); ``plane`` is its
+    z (focal-context models). ``stack`` True: a multi-page TIFF whose pages are the planes,
+    each predicted with its neighbouring pages.
+    """
+
+    path: Path
+    stack: bool
+    window: tuple[Path, ...] = ()
+    plane: int | None = None
+
+
+def plan_inputs(
+    files: list[Path], context_planes: int, data_cfg: dict | None, name: str = "the model"
+) -> list[PredictInput]:
+    """What each input file is and what each of its planes is predicted from, from the
+    file names alone (no pixels read).
+
+    A single-plane model (``context_planes`` 0) takes every file as one plane. A
+    focal-context model takes the files ``data.pattern`` names (``data_cfg``) as planes of
+    stacks, each with its window of the same state and channel among the inputs
+    (:func:`protoseg.transforms.context_window` over ``data.planes``); a plane the window
+    needs that no input is raises :class:`InputError` naming the file, the state and the
+    missing plane. Files the pattern does not name (or all, without ``data_cfg``) must be
+    multi-page stacks, which :func:`predict_files` checks when it reads them.
+    """
+    files = [Path(path) for path in files]
+    if not context_planes:
+        return [PredictInput(path, False, (path,)) for path in files]
+    if data_cfg is None:
+        return [PredictInput(path, True) for path in files]
+    from protoseg.catalogue import match_names
+
+    records, unnamed = match_names(files, data_cfg)
+    found = {
+        (str(state), str(channel), int(z)): Path(path)
+        for state, channel, z, path in zip(
+            records["state"], records["channel"], records["z"], records["path"], strict=True
+        )
+    }
+    windows: dict[Path, PredictInput] = {}
+    for state, channel, z, path in zip(
+        records["state"], records["channel"], records["z"], records["path"], strict=True
+    ):
+        window = []
+        for plane in context_window(data_cfg["planes"], int(z), context_planes):
+            neighbour = found.get((str(state), str(channel), plane))
+            if neighbour is None:
+                raise InputError(
+                    path,
+                    f"is plane z{z} of state {state} (channel {channel}); {name} looks at "
+                    f"{context_planes} neighbouring plane(s) on each side, but no input is "
+                    f"plane z{plane} of state {state} (channel {channel}): give every plane of "
+                    "the stack, each a file named by data.pattern, or the stack as a "
+                    "multi-page TIFF",
+                )
+            window.append(neighbour)
+        windows[Path(path)] = PredictInput(Path(path), False, tuple(window), int(z))
+    unnamed = set(unnamed)
+    return [PredictInput(path, True) if path in unnamed else windows[path] for path in files]
+
+
+def read_stack(item: PredictInput, model: PredictionModel) -> list[np.ndarray]:
+    """The planes of a multi-page input, checked: more than one, each of channels the model
+    takes. A single image is refused: a focal-context model needs the planes around it."""
+    planes = read_planes(item.path)
+    if len(planes) < 2:
+        raise InputError(
+            item.path,
+            f"is a single image, but {model.name} is a focal-context model: it looks at each "
+            f"plane with its {model.context_planes} neighbouring plane(s) on each side, so it "
+            "takes focal stacks: a multi-page TIFF of the planes, or every plane as its own "
+            "file named by the config's data.pattern (protoseg predict --config)",
+        )
+    for page, plane in enumerate(planes, start=1):
+        check_channels(f"{item.path} (page {page})", model, plane.shape)
+    return planes
 
 
 def label_instances(
@@ -258,6 +374,7 @@ def prediction_model_from_meta(network, meta: dict, name: str = "model") -> Pred
         threshold=float(stored["value"]),
         threshold_source=str(stored["source"]),
         name=name,
+        context_planes=record.context_planes,
         instances=model_instances(meta, int(architecture.get("out_channels", 1)), name),
     )
 
@@ -276,6 +393,7 @@ def predict_files(
     device: str = "cpu",
     precision: str = "fp32",
     batch_size: int = 4,
+    data_cfg: dict | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Segment each image file; write its outputs (:func:`output_paths`) and a summary.
@@ -285,9 +403,12 @@ def predict_files(
     (training size or patch); ``overlap`` is the share of a tile its neighbour covers;
     ``threshold`` None uses the model's. ``instances``: ``auto`` (the model's own
     instances where it has instance outputs, else connected components), ``model``, ``cc``
-    or ``watershed``. Returns the summary table (one row per image: image, height, width,
-    cells, cell_fraction, threshold, instances, outputs), also written to
-    ``out_dir/predictions.csv``.
+    or ``watershed``. ``data_cfg`` (the config's ``data`` section): how per-plane files of
+    focal stacks are named, for a focal-context model (:func:`plan_inputs`; a stack's
+    missing plane and a single image are refused before anything is predicted). Returns
+    the summary table (one row per image, or per page of a stack: image, height, width,
+    cells, cell_fraction, threshold, instances, outputs; ``plane`` for a focal-context
+    model: the file's z or the page's number), also written to ``out_dir/predictions.csv``.
     """
     if instances not in PREDICT_INSTANCES:
         raise ValueError(
@@ -309,48 +430,109 @@ def predict_files(
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap is a share of the tile in [0, 1), got {overlap}")
     files = image_files(images)
-    for path in files:
-        check_channels(path, model)
-    rows = []
-    for path in tqdm(files, desc="predict", unit="image", disable=not progress):
-        image = read_image(path)
-        outputs = predict_image(
+    inputs = plan_inputs(files, model.context_planes, data_cfg, model.name)
+    for item in inputs:
+        if item.stack:
+            read_stack(item, model)  # read again when predicted: stacks are not all held
+        else:
+            check_channels(item.path, model)
+    context = model.context_planes
+    prep = model.preprocessing
+
+    def segment(prepared: np.ndarray, raw: np.ndarray):
+        """Binary mask, instance labels and overlay of one plane from its prepared input."""
+        outputs = predict_prepared(
             model.network,
-            image,
-            model.preprocessing,
+            prepared,
+            prep,
+            raw.shape[:2],
             tile=tile,
             overlap=overlap,
             device=device,
             batch_size=batch_size,
             precision=precision,
-            source=str(path),
             all_outputs=own is not None,
         )
         probabilities = outputs if own is None else outputs[0]
         binary = probabilities > threshold
         if own is None:
             labels = label_instances(binary, method, min_distance=min_distance, min_area=min_area)
-            overlay = overlay_outlines(image, labels)
+            return binary, labels, overlay_outlines(raw, labels)
+        labels = own_instances(outputs, own, threshold, min_area)
+        return binary, labels, overlay_instances(raw, labels)
+
+    # Raw and prepared images of recent focal windows (per-plane files of a stack come one
+    # after the other, so a window slides); a single-plane model keeps none.
+    recent: OrderedDict[Path, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    def prepare(path: Path) -> tuple[np.ndarray, np.ndarray]:
+        if path in recent:
+            recent.move_to_end(path)
+            return recent[path]
+        raw = read_image(path)
+        entry = (raw, prepare_image(raw, prep, str(path)))
+        if context:
+            recent[path] = entry
+            while len(recent) > 2 * context + 2:
+                recent.popitem(last=False)
+        return entry
+
+    rows = []
+    for item in tqdm(inputs, desc="predict", unit="image", disable=not progress):
+        paths = output_paths(out_dir, item.path.stem)
+        if item.stack:
+            planes = read_stack(item, model)
+            names = [f"{item.path} (page {page})" for page in range(1, len(planes) + 1)]
+            ready = [
+                prepare_image(plane, prep, name) for plane, name in zip(planes, names, strict=True)
+            ]
+            results = []
+            for index in range(len(planes)):
+                window = context_window(range(len(planes)), index, context)
+                prepared = join_planes([ready[j] for j in window], [names[j] for j in window])
+                results.append(segment(prepared, planes[index]))
+            binary = np.stack([result[0] for result in results])
+            labels = np.stack([result[1] for result in results])
+            overlay = side_by_side([result[2] for result in results])
+            pages = list(range(1, len(planes) + 1))
         else:
-            labels = own_instances(outputs, own, threshold, min_area)
-            overlay = overlay_instances(image, labels)
-        paths = output_paths(out_dir, path.stem)
-        write_tiff(paths["binary"], binary.astype(np.uint8))
-        write_tiff(paths["labels"], labels)
+            entries = [prepare(path) for path in item.window]
+            raw = entries[context][0]  # the window's middle: the file itself
+            prepared = join_planes([entry[1] for entry in entries], list(item.window))
+            binary, labels, overlay = segment(prepared, raw)
+            binary, labels, pages = binary[None], labels[None], [item.plane]
+        # A stack's outputs hold one page per plane; a plane's, the plane alone.
+        stored = slice(None) if item.stack else 0
+        write_tiff(paths["binary"], binary.astype(np.uint8)[stored])
+        write_tiff(paths["labels"], labels[stored])
         write_png(paths["overlay"], overlay)
-        rows.append(
-            {
-                "image": str(path),
-                "height": binary.shape[0],
-                "width": binary.shape[1],
-                "cells": int(labels.max()),
-                "cell_fraction": float(binary.mean()),
+        for page, plane_binary, plane_labels in zip(pages, binary, labels, strict=True):
+            row = {
+                "image": str(item.path),
+                "height": plane_binary.shape[0],
+                "width": plane_binary.shape[1],
+                "cells": int(plane_labels.max()),
+                "cell_fraction": float(plane_binary.mean()),
                 "threshold": float(threshold),
                 "instances": method,
                 **{f"{kind}_path": str(target) for kind, target in paths.items()},
             }
-        )
-        log.info("%s: %d cells", path.name, labels.max())
+            if context:
+                row["plane"] = page
+            rows.append(row)
+        log.info("%s: %d cells", item.path.name, int(sum(plane.max() for plane in labels)))
     summary = pd.DataFrame(rows)
     write_csv(Path(out_dir) / SUMMARY_NAME, summary)
     return summary
+
+
+def side_by_side(images: list[np.ndarray], gap: int = 4) -> np.ndarray:
+    """RGB images of one size in a row, ``gap`` white pixels apart (a stack's overlays)."""
+    height = images[0].shape[0]
+    spacer = np.full((height, gap, 3), 255, np.uint8)
+    parts = []
+    for index, image in enumerate(images):
+        if index:
+            parts.append(spacer)
+        parts.append(np.asarray(image, np.uint8))
+    return np.concatenate(parts, axis=1)

@@ -143,12 +143,12 @@ def summary(
     return pd.concat(frames, ignore_index=True)
 
 
-PROVENANCE_COLUMNS = ("geometry", "resolution", "threshold", "threshold_source")
+PROVENANCE_COLUMNS = ("geometry", "resolution", "threshold", "threshold_source", "context_planes")
 
 
 def provenance(per_image: pd.DataFrame) -> dict:
-    """What made a model's scores: geometry, scoring resolution, threshold and its source
-    (one value each; tables written before these columns existed give NaN)."""
+    """What made a model's scores: geometry, scoring resolution, threshold and its source,
+    focal context (one value each; tables written before these columns existed give NaN)."""
     found = {}
     for column in PROVENANCE_COLUMNS:
         values = per_image[column].dropna().unique() if column in per_image else []
@@ -175,6 +175,9 @@ def describe_provenance(row: Mapping) -> str:
         )
     if isinstance(row.get("instance_mode"), str):
         parts.append(f"instance outputs: {row['instance_mode']} (seeded watershed)")
+    context = row.get("context_planes")
+    if isinstance(context, (int, float, np.integer, np.floating)) and context > 0:
+        parts.append(f"focal context: {int(context)} neighbouring plane(s) on each side")
     return ", ".join(parts) if parts else "not recorded"
 
 

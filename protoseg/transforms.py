@@ -10,6 +10,9 @@ training images were.
   as a 0/255 image, then > 0), :func:`instances_at_mask` (labels onto a resized binary mask);
 * :class:`Preprocessing` and :func:`prepare_image`: everything a model needs to know to
   turn a raw image into its input at the training scale;
+* focal context: :func:`context_window` (which planes of a stack a plane's sample takes, the
+  stack's ends repeated), :func:`prepare_stack` (those planes' images as one input, their
+  channels one after the other) and :func:`centre_plane` (the plane itself again, for display);
 * :func:`augment_sample`: random flips, quarter turns, scale, brightness, contrast and gamma
   of one training patch, with its mask;
 * :func:`display_rgb`: any image as 8-bit RGB for overlays.
@@ -243,6 +246,72 @@ def prepare_image(raw: np.ndarray, prep: Preprocessing, source: object = "image"
     if tuple(converted.shape[:2]) != target:
         converted = resize(converted, target)
     return np.ascontiguousarray(converted.transpose(2, 0, 1), dtype=np.float32)
+
+
+# ---------------------------------------------------------------- focal context
+def context_window(planes: Sequence[int], z: int, context_planes: int) -> list[int]:
+    """The planes a sample of plane ``z`` takes with ``context_planes`` = k: its k
+    neighbours on each side in the stack ``planes`` (ordered by depth), then ``z`` itself in
+    the middle: 2k + 1 planes, from the k-th below to the k-th above.
+
+    Neighbours are counted in the stack, not in z units (z12's neighbour in z12, z14, ... is
+    z14). Planes beyond the stack's ends repeat the nearest plane (clamping), so a sample of
+    the first plane of ``[12, 14, 16]`` with k = 1 takes ``[12, 12, 14]``. k = 0 is ``[z]``.
+    """
+    stack = sorted(int(plane) for plane in planes)
+    k = int(context_planes)
+    if k < 0:
+        raise ValueError(f"context_planes must be 0 or more, got {k}")
+    if int(z) not in stack:
+        raise ValueError(f"plane z{z} is not in the stack {stack}")
+    index = stack.index(int(z))
+    last = len(stack) - 1
+    return [stack[min(max(index + offset, 0), last)] for offset in range(-k, k + 1)]
+
+
+def prepare_stack(
+    raws: Sequence[np.ndarray], prep: Preprocessing, sources: Sequence[object] | None = None
+) -> np.ndarray:
+    """The images of a focal window (:func:`context_window`, in its order) as one model input
+    (C x (2k + 1), H, W): each prepared by :func:`prepare_image` (so each plane is normalised
+    on its own, as a single-plane model's input is), their channels one after the other. One
+    image gives exactly :func:`prepare_image`'s result."""
+    sources = list(sources) if sources is not None else ["image"] * len(raws)
+    if not raws:
+        raise ValueError("a focal window holds at least one image")
+    prepared = [prepare_image(raw, prep, source) for raw, source in zip(raws, sources, strict=True)]
+    return join_planes(prepared, sources)
+
+
+def join_planes(prepared: Sequence[np.ndarray], sources: Sequence[object]) -> np.ndarray:
+    """Prepared images (C, H, W) of one focal window as one input, channels one after the
+    other; images of different sizes are an :class:`InputError` naming the odd one."""
+    shape = prepared[0].shape
+    for image, source in zip(prepared, sources, strict=True):
+        if image.shape != shape:
+            raise InputError(
+                source,
+                f"is {image.shape[1]} x {image.shape[2]} ({image.shape[0]} channels) at the "
+                f"training scale but {sources[0]} of the same focal stack is "
+                f"{shape[1]} x {shape[2]} ({shape[0]}): the planes of a stack must share one size",
+            )
+    if len(prepared) == 1:
+        return prepared[0]
+    return np.ascontiguousarray(np.concatenate(prepared, axis=0), dtype=np.float32)
+
+
+def centre_plane(image: np.ndarray, context_planes: int) -> np.ndarray:
+    """The middle plane's channels of a focal window's input (C x (2k + 1), H, W): the plane
+    the sample is of, for display."""
+    planes = 2 * int(context_planes) + 1
+    channels, rem = divmod(image.shape[0], planes)
+    if rem:
+        raise ValueError(
+            f"{image.shape[0]} channels do not split into {planes} planes (context_planes "
+            f"{context_planes})"
+        )
+    start = int(context_planes) * channels
+    return image[start : start + channels]
 
 
 # ---------------------------------------------------------------- augmentation

@@ -21,6 +21,7 @@ manifest = build_dataset(
     split_cfg=dict(snakemake.params.split),
     dataset_cfg=dict(snakemake.params.dataset),
     mask_path=snakemake.params.mask_template,
+    context_planes=int(snakemake.params.context_planes),
     instances=bool(snakemake.params.instances),
 )
 log.info("%s: %s", snakemake.wildcards.variant, manifest.groupby("split").size().to_dict())

@@ -1,4 +1,4 @@
-"""Snakemake script: result summary and kept predictions -> metric-vs-z plot and overlays."""
+"""Snakemake script: result summary and kept predictions -> metric-vs-z plots and overlays."""
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -18,6 +18,13 @@ figure = figures.metrics_vs_z(
 )
 save_figure(snakemake.output.metrics_vs_z, figure)
 plt.close(figure)
+
+for target in snakemake.output.context:  # only when a variant has a focal context
+    figure = figures.context_vs_z(
+        summary, params.planes, params.variants, params.losses, params.modalities, params.context
+    )
+    save_figure(target, figure)
+    plt.close(figure)
 
 for (variant, loss), source, target in zip(
     params.models, snakemake.input.overlays, snakemake.output.overlays, strict=True

@@ -27,6 +27,7 @@ summary = predict_files(
     min_area=params.min_area,
     device=device,
     precision=precision,
+    data_cfg=dict(params.data),
 )
 log.info(
     "%s: %d images, %d cells in all", snakemake.input.model, len(summary), summary["cells"].sum()

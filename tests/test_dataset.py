@@ -71,6 +71,7 @@ def build(
         split_cfg=split,
         dataset_cfg=dataset_cfg,
         mask_path=masks,
+        context_planes=0,
         progress=False,
     )
 
@@ -144,6 +145,7 @@ def test_state_without_mask_is_an_input_error_and_nothing_is_written(tmp_path):
             split_cfg=SPLIT,
             dataset_cfg=DATASET_CFG,
             mask_path=masks,
+            context_planes=0,
             progress=False,
         )
     assert not (tmp_path / "ds" / "manifest.csv").exists()
@@ -177,6 +179,7 @@ def test_per_z_mask_source_pairs_each_plane_with_its_own_mask(tmp_path):
         split_cfg=SPLIT,
         dataset_cfg={**DATASET_CFG, "mask_source": "per_z"},
         mask_path=str(tmp_path / "per_z" / "{state}" / "z{z}.tif"),
+        context_planes=0,
         progress=False,
     )
     test = open_split(tmp_path / "ds", "test")
@@ -255,6 +258,7 @@ def test_no_cell_in_any_training_image_is_an_error_and_nothing_is_written(tmp_pa
             split_cfg=SPLIT,
             dataset_cfg=PATCHES_CFG,
             mask_path=masks,
+            context_planes=0,
             progress=False,
         )
     assert not (tmp_path / "ds" / "manifest.csv").exists()

@@ -110,6 +110,7 @@ def built(tmp_path):
         split_cfg={"key": "xy", "test": [10]},
         dataset_cfg={"size": [32, 32], "colour": "rgb", "shard_size": 3},
         mask_path=str(tmp_path / "masks" / "{state}.tif"),
+        context_planes=0,
         progress=False,
     )
     torch.manual_seed(0)
@@ -183,6 +184,7 @@ def test_scores_at_the_original_resolution_use_the_original_masks(tmp_path):
         split_cfg={"key": "xy", "test": [10]},
         dataset_cfg={"size": [20, 30], "colour": "grey"},
         mask_path=str(tmp_path / "{state}.tif"),
+        context_planes=0,
         progress=False,
     )
     split = open_split(tmp_path / "ds", "test")

@@ -234,6 +234,7 @@ def make_pairs(folder, binary_masks=False, validation=(5,), dataset_cfg=None):
         split_cfg={"key": "xy", "test": [10], "validation": list(validation)},
         dataset_cfg=dataset_cfg or {"size": [48, 64], "colour": "rgb", "shard_size": 4},
         mask_path=str(folder / "{state}.tif"),
+        context_planes=0,
         instances=True,
         progress=False,
     )

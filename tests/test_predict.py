@@ -37,7 +37,14 @@ class BrightIsCell(torch.nn.Module):
         return self.conv(x)
 
 
-def record_meta(geometry="patches", train_size=(32, 32), scale=0.5, colour="rgb", threshold=None):
+def record_meta(
+    geometry="patches",
+    train_size=(32, 32),
+    scale=0.5,
+    colour="rgb",
+    threshold=None,
+    context_planes=0,
+):
     """Model meta as the training stage writes it: the data set record (+ a threshold)."""
     from protoseg.dataset import DatasetRecord
     from protoseg.transforms import Preprocessing
@@ -56,6 +63,7 @@ def record_meta(geometry="patches", train_size=(32, 32), scale=0.5, colour="rgb"
         samples={"train": 1, "validation": 0, "test": 1},
         shard_size=1,
         has_instances=size is None,
+        context_planes=context_planes,
     )
     meta = {"dataset": record.to_dict()}
     if threshold is not None:

@@ -43,6 +43,7 @@ def sparse_set(folder, shape=(64, 80), cells_per_image=1, small=None):
         split_cfg={"key": "xy", "test": [10], "validation": []},
         dataset_cfg={"geometry": "patches", "scale": 1.0, "patch_size": [16, 16], "colour": "grey"},
         mask_path=str(folder / "{state}-mask.tif"),
+        context_planes=0,
         progress=False,
     )
     return open_split(folder / "ds", "train")

@@ -63,6 +63,7 @@ def make_discs(folder, validation=(5,), dataset_cfg=None):
         split_cfg={"key": "xy", "test": [10], "validation": list(validation)},
         dataset_cfg=dataset_cfg or {"size": [16, 16], "colour": "rgb", "shard_size": 4},
         mask_path=str(folder / "{state}.tif"),
+        context_planes=0,
         progress=False,
     )
     return folder / "ds"

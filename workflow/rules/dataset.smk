@@ -1,6 +1,7 @@
 # Step 3: one dataset per variant (dataset.variants): images resized and scaled, masks
 # resized and binarised, split by the catalogue column split.key (never by random image),
-# written as memory-mappable shards plus a manifest (protoseg.dataset).
+# written as memory-mappable shards plus a manifest (protoseg.dataset). A focal-context
+# variant's samples hold their neighbouring planes too (docs/focal-context.md).
 from protoseg.dataset import preprocessing_from_config
 
 DATASET = config["dataset"]
@@ -42,6 +43,10 @@ rule dataset:
     params:
         modalities=lambda wildcards: DATASET["variants"][wildcards.variant][
             "modalities"
+        ],
+        # Focal context: each sample also holds this many neighbouring planes on each side.
+        context_planes=lambda wildcards: DATASET["variants"][wildcards.variant][
+            "context_planes"
         ],
         split=config["split"],
         dataset=DATASET,

@@ -1,10 +1,19 @@
-# Figures: scores versus focal plane of every model, and prediction overlays per plane of
-# one test state.
+# Figures: scores versus focal plane of every model, focal-context models beside
+# single-plane ones, and prediction overlays per plane of one test state.
 FIGURES_DIR = f"{RESULTS}/figures"
 METRICS_VS_Z = f"{FIGURES_DIR}/metrics_vs_z.png"
 PREDICTION_OVERLAYS = [
     f"{FIGURES_DIR}/predictions_{variant}-{loss}.png" for variant, loss in MODELS
 ]
+# Focal-context models beside single-plane ones (docs/focal-context.md): only when a
+# variant has context_planes > 0.
+VARIANT_CONTEXT = {
+    name: variant["context_planes"]
+    for name, variant in config["dataset"]["variants"].items()
+}
+CONTEXT_VS_Z = (
+    [f"{FIGURES_DIR}/context_vs_z.png"] if any(VARIANT_CONTEXT.values()) else []
+)
 
 
 rule figures:
@@ -28,6 +37,15 @@ rule figures:
             )
             for path, (variant, loss) in zip(PREDICTION_OVERLAYS, MODELS)
         ],
+        context=[
+            report(
+                path,
+                caption="../report/context_vs_z.rst",
+                category="Results",
+                subcategory="Figures",
+            )
+            for path in CONTEXT_VS_Z
+        ],
     log:
         log_path("figures", "figures"),
     benchmark:
@@ -40,11 +58,12 @@ rule figures:
         losses=LOSSES,
         planes=PLANES,
         modalities=VARIANT_MODALITIES,
+        context=VARIANT_CONTEXT,
     script:
         f"{SCRIPTS}/figures.py"
 
 
-stage_targets("figures", METRICS_VS_Z, PREDICTION_OVERLAYS)
+stage_targets("figures", METRICS_VS_Z, PREDICTION_OVERLAYS, CONTEXT_VS_Z)
 
 
 # `snakemake all_figures`: scores versus z and the prediction overlays.

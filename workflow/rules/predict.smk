@@ -3,6 +3,7 @@
 # The images are listed when the workflow is parsed, so a bad folder (empty, clashing
 # names) stops the run before any job starts. See docs/predict.md.
 from protoseg.predict import image_files as predict_image_files
+from protoseg.predict import plan_inputs as predict_plan_inputs
 
 PREDICT = config["predict"]
 
@@ -13,6 +14,18 @@ if PREDICT["input_dir"]:
 
     PREDICT_IMAGES = [str(path) for path in predict_image_files([PREDICT["input_dir"]])]
     PREDICT_STEMS = [Path(path).stem for path in PREDICT_IMAGES]
+    # Focal-context models take stacks: a per-plane file whose neighbouring planes are not
+    # among the images stops the run here, naming the state and plane (names only; files
+    # data.pattern does not name must be multi-page stacks, checked in the job).
+    PREDICT_CONTEXT = max(
+        variant["context_planes"] for variant in config["dataset"]["variants"].values()
+    )
+    predict_plan_inputs(
+        [Path(path) for path in PREDICT_IMAGES],
+        PREDICT_CONTEXT,
+        config["data"],
+        f"a model with dataset.variants.*.context_planes {PREDICT_CONTEXT}",
+    )
     PREDICT_DIR = f"{RESULTS}/predictions/{{variant}}-{{loss}}"
     PREDICT_SUMMARY = f"{PREDICT_DIR}/predictions.csv"
 
@@ -66,6 +79,8 @@ if PREDICT["input_dir"]:
             min_area=PREDICT["min_area"],
             device=PREDICT["device"],
             precision=PREDICT["precision"],
+            # How per-plane files of focal stacks are named (focal-context models).
+            data=config["data"],
         script:
             f"{SCRIPTS}/predict.py"
 
