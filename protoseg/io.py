@@ -212,6 +212,14 @@ def read_planes(path: str | Path) -> list[np.ndarray]:
         return [image]
     if len(axes) == image.ndim and axes[0] not in "YXS" and axes[1:] in ("YX", "YXS"):
         return [np.asarray(page) for page in image]
+    if axes == "SYX":
+        raise InputError(
+            path,
+            f"holds one image of {image.shape[0]} colour samples stored one after the other "
+            f"(axes SYX, shape {'x'.join(map(str, image.shape))}), which is how tifffile "
+            "stores 3 or 4 planes written as one array: if they are focal planes, save them "
+            "as pages (tifffile.imwrite(..., photometric='minisblack'))",
+        )
     raise InputError(
         path,
         f"not one plane or one stack of planes (axes {axes}, shape "

@@ -501,10 +501,11 @@ def predict_files(
             prepared = join_planes([entry[1] for entry in entries], list(item.window))
             binary, labels, overlay = segment(prepared, raw)
             binary, labels, pages = binary[None], labels[None], [item.plane]
-        # A stack's outputs hold one page per plane; a plane's, the plane alone.
+        # A stack's outputs hold one page per plane (never colour samples, whatever their
+        # number); a plane's, the plane alone.
         stored = slice(None) if item.stack else 0
-        write_tiff(paths["binary"], binary.astype(np.uint8)[stored])
-        write_tiff(paths["labels"], labels[stored])
+        write_tiff(paths["binary"], binary.astype(np.uint8)[stored], photometric="minisblack")
+        write_tiff(paths["labels"], labels[stored], photometric="minisblack")
         write_png(paths["overlay"], overlay)
         for page, plane_binary, plane_labels in zip(pages, binary, labels, strict=True):
             row = {

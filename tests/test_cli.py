@@ -121,6 +121,28 @@ def test_predict_errors_name_the_file_and_exit_2(model_path, images, tmp_path, c
     assert "field3.tif" in capsys.readouterr().err and not (tmp_path / "o3").exists()
 
 
+def test_predict_with_a_context_model_reads_plane_names_from_the_config(tmp_path, capsys):
+    """A focal-context model takes per-plane files named by --config's data.pattern."""
+    from tests.test_predict import record_meta, write_planes
+
+    torch.manual_seed(0)
+    model = build_model({"depth": 2, "base_channels": 4}, in_channels=3)  # grey, 3 planes
+    path = tmp_path / "bf_z1.pt"
+    meta = record_meta("patches", (32, 32), 1.0, "grey", context_planes=1)
+    save_model(path, model, {"name": "bf_z1-bce", "loss": "bce", **meta})
+    write_planes(tmp_path / "in", {12: 51, 14: 102, 16: 153}, shape=(24, 40))
+    config = tmp_path / "planes.yaml"
+    config.write_text(yaml.safe_dump({"data": {"planes": [12, 14, 16]}}))
+    command = ["predict", str(path), str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-q"]
+    assert main(command) == 2  # without the config the files are single images
+    assert "single image" in capsys.readouterr().err
+    assert main([*command, "--config", str(REPO / "config" / "config.yaml"), str(config)]) == 0
+    summary = (tmp_path / "out" / SUMMARY_NAME).read_text().splitlines()
+    assert len(summary) == 4 and summary[0].endswith(",plane")
+    labels = tifffile.imread(output_paths(tmp_path / "out", "day1t1c1xy5z14")["labels"])
+    assert labels.shape == (24, 40)
+
+
 @pytest.mark.parametrize(
     "option",
     [

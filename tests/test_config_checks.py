@@ -62,6 +62,19 @@ def test_the_shipped_configs_pass():
             "train.watershed",
             ["boundary_threshold", "seed_threshold"],
         ),
+        (
+            lambda c: (
+                c["data"].update(planes=[18]),
+                c["dataset"]["variants"]["brightfield"].update(context_planes=1),
+            ),
+            "dataset.variants.brightfield.context_planes",
+            ["one plane", "z18"],
+        ),
+        (
+            lambda c: c["dataset"]["variants"]["all"].update(context_planes=4),
+            "dataset.variants.all.context_planes",
+            ["maximum"],
+        ),
     ],
     ids=[
         "masks-modality",
@@ -71,6 +84,8 @@ def test_the_shipped_configs_pass():
         "lr-default",
         "watershed-range",
         "watershed-mode",
+        "context-without-stack",
+        "context-too-wide",
     ],
 )
 def test_config_errors_name_the_key(edit, key, words):
@@ -78,6 +93,19 @@ def test_config_errors_name_the_key(edit, key, words):
         config_checks.check_config(edited(edit))
     for word in words:
         assert word in str(caught.value)
+
+
+def test_context_defaults_to_single_planes_and_a_window_wider_than_the_stack_warns():
+    config = edited(lambda c: c["dataset"]["variants"]["all"].pop("context_planes"))
+    config_checks.check_config(config)  # left out: 0, the study's single planes
+    wide = edited(
+        lambda c: (
+            c["data"].update(planes=[12, 14, 16]),
+            c["dataset"]["variants"]["brightfield"].update(context_planes=2),
+        )
+    )
+    with pytest.warns(UserWarning, match="dataset.variants.brightfield.context_planes.*5 planes"):
+        config_checks.check_config(wide)
 
 
 def test_every_registered_loss_is_accepted():

@@ -60,6 +60,7 @@ def build(
     modalities=("brightfield", "fluorescent"),
     split=SPLIT,
     dataset_cfg=DATASET_CFG,
+    context_planes=0,
     **kwargs,
 ):
     catalogue, masks = make_set(tmp_path, **kwargs)
@@ -71,7 +72,7 @@ def build(
         split_cfg=split,
         dataset_cfg=dataset_cfg,
         mask_path=masks,
-        context_planes=0,
+        context_planes=context_planes,
         progress=False,
     )
 
@@ -268,3 +269,92 @@ def test_images_smaller_than_the_patch_are_logged(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="protoseg.dataset"):
         build(tmp_path, modalities=("brightfield",), dataset_cfg=PATCHES_CFG)
     assert "smaller than the [16, 16] patch" in caplog.text and "pads" in caplog.text
+
+
+# ---------------------------------------------------------------- focal context
+def raw_value(channel, z, xy):
+    """The grey value make_set gives every pixel of an image, scaled as the data set scales it."""
+    return (10 * channel + z + xy) / 255
+
+
+def test_context_samples_hold_their_neighbouring_planes_as_channels_in_order(tmp_path):
+    manifest = build(tmp_path, planes=(12, 14, 16), context_planes=1)
+    record = read_record(tmp_path / "ds")
+    assert record.context_planes == 1 and record.channels == 9 and record.plane_channels == 3
+    train = open_split(tmp_path / "ds", "train")
+    checked = set()
+    for index in range(len(train)):
+        row = train.manifest.iloc[index]
+        image, _ = train.arrays(index)
+        assert image.shape == (9, *SIZE)
+        channel = 1 if row["modality"] == "brightfield" else 2
+        # z12's window is z12 (repeated: the stack's end), z12, z14; z14's z12, z14, z16.
+        window = {12: [12, 12, 14], 14: [12, 14, 16], 16: [14, 16, 16]}[int(row["z"])]
+        assert row["context_z"] == ";".join(map(str, window))
+        # Same state and channel (never the other modality), planes in window order.
+        expected = np.repeat([raw_value(channel, z, int(row["xy"])) for z in window], 3)
+        np.testing.assert_allclose(image[:, 0, 0], expected, atol=1e-6)
+        assert row["context"].split(";")[1] == row["image"]
+        checked.add((row["modality"], int(row["z"])))
+    assert len(checked) == 6
+    # The mask stays the sample's own state mask, the sizes the image's own.
+    assert set(manifest["height"]) == {16} and manifest["mask"].str.endswith(".tif").all()
+
+
+def test_context_samples_pair_with_their_own_planes_per_z_mask(tmp_path):
+    catalogue, _ = make_set(tmp_path, planes=(12, 14, 16))
+    for state in ("day1t1xy1", "day1t1xy2", "day1t1xy10"):
+        for z in (12, 14, 16):
+            mask = np.zeros((16, 20), np.uint16)
+            mask[: z - 10, :] = 1  # z12 -> 2 rows, z14 -> 4, z16 -> 6
+            path = tmp_path / "per_z" / state / f"z{z}.tif"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tifffile.imwrite(path, mask)
+    build_dataset(
+        catalogue,
+        tmp_path / "ds",
+        variant="bf_z2",
+        modalities=["brightfield"],
+        split_cfg=SPLIT,
+        dataset_cfg={**DATASET_CFG, "mask_source": "per_z"},
+        mask_path=str(tmp_path / "per_z" / "{state}" / "z{z}.tif"),
+        context_planes=2,
+        progress=False,
+    )
+    test = open_split(tmp_path / "ds", "test")
+    assert read_record(tmp_path / "ds").channels == 15
+    for index in range(len(test)):
+        sample = test[index]
+        z = int(sample.row["z"])
+        assert sample.row["mask"].endswith(f"z{z}.tif")
+        # The mask is plane z's (its rows), not a neighbour's.
+        height = SIZE[0] * (z - 10) / 16
+        assert abs(sample.mask[:, 0].sum() - height) <= 1
+        np.testing.assert_allclose(sample.image[6, 0, 0], raw_value(1, z, 10), atol=1e-6)
+
+
+def test_context_in_the_patches_geometry_stacks_grey_planes(tmp_path):
+    build(tmp_path, modalities=("brightfield",), dataset_cfg=PATCHES_CFG, context_planes=1)
+    train = open_split(tmp_path / "ds", "train")
+    image, mask, labels = train.region(0, 0, 0, 4, 4)
+    assert image.shape == (3, 4, 4) and read_record(tmp_path / "ds").channels == 3
+
+
+def test_a_plane_missing_from_a_state_names_the_state_and_the_plane(tmp_path):
+    catalogue, masks = make_set(tmp_path, planes=(12, 14, 16))
+    table = pd.read_csv(catalogue)
+    gone = (table["state"] == "day1t1xy2") & (table["z"] == 14) & (table["channel"] == 1)
+    table[~gone].to_csv(catalogue, index=False)
+    with pytest.raises(InputError, match="state day1t1xy2 has no brightfield image at plane z14"):
+        build_dataset(
+            catalogue,
+            tmp_path / "ds",
+            variant="bf_z1",
+            modalities=["brightfield"],
+            split_cfg=SPLIT,
+            dataset_cfg=DATASET_CFG,
+            mask_path=masks,
+            context_planes=1,
+            progress=False,
+        )
+    assert not (tmp_path / "ds" / "manifest.csv").exists()

@@ -80,6 +80,12 @@ def test_instances_at_mask_keeps_touching_cells_apart():
 @pytest.fixture
 def built(tmp_path):
     """A tiny brightfield dataset (xy1 train, xy10 test, planes 12 and 18) and an untrained U-Net."""
+    return build_set(tmp_path)
+
+
+def build_set(tmp_path, context_planes=0):
+    """:func:`built`'s data set; ``context_planes`` > 0 also saves ``context.pt``, a U-Net
+    that takes the focal windows."""
     from protoseg.dataset import build_dataset
     from protoseg.io import write_tiff
     from protoseg.model import build_model, save_model
@@ -110,12 +116,18 @@ def built(tmp_path):
         split_cfg={"key": "xy", "test": [10]},
         dataset_cfg={"size": [32, 32], "colour": "rgb", "shard_size": 3},
         mask_path=str(tmp_path / "masks" / "{state}.tif"),
-        context_planes=0,
+        context_planes=context_planes,
         progress=False,
     )
     torch.manual_seed(0)
     save_model(tmp_path / "model.pt", build_model({"depth": 2, "base_channels": 4}, in_channels=3))
     save_model(tmp_path / "grey.pt", build_model({"depth": 2, "base_channels": 4}, in_channels=1))
+    if context_planes:
+        channels = 3 * (2 * context_planes + 1)
+        save_model(
+            tmp_path / "context.pt",
+            build_model({"depth": 2, "base_channels": 4}, in_channels=channels),
+        )
     return tmp_path
 
 
@@ -156,6 +168,31 @@ def test_evaluate_model_refuses_bad_input(built):
         evaluate.evaluate_model(
             built / "model.pt", built / "dataset", device="cpu", instances="cells"
         )
+
+
+def test_a_context_model_is_scored_per_plane_and_its_overlay_shows_the_plane_itself(tmp_path):
+    from protoseg.errors import InputError
+    from protoseg.io import read_image
+    from protoseg.transforms import display_rgb, prepare_image
+
+    built = build_set(tmp_path, context_planes=1)
+    per_image, overlay = evaluate.evaluate_model(
+        built / "context.pt", built / "dataset", device="cpu"
+    )
+    assert sorted(per_image["z"]) == [12, 18] and set(per_image["context_planes"]) == {1}
+    assert (per_image[["tp", "fp", "fn", "tn"]].sum(axis=1) == 40 * 48).all()
+    from protoseg.dataset import read_record
+
+    prep = read_record(built / "dataset").preprocessing
+    for z in (12, 18):
+        # z18's window is z12, z18, z18: its first channels are z12's, not the plane's own.
+        raw = read_image(built / "raw" / f"day1t1c1xy10z{z}.tif")
+        shown = overlay["images"][list(overlay["z"]).index(z)]
+        np.testing.assert_array_equal(
+            shown, display_rgb(prepare_image(raw, prep), channels_first=True)
+        )
+    with pytest.raises(InputError, match="model takes 3 channel.*has 9"):
+        evaluate.evaluate_model(built / "model.pt", built / "dataset", device="cpu")
 
 
 def test_scores_at_the_original_resolution_use_the_original_masks(tmp_path):

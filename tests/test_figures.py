@@ -2,6 +2,7 @@
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pytest
 from matplotlib.colors import to_rgb
 from skimage.draw import disk
 
@@ -38,6 +39,50 @@ def test_metrics_vs_z_has_a_panel_per_variant_and_metric(tmp_path):
     plt.close(figure)
     image = read_image(path)
     assert image.shape[0] > 400 and image.shape[1] > 1000
+
+
+def test_context_vs_z_puts_context_models_beside_the_single_plane_one(tmp_path):
+    planes = [12, 14, 16]
+    variants = ["bf", "bf_z1", "bf_z2", "all", "all_z1", "fl"]
+    modalities = {
+        "bf": ["brightfield"],
+        "bf_z1": ["brightfield"],
+        "bf_z2": ["brightfield"],
+        "all": ["brightfield", "fluorescent"],
+        "all_z1": ["fluorescent", "brightfield"],
+        "fl": ["fluorescent"],
+    }
+    context = {"bf": 0, "bf_z1": 1, "bf_z2": 2, "all": 0, "all_z1": 1, "fl": 0}
+    # Listed out of order: the groups put the single-plane model first.
+    assert figures.context_groups(variants[::-1], modalities, context) == [
+        ["all", "all_z1"],
+        ["bf", "bf_z1", "bf_z2"],
+    ]
+    per_image = {
+        (variant, loss): fake_per_image(planes, seed=index)
+        for index, (variant, loss) in enumerate(
+            (variant, loss) for variant in variants for loss in ("bce", "mse")
+        )
+    }
+    summary = tables.summary(per_image, planes)
+    figure = figures.context_vs_z(summary, planes, variants, ["bce", "mse"], modalities, context)
+    axes = figure.get_axes()
+    assert len(axes) == 4  # (bright-field, all) x (BCE, MSE); fluorescent alone has no context
+    lines = axes[1].get_lines()  # bright-field, MSE
+    assert [line.get_label() for line in lines] == [
+        "bf: single plane",
+        "bf_z1: ±1 plane",
+        "bf_z2: ±2 planes",
+    ]
+    expected = summary.query(
+        "variant == 'bf_z2' and loss == 'mse' and reduction == 'micro' and z != 'overall'"
+    )["f1"]
+    np.testing.assert_allclose(lines[2].get_ydata(), expected.to_numpy())
+    save_figure(tmp_path / "context.png", figure)
+    plt.close(figure)
+    assert read_image(tmp_path / "context.png").shape[1] > 600
+    with pytest.raises(ValueError, match="no variant has a focal context"):
+        figures.context_vs_z(summary, planes, ["bf"], ["bce"], modalities, {"bf": 0})
 
 
 def _overlay(planes, modalities, size=48):

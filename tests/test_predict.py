@@ -293,6 +293,142 @@ def test_overlap_is_a_share_of_the_tile(tmp_path):
         predict.predict_files(make_model(), [tmp_path], tmp_path / "out", overlap=32)
 
 
+# ---------------------------------------------------------------- focal-context models
+class CornerRecorder(BrightIsCell):
+    """BrightIsCell that also records the top-left pixel of every channel of every input."""
+
+    def __init__(self, in_channels: int):
+        super().__init__(in_channels)
+        self.corners: list[list[float]] = []
+
+    def forward(self, x):
+        self.corners += x[:, :, 0, 0].tolist()
+        return super().forward(x)
+
+
+def context_model(context_planes=1, colour="grey"):
+    channels = (1 if colour == "grey" else 3) * (2 * context_planes + 1)
+    meta = record_meta("patches", (32, 32), 1.0, colour, context_planes=context_planes)
+    return predict.prediction_model_from_meta(
+        CornerRecorder(channels).eval(), meta, name="bf_z1.pt"
+    )
+
+
+def stack_data_cfg(planes=(12, 14, 16)):
+    """The demo config's data section (the study's names) with a stack of ``planes``."""
+    from protoseg.config import complete_section
+    from tests.workflow_helpers import demo_config
+
+    data = complete_section("data", demo_config()["data"])
+    data["planes"] = list(planes)
+    return data
+
+
+def write_planes(folder, values, xy=5, channel=1, shape=(32, 32)):
+    """Per-plane files in the study's naming, each plane one grey value."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for z, value in values.items():
+        tifffile.imwrite(
+            folder / f"day1t1c{channel}xy{xy}z{z}.tif", np.full(shape, value, np.uint8)
+        )
+
+
+def test_context_model_counts_its_input_channels():
+    model = context_model(1, colour="rgb")
+    assert model.context_planes == 1 and model.in_channels == 9
+    meta = record_meta("patches", (32, 32), 1.0, "rgb", context_planes=1)
+    from protoseg.model import build_model
+
+    single_plane = build_model({"depth": 1, "base_channels": 2}, in_channels=3)
+    with pytest.raises(InputError, match="x.pt.*network takes 3 channel.*data set had 9"):
+        predict.prediction_model_from_meta(single_plane, meta, name="x.pt")
+    context = build_model({"depth": 1, "base_channels": 2}, in_channels=9)
+    assert predict.prediction_model_from_meta(context, meta).in_channels == 9
+
+
+def test_context_model_sees_each_named_plane_with_its_neighbours(tmp_path):
+    model = context_model(1)
+    write_planes(tmp_path / "in", {12: 51, 14: 102, 16: 153})
+    summary = predict.predict_files(
+        model, [tmp_path / "in"], tmp_path / "out", data_cfg=stack_data_cfg(), progress=False
+    )
+    # z12 with z12 again (the stack's end) and z14; z14 with z12 and z16; z16 with z14, z16.
+    expected = [[0.2, 0.2, 0.4], [0.2, 0.4, 0.6], [0.4, 0.6, 0.6]]
+    np.testing.assert_allclose(model.network.corners, expected, atol=1e-6)
+    assert summary["plane"].tolist() == [12, 14, 16]
+    for z in (12, 14, 16):
+        labels = tifffile.imread(
+            predict.output_paths(tmp_path / "out", f"day1t1c1xy5z{z}")["labels"]
+        )
+        assert labels.shape == (32, 32)
+
+
+def test_context_model_names_the_missing_plane_of_a_stack(tmp_path):
+    write_planes(tmp_path / "in", {12: 51, 16: 153})
+    with pytest.raises(
+        InputError, match="state day1t1xy5.*no input is plane z14 of state day1t1xy5"
+    ):
+        predict.predict_files(
+            context_model(1),
+            [tmp_path / "in"],
+            tmp_path / "out",
+            data_cfg=stack_data_cfg(),
+            progress=False,
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def test_context_model_refuses_a_single_image(tmp_path):
+    image, _ = disc_image(shape=(32, 32))
+    tifffile.imwrite(tmp_path / "field.tif", image)
+    with pytest.raises(InputError, match="field.tif: is a single image.*focal-context model"):
+        predict.predict_files(
+            context_model(1, "rgb"),
+            [tmp_path / "field.tif"],
+            tmp_path / "out",
+            data_cfg=stack_data_cfg(),
+            progress=False,
+        )
+    # Named planes without the config that names them are single images too.
+    write_planes(tmp_path / "in", {12: 51, 14: 102, 16: 153})
+    with pytest.raises(InputError, match="single image.*--config"):
+        predict.predict_files(
+            context_model(1), [tmp_path / "in"], tmp_path / "out2", progress=False
+        )
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out2").exists()
+
+
+def test_context_model_predicts_every_page_of_a_multi_page_stack(tmp_path):
+    model = context_model(1)
+    stack = np.stack([np.full((32, 32), value, np.uint8) for value in (51, 102, 153, 204)])
+    tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
+    summary = predict.predict_files(
+        model, [tmp_path / "stack.tif"], tmp_path / "out", progress=False
+    )
+    expected = [[0.2, 0.2, 0.4], [0.2, 0.4, 0.6], [0.4, 0.6, 0.8], [0.6, 0.8, 0.8]]
+    np.testing.assert_allclose(model.network.corners, expected, atol=1e-6)
+    paths = predict.output_paths(tmp_path / "out", "stack")
+    binary = tifffile.imread(paths["binary"])
+    assert binary.shape == (4, 32, 32) and tifffile.imread(paths["labels"]).shape == (4, 32, 32)
+    # BrightIsCell: cell where the plane's mean over its window is above 0.3.
+    assert binary[:, 0, 0].tolist() == [0, 1, 1, 1]
+    assert read_image(paths["overlay"]).shape == (32, 4 * 32 + 3 * 4, 3)
+    assert (
+        summary["plane"].tolist() == [1, 2, 3, 4]
+        and (summary["image"] == str(tmp_path / "stack.tif")).all()
+    )
+    # The outputs are stacks of pages too, not the colour samples of one image.
+    with tifffile.TiffFile(paths["labels"]) as stored:
+        assert len(stored.pages) == 4 and stored.series[0].axes[0] != "S"
+    # Three planes written without photometric are one image's colour samples to tifffile.
+    (tmp_path / "rgb").mkdir()
+    tifffile.imwrite(
+        tmp_path / "rgb" / "three.tif", stack[:3], photometric="rgb", planarconfig="separate"
+    )
+    with pytest.raises(InputError, match="three.tif.*colour samples.*minisblack"):
+        predict.predict_files(model, [tmp_path / "rgb"], tmp_path / "out3", progress=False)
+
+
 # ---------------------------------------------------------------- the workflow rule
 @pytest.mark.slow
 def test_predict_rule_segments_a_folder_with_a_trained_model(tmp_path):

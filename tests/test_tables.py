@@ -180,3 +180,18 @@ def test_unreadable_or_incomplete_per_image_table_names_the_file(tmp_path):
     fake_per_image([12]).drop(columns="tp").to_csv(path, index=False)
     with pytest.raises(InputError, match=r"per_image\.csv.*tp"):
         tables.read_per_image(path)
+
+
+def test_provenance_says_how_many_neighbouring_planes_a_context_model_saw():
+    per_image = {
+        ("bf", "bce"): fake_per_image([12, 14]).assign(context_planes=0),
+        ("bf_z2", "bce"): fake_per_image([12, 14]).assign(context_planes=2),
+    }
+    summary = tables.summary(per_image, [12, 14])
+    assert summary.groupby("variant")["context_planes"].first().to_dict() == {"bf": 0, "bf_z2": 2}
+    lines = {
+        variant: tables.describe_provenance(rows.iloc[0])
+        for variant, rows in summary.groupby("variant")
+    }
+    assert "focal context: 2 neighbouring plane(s) on each side" in lines["bf_z2"]
+    assert "focal context" not in lines["bf"]

@@ -7,9 +7,12 @@ from protoseg.transforms import (
     Preprocessing,
     augment_sample,
     binary_mask,
+    centre_plane,
+    context_window,
     display_rgb,
     normalise_percentiles,
     prepare_image,
+    prepare_stack,
     resize_labels,
     scale_to_unit,
 )
@@ -117,3 +120,50 @@ def test_display_rgb_stretches_and_takes_model_input():
     image = np.random.default_rng(0).random((1, 8, 8)).astype(np.float32) * 0.1
     shown = display_rgb(image, channels_first=True)
     assert shown.shape == (8, 8, 3) and shown.dtype == np.uint8 and shown.max() >= 250
+
+
+# ---------------------------------------------------------------- focal context
+@pytest.mark.parametrize(
+    ("z", "k", "expected"),
+    [
+        (18, 0, [18]),
+        (18, 1, [16, 18, 20]),
+        (18, 2, [14, 16, 18, 20, 22]),
+        # Beyond the stack's ends the nearest plane repeats.
+        (12, 1, [12, 12, 14]),
+        (24, 1, [22, 24, 24]),
+        (12, 2, [12, 12, 12, 14, 16]),
+        (14, 3, [12, 12, 12, 14, 16, 18, 20]),
+    ],
+)
+def test_context_window_counts_neighbours_in_the_stack_and_repeats_its_ends(z, k, expected):
+    planes = [24, 12, 20, 14, 18, 16, 22]  # any order: the stack is ordered by depth
+    assert context_window(planes, z, k) == expected
+
+
+def test_context_window_of_a_two_plane_stack_and_bad_arguments():
+    assert context_window([1, 5], 5, 2) == [1, 1, 5, 5, 5]
+    with pytest.raises(ValueError, match="z13"):
+        context_window([12, 14], 13, 1)
+    with pytest.raises(ValueError, match="0 or more"):
+        context_window([12, 14], 12, -1)
+
+
+def test_prepare_stack_puts_each_plane_in_its_channels_in_window_order():
+    prep = resize_prep((4, 6), "rgb")
+    raws = [np.full((8, 12), value, np.uint8) for value in (51, 102, 204)]
+    stacked = prepare_stack(raws, prep, ["a", "b", "c"])
+    assert stacked.shape == (9, 4, 6) and stacked.dtype == np.float32
+    np.testing.assert_allclose(stacked[:, 0, 0], [0.2] * 3 + [0.4] * 3 + [0.8] * 3, atol=1e-6)
+    np.testing.assert_array_equal(centre_plane(stacked, 1), prepare_image(raws[1], prep))
+    # One image is exactly the single-plane input.
+    np.testing.assert_array_equal(prepare_stack(raws[:1], prep), prepare_image(raws[0], prep))
+    with pytest.raises(ValueError, match="9 channels do not split into 5"):
+        centre_plane(stacked, 2)
+
+
+def test_prepare_stack_refuses_planes_of_different_sizes():
+    prep = Preprocessing("patches", "grey", "dtype", (1.0, 99.8), None, 1.0, (16, 16))
+    raws = [np.zeros((8, 12), np.uint8), np.zeros((8, 10), np.uint8)]
+    with pytest.raises(InputError, match="z14.tif.*share one size"):
+        prepare_stack(raws, prep, ["z12.tif", "z14.tif"])
