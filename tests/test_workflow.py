@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 import tifffile
 
+from protoseg.model import load_model
 from tests.workflow_helpers import run_snakemake, tiny_config, write_project
 
 pytestmark = pytest.mark.slow
@@ -14,6 +15,11 @@ pytestmark = pytest.mark.slow
 def finished_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("e2e")
     config = tiny_config()
+    # A focal-context variant beside the single-plane ones (docs/focal-context.md).
+    config["dataset"]["variants"]["brightfield_z1"] = {
+        "modalities": ["brightfield"],
+        "context_planes": 1,
+    }
     write_project(workdir, config)
     run_snakemake(workdir)
     return workdir, config
@@ -83,6 +89,9 @@ def test_tables_have_the_study_layout(finished_run):
         assert np.isfinite(values).all()
         assert ((values >= 0) & (values <= 1)).all()
         assert len(np.unique(values.round(6))) > 1, "every score equal: the models learned nothing"
+        if variant not in ("brightfield", "all"):  # the study has no table of it
+            assert not any(column.startswith("study_") for column in table.columns)
+            continue
         # The study's numbers stand beside the planes it has (z12, z18, z24 here); its
         # overall row covers seven planes, so it is left out of a three-plane run.
         study_f1 = pooled.set_index("z")["study_bce_f1"]
@@ -100,6 +109,29 @@ def test_tables_have_the_study_layout(finished_run):
             assert "overall" in text and "z18" in text
 
 
+def test_the_context_model_sees_three_planes_and_is_plotted_beside_the_single_plane_one(
+    finished_run,
+):
+    workdir, config = finished_run
+    manifest = pd.read_csv(workdir / "results" / "datasets" / "brightfield_z1" / "manifest.csv")
+    # data.planes 12, 18, 24: z12 repeats itself at the stack's end.
+    windows = manifest.groupby("z")["context_z"].first().to_dict()
+    assert windows == {12: "12;12;18", 18: "12;18;24", 24: "18;24;24"}
+    _, meta = load_model(workdir / "results" / "models" / "brightfield_z1-bce" / "model.pt")
+    assert meta["dataset"]["context_planes"] == 1 and meta["dataset"]["channels"] == 9
+    per_image = pd.read_csv(
+        workdir / "results" / "metrics" / "brightfield_z1-bce" / "per_image.csv"
+    )
+    single = pd.read_csv(workdir / "results" / "metrics" / "brightfield-bce" / "per_image.csv")
+    # The same test images, plane by plane, as the single-plane model's.
+    assert sorted(zip(per_image["state"], per_image["z"], strict=True)) == sorted(
+        zip(single["state"], single["z"], strict=True)
+    )
+    assert "focal context: 1" in (workdir / "results" / "tables" / "brightfield_z1.md").read_text()
+    figure = workdir / "results" / "figures" / "context_vs_z.png"
+    assert figure.stat().st_size > 10_000
+
+
 def test_rerun_has_nothing_to_do(finished_run):
     workdir, _ = finished_run
     result = run_snakemake(workdir, "-n")
@@ -111,7 +143,7 @@ def test_report_renders_in_a_browser(finished_run, tmp_path):
     run_snakemake(workdir, "--report", "results/report.html")
     report = workdir / "results" / "report.html"
     html = report.read_text(errors="replace")
-    for label in ("metrics_vs_z", "catalogue"):
+    for label in ("metrics_vs_z", "context_vs_z", "catalogue"):
         assert label in html
     from tests.report_check import find_chromium, screenshot
 

@@ -107,3 +107,29 @@ def test_a_configfile_replaces_the_demo_config_instead_of_merging(tmp_path):
     )
     assert result.returncode == 0
     assert (tmp_path / "results" / "catalogue.csv").read_text().count("\n") == 1 + 4
+
+
+def test_focal_context_without_a_stack_is_refused_at_start(tmp_path):
+    config = tiny_config()
+    config["data"]["planes"] = [18]
+    config["dataset"]["variants"]["brightfield"]["context_planes"] = 1
+    write_project(tmp_path, config)
+    result = run_snakemake(tmp_path, "-n", check=False)
+    assert result.returncode != 0
+    output = result.stderr + result.stdout
+    assert "dataset.variants.brightfield.context_planes" in output and "one plane" in output
+
+
+def test_a_stack_to_predict_without_a_plane_is_refused_at_start(tmp_path):
+    new = tmp_path / "new"
+    new.mkdir()
+    for z in (12, 24):  # z18 of data.planes 12, 18, 24 missing
+        tifffile.imwrite(new / study_file_name(9, 1, 1, 5, z), np.zeros((24, 32, 3), np.uint8))
+    config = tiny_config()
+    config["dataset"]["variants"]["brightfield"]["context_planes"] = 1
+    config["predict"]["input_dir"] = str(new)
+    write_project(tmp_path, config)
+    result = run_snakemake(tmp_path, "-n", check=False)
+    assert result.returncode != 0
+    assert "no input is plane z18 of state day9t1xy5" in result.stderr + result.stdout
+    assert not (tmp_path / "results").exists()
