@@ -191,7 +191,7 @@ def context_vs_z(
             ax.set_xticks(range(len(labels)), labels)
             ax.grid(alpha=0.3)
             ax.set_title(f"{modalities}, {loss.upper()}", fontsize=10)
-            ax.legend(fontsize=8, loc="lower right")
+            ax.legend(fontsize=8, loc="best")
             if column_index == 0:
                 ax.set_ylabel(f"test {title}")
             if row_index == len(groups) - 1:
