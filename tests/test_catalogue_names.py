@@ -190,3 +190,27 @@ def test_demo_records_follow_the_study_naming():
         catalogue.lookup(records, state="day1t2xy10", modality="fluorescent", z=14)
         == "raw/day1t2c2xy10z14.tif"
     )
+
+
+def test_match_names_of_new_images_tries_parent_folders_and_returns_the_rest():
+    baby = {
+        **DATA_CFG,
+        "pattern": r"^planes/(?P<stem>evolve_test[A-Z])_c(?P<channel>\d)z(?P<z>\d)\.tif$",
+        "state_format": "{stem}",
+        "channels": {"1": "brightfield"},
+        "planes": [1, 2, 3],
+    }
+    paths = [
+        "/data/baby/planes/evolve_testA_c1z2.tif",  # the pattern needs its folder
+        "/data/baby/planes/evolve_testA_c1z1.tif",
+        "/elsewhere/stack.tif",
+    ]
+    records, unmatched = catalogue.match_names(paths, baby)
+    assert records[["state", "z", "modality"]].values.tolist() == [
+        ["evolve_testA", 1, "brightfield"],
+        ["evolve_testA", 2, "brightfield"],
+    ]
+    assert [str(path) for path in unmatched] == ["/elsewhere/stack.tif"]
+    with pytest.raises(InputError, match="z7 is not in data.planes"):
+        catalogue.match_names(["/x/planes/evolve_testB_c1z7.tif"], baby)
+    assert catalogue.match_names(["/x/a.tif"], baby)[0].empty
