@@ -337,7 +337,8 @@ class Stack:
         return {}  # ND2, CZI, LIF: the readers give micrometres
 
     def channel_index(self, channel: int | str, scene: int | str = 0) -> int:
-        """The index of ``channel`` (a name the file gives, or an index) in ``scene``."""
+        """The index of ``channel`` in ``scene``: a name the file gives (names are matched
+        first, so a channel named "1" is found by its name), or an index."""
         info = self.info(scene)
         if isinstance(channel, str):
             if channel in info.channels:
