@@ -462,23 +462,32 @@ def describe(
 
 
 # ---------------------------------------------------------------- README and cover
+THRESHOLD_SOURCES = {
+    "validation": "chosen on protoseg's validation images",
+    "config": "set in protoseg's config",
+    "default": "protoseg's default, no validation images",
+}
+
+
 def readme(plan: ExportPlan, meta: dict, cite: Sequence[tuple[str, str]] = ()) -> str:
     """The package's documentation: what the model expects, gives and was trained on."""
+    import protoseg
+
     prep = plan.preprocessing
     dataset = meta.get("dataset", {})
     if prep.normalise == "percentile":
         low, high = prep.percentiles
         normalisation = (
-            f"per image, the {low:g}th and {high:g}th percentiles of all channels go to 0 "
-            "and 1 (preprocessing `scale_range`, not clipped)"
+            f"per image, the percentiles {low:g} and {high:g} of all channels together go to "
+            "0 and 1 (preprocessing `scale_range`, not clipped)"
         )
     elif DTYPE_GAIN[plan.input_dtype] is None:
         normalisation = "float intensities clipped to [0, 1] (preprocessing `clip`)"
     else:
         maximum = round(1 / DTYPE_GAIN[plan.input_dtype])
         normalisation = (
-            f"{plan.input_dtype} intensities divided by {maximum} (preprocessing "
-            "`scale_linear`), the dtype's maximum, never the image's own"
+            f"{plan.input_dtype} intensities divided by {maximum}, the dtype's maximum, never "
+            "the image's own (preprocessing `scale_linear`)"
         )
     if plan.fixed_size is not None:
         size = (
@@ -487,29 +496,32 @@ def readme(plan: ExportPlan, meta: dict, cite: Sequence[tuple[str, str]] = ()) -
         )
     else:
         size = (
-            f"any size that is a multiple of {plan.step} pixels, at least {plan.min_size}; "
-            "larger images are tiled by the consumer (protoseg itself blends tiles of "
-            f"{prep.tile[0]} x {prep.tile[1]} with Gaussian weights)"
+            f"any multiple of {plan.step} pixels from {plan.min_size} on; a consumer tiles "
+            f"larger images and drops {plan.halo} pixels (the halo) at each tile border "
+            f"(protoseg itself blends tiles of {prep.tile[0]} x {prep.tile[1]} with Gaussian "
+            "weights)"
         )
     channels = (
         "three channels, red, green, blue"
         if prep.colour == "rgb"
         else "one channel (the luminance of a colour image)"
     )
+    source = THRESHOLD_SOURCES.get(plan.threshold_source, plan.threshold_source)
     outputs = [
         "- `foreground`: probability that the pixel belongs to a cell; cells are "
-        f"`foreground > {plan.threshold:.2f}` (threshold {plan.threshold_source})"
+        f"`foreground > {plan.threshold:.2f}` (threshold {source})"
     ]
     if plan.instances:
         settings = ", ".join(f"{k} {v}" for k, v in plan.instances["settings"].items())
-        extra = {
-            "boundaries": "- `boundaries`: probability that the pixel lies on the edge "
-            "between a cell and anything else (torch_em's `BoundaryTransform`, thick)",
-            "distances": "- `center_distances`, `boundary_distances`: each cell's distance "
-            "to its centre and to its boundary, normalised per cell, 0 at the centre and 1 "
-            "at the edge (torch_em's `PerObjectDistanceTransform`)",
-        }[plan.instances["mode"]]
-        outputs.append(extra)
+        outputs.append(
+            {
+                "boundaries": "- `boundaries`: probability that the pixel lies on the edge "
+                "between a cell and anything else (torch_em's `BoundaryTransform`, thick)",
+                "distances": "- `center_distances`, `boundary_distances`: each cell's "
+                "distance to its centre and to its boundary, normalised per cell, 0 at the "
+                "centre and 1 at the edge (torch_em's `PerObjectDistanceTransform`)",
+            }[plan.instances["mode"]]
+        )
         outputs.append(
             "\nprotoseg turns them into cells with torch_em's seeded watershed "
             "(`torch_em.util.segmentation.watershed_from_components` for boundaries, "
@@ -517,21 +529,30 @@ def readme(plan: ExportPlan, meta: dict, cite: Sequence[tuple[str, str]] = ()) -
             f"chosen on its validation images: {settings} (also in `config.protoseg`). The "
             "package gives the probabilities; the watershed is not part of it."
         )
-    references = "\n".join(f"- {text} {ref}" for text, ref in citations(cite))
-    train = meta.get("train", {}) if isinstance(meta.get("train"), dict) else {}
+    training = [
+        f"data set variant `{dataset.get('variant', '?')}` "
+        f"({', '.join(dataset.get('modalities', [])) or '?'} images)",
+        f"{meta['loss']} loss" if meta.get("loss") else "",
+        f"{meta['epochs']} epochs" if meta.get("epochs") else "",
+        f"the weights of epoch {meta['epoch_kept']} kept" if meta.get("epoch_kept") else "",
+        f"precision {meta['precision']}" if meta.get("precision") else "",
+        f"U-Net depth {plan.architecture['depth']}, {plan.architecture['base_channels']} "
+        "base channels",
+    ]
+    references = "\n".join(
+        f"- {text} {'doi:' if ref.startswith('10.') else ''}{ref}" for text, ref in citations(cite)
+    )
     return f"""# protoseg U-Net `{plan.name}`
 
-A U-Net (Ronneberger et al. 2015) trained by [protoseg](#citations) to segment plant
-protoplasts photographed at several focal planes: the probability that each pixel belongs
-to a cell. Data set variant `{dataset.get("variant", "?")}` (modalities
-{", ".join(dataset.get("modalities", [])) or "?"}), {meta.get("loss", "?")} loss,
-{meta.get("epochs", "?")} epochs (weights of epoch {meta.get("epoch_kept", "?")} kept),
-U-Net depth {plan.architecture["depth"]}, {plan.architecture["base_channels"]} base channels.
+A U-Net (Ronneberger et al. 2015) trained by protoseg to segment plant protoplasts
+photographed at several focal planes: the probability that each pixel belongs to a cell.
+Trained on: {"; ".join(part for part in training if part)}.
 
 ## Input
 
-`{INPUT_ID}`: (batch, channel, y, x), {channels}; {size}. The pixel size must be that of
-the training images: protoseg trained this model at the images' own resolution.
+`{INPUT_ID}`: (batch, channel, y, x), {channels}; {size}. The pixel size must be that of the
+training images: protoseg trained this model at the images' own resolution.
+
 Normalisation: {normalisation}.
 
 ## Output
@@ -543,16 +564,13 @@ Normalisation: {normalisation}.
 
 ## Validation
 
-`test_input.npy` is an image prepared as above; `test_output.npy` is what protoseg's own
+`test_input.npy` is an image as the input takes it; `test_output.npy` is what protoseg's own
 prediction (`protoseg predict`, the image as one tile, float32 on the CPU) gives for it.
-bioimageio.core's test (`bioimageio test rdf.yaml`) runs both weight formats on the
-test input and compares their output with it; protoseg ran that test on this package
-before writing it. The scores of the model on its test split are in protoseg's
-`results/metrics/` and `results/tables/` of the run that trained it (pixel accuracy, F1 and
-IoU per focal plane, as the study reports them).
-
-Training: batch size {train.get("batch_size", "?")}, learning rate schedule
-{train.get("schedule", "?")}, precision {meta.get("precision", "?")}.
+bioimageio.core's test (`bioimageio test rdf.yaml`) runs both weight formats on the test
+input and compares their output with it; protoseg ran that test on this package before
+writing it. The model's scores on its test split are in `results/metrics/` and
+`results/tables/` of the protoseg run that trained it (pixel accuracy, F1 and IoU per focal
+plane, as the study reports them).
 
 ## Limitations
 
@@ -564,7 +582,7 @@ data set stage prepared them; the consumer has to do that conversion.
 ## Citations
 
 {references}
-- protoseg {__import__("protoseg").__version__}, the workflow that trained and exported the model.
+- protoseg {protoseg.__version__}, the workflow that trained and exported the model.
 """
 
 
