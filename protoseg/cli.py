@@ -78,6 +78,30 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- export
+def run_export(args: argparse.Namespace) -> int:
+    from protoseg.export import export_model
+
+    if not Path(args.model).is_file():
+        raise InputError(args.model, "model file not found")
+    options = {"license": args.license} if args.license else {}
+    folder = export_model(
+        args.model,
+        args.out,
+        image=args.image,
+        input_dtype=args.input_dtype,
+        name=args.name,
+        authors=args.author or (),
+        cite=[tuple(entry) for entry in args.cite or ()],
+        test=not args.no_test,
+        **options,
+    )
+    if not args.quiet:
+        tested = "not tested (--no-test)" if args.no_test else "passed bioimage.io's test"
+        print(f"bioimage.io package of {args.model} in {folder}: {tested}")
+    return 0
+
+
 # ---------------------------------------------------------------- annotate
 def run_annotate(args: argparse.Namespace) -> int:
     from protoseg import annotate
@@ -99,7 +123,8 @@ def run_annotate(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="protoseg", description="protoseg: predict with a trained model, open the annotator."
+        prog="protoseg",
+        description="protoseg: predict with a trained model, open the annotator.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -185,6 +210,55 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
     predict.set_defaults(run=run_predict)
+
+    export = commands.add_parser(
+        "export",
+        help="write a trained model as a bioimage.io model package",
+        description="Write a model.pt as a bioimage.io model package (docs/export.md) for "
+        "ilastik, deepImageJ, QuPath, napari and bioimageio.core: description, TorchScript and "
+        "state-dict weights, protoseg's normalisation as preprocessing, test input and output, "
+        "cover, README, citations. The package is tested with bioimageio.core (offline) "
+        "before it is written. Models the format cannot express are refused, saying why.",
+    )
+    export.add_argument("model", metavar="MODEL", help="a model.pt from results/models/")
+    export.add_argument(
+        "--out", "-o", required=True, metavar="DIR", help="the package folder to write"
+    )
+    export.add_argument(
+        "--image",
+        metavar="IMAGE",
+        default=None,
+        help="an image like the training images: the test input and cover (its centre, up to "
+        "a tile), and its dtype the input dtype of a dtype-normalised model (default: a "
+        "synthetic bright-field plane of protoseg's demo)",
+    )
+    export.add_argument(
+        "--input-dtype",
+        choices=["uint8", "uint16", "float32"],
+        default=None,
+        help="dtype of the training images, for a model normalised by the dtype's maximum "
+        "(default: the --image's dtype)",
+    )
+    export.add_argument("--name", default=None, help="the model's name in the package")
+    export.add_argument(
+        "--author", action="append", metavar="NAME", help="an author (repeat for more)"
+    )
+    export.add_argument(
+        "--cite",
+        nargs=2,
+        action="append",
+        metavar=("TEXT", "DOI_OR_URL"),
+        help="one more citation, e.g. the training data (repeat for more); the study and the "
+        "U-Net are always cited",
+    )
+    export.add_argument(
+        "--license", default=None, help="SPDX licence of the weights (default: CC-BY-4.0)"
+    )
+    export.add_argument(
+        "--no-test", action="store_true", help="skip bioimage.io's test of the package"
+    )
+    export.add_argument("--quiet", "-q", action="store_true", help="no summary line")
+    export.set_defaults(run=run_export)
 
     annotate = commands.add_parser(
         "annotate",

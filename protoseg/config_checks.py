@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable
+from numbers import Number
 
 import pandas as pd
 
@@ -31,6 +32,8 @@ from protoseg.errors import ConfigError
 
 # Catalogue columns read from the pixels, so unknown when the workflow is parsed.
 CATALOGUE_ONLY_COLUMNS = ("height", "width", "channels", "dtype")
+# train.threshold: a number in (0, 1), or chosen in training.
+THRESHOLD_MODES = ("auto", "validation")
 
 
 def check_config(config: dict) -> None:
@@ -48,7 +51,6 @@ def check_config(config: dict) -> None:
 
     mode = check_mode(complete_section("model", config.get("model"))["instances"])
     check_setting(train["watershed"], mode)
-    check_losses(train["losses"])  # last: it imports torch
 
 
 def check_modality(key: str, modality: str, known: Iterable[str]) -> None:
@@ -80,20 +82,6 @@ def check_context(variant: str, context_planes: int, planes: Iterable[int]) -> N
             f"the stack of {len(planes)} (data.planes): every sample's window runs past the "
             "stack's ends, whose planes it repeats",
             stacklevel=2,
-        )
-
-
-def check_losses(losses: Iterable[str]) -> None:
-    """Every loss must be registered in :mod:`protoseg.losses` (imported here: it needs torch)."""
-    from protoseg.losses import loss_names
-
-    known = loss_names()
-    unknown = [loss for loss in losses if loss not in known]
-    if unknown:
-        raise ConfigError(
-            "train.losses",
-            f"unknown loss{'es' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-            f"known losses: {', '.join(known)}",
         )
 
 
@@ -150,3 +138,22 @@ def check_split(split_cfg: dict, records: pd.DataFrame) -> None:
 def _order(value: int | str) -> tuple[bool, int | str]:
     """Numbers first, in numeric order, then names."""
     return isinstance(value, str), value
+
+
+def check_threshold_setting(value, has_validation: bool | None = None) -> None:
+    """``train.threshold``: auto, validation or a number in (0, 1); ``validation`` needs a
+    validation split (checked when ``has_validation`` is known)."""
+    if isinstance(value, Number) and not isinstance(value, bool):
+        if not 0 < float(value) < 1:
+            raise ConfigError("train.threshold", f"a fixed threshold lies in (0, 1), got {value}")
+        return
+    if value not in THRESHOLD_MODES:
+        raise ConfigError(
+            "train.threshold", f"use auto, validation or a number in (0, 1), got '{value}'"
+        )
+    if value == "validation" and has_validation is False:
+        raise ConfigError(
+            "train.threshold",
+            "'validation' chooses the threshold on the validation split, but split.validation "
+            "selects no image; add validation values or set a number (e.g. 0.5)",
+        )

@@ -32,6 +32,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from protoseg import metrics
+from protoseg.config import complete_section
 from protoseg.errors import ConfigError, InputError
 from protoseg.inference import sliding_window, to_original_size
 from protoseg.io import read_image
@@ -181,14 +182,14 @@ def evaluate_split(
     split,
     *,
     threshold: float,
-    resolution: str = "original",
-    instances: str = "labels",
-    tile=None,
-    overlap: float = 0.5,
-    device: str = "cpu",
-    batch_size: int = 4,
-    precision: str = "fp32",
-    overlay_state: str | None = None,
+    resolution: str,
+    instances: str,
+    tile,
+    overlap: float,
+    device: str,
+    batch_size: int,
+    precision: str,
+    overlay_state: str | None,
     progress: bool = True,
     watershed: dict | None = None,
 ) -> tuple[pd.DataFrame, dict]:
@@ -301,18 +302,13 @@ def model_threshold(meta: dict, override: float | None) -> tuple[float, str]:
 def evaluate_model(
     model_path: str | Path,
     dataset_dir: str | Path,
-    *,
-    threshold: float | None = None,
-    resolution: str = "original",
-    instances: str = "labels",
-    tile=None,
-    overlap: float = 0.5,
-    device: str = "auto",
-    batch_size: int = 4,
-    precision: str = "auto",
-    overlay_state: str | None = None,
+    **settings,
 ) -> tuple[pd.DataFrame, dict]:
     """Score the model at ``model_path`` on the test split of the dataset in ``dataset_dir``.
+
+    ``settings``: keys of the config's ``evaluate`` section (``threshold``, ``resolution``,
+    ``instances``, ``tile``, ``overlap``, ``device``, ``batch_size``, ``precision``,
+    ``overlay_state``); those left out take the schema's defaults.
 
     ``threshold``: None uses the model's own (see :func:`model_threshold`). The per-image
     table also says the geometry, threshold source and resolution that made it. Raises
@@ -324,8 +320,14 @@ def evaluate_model(
     from protoseg.device import resolve_device, resolve_precision
     from protoseg.model import load_model
 
-    device = resolve_device(device, key="evaluate.device")
-    precision = resolve_precision(precision, device, key="evaluate.precision")
+    settings = complete_section("evaluate", settings)
+    threshold, resolution, overlay_state = (
+        settings["threshold"],
+        settings["resolution"],
+        settings["overlay_state"],
+    )
+    device = resolve_device(settings["device"], key="evaluate.device")
+    precision = resolve_precision(settings["precision"], device, key="evaluate.precision")
     split = open_split(dataset_dir, "test")
     if len(split) == 0:
         raise InputError(
@@ -369,11 +371,11 @@ def evaluate_model(
         split,
         threshold=value,
         resolution=resolution,
-        instances=instances,
-        tile=tile,
-        overlap=overlap,
+        instances=settings["instances"],
+        tile=settings["tile"],
+        overlap=settings["overlap"],
         device=device,
-        batch_size=batch_size,
+        batch_size=settings["batch_size"],
         precision=precision,
         overlay_state=overlay_state,
         watershed=watershed,

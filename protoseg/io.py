@@ -78,6 +78,50 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` (a folder
+    output: a bioimage.io package, an OME-Zarr), as :func:`atomic_path` does for a file.
+
+    On an exception the temporary folder is removed and ``path`` is left as it was. An
+    existing ``path`` folder is replaced by two renames (the old one is moved aside, then
+    removed), so a reader sees the old or the new folder, never a half-written one.
+    Temporary folders of ``path`` left by a killed process are removed first. A failed
+    write becomes an :class:`OutputError` naming ``path``.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(path, "exists and is not a folder; remove it or choose another")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmpdir"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmpdir", dir=path.parent))
+    except OSError as error:
+        raise write_error(path, error) from error
+    try:
+        try:
+            yield tmp
+            os.chmod(tmp, 0o777 & ~_current_umask())
+            if path.exists():
+                old = Path(
+                    tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmpdir", dir=path.parent)
+                )
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        except (OSError, RuntimeError) as error:
+            inside = isinstance(error, OSError) and str(error.filename or "").startswith(str(tmp))
+            if not (inside or is_write_failure(error, path, tmp)):
+                raise
+            raise write_error(path, error) from error
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def temporary_pattern(path: str | Path) -> str:
     """Glob pattern of the temporary files :func:`atomic_path` makes for ``path``."""
     path = Path(path)

@@ -63,6 +63,7 @@ from protoseg import dataset as datasets
 from protoseg import instances as instance_outputs
 from protoseg import metrics
 from protoseg.config import complete_section
+from protoseg.config_checks import check_threshold_setting
 from protoseg.device import autocast_dtype, resolve_device, resolve_precision
 from protoseg.errors import ConfigError, InputError, ProtosegError
 from protoseg.evaluate import TruthReader, predict_sample, threshold_counts
@@ -76,7 +77,6 @@ from protoseg.transforms import Augmentation
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
-THRESHOLD_MODES = ("auto", "validation")
 # Batches per epoch of the patches geometry when train.samples_per_epoch is null.
 DEFAULT_PATCH_BATCHES = 32
 # The sampler's epoch number of the batch-norm recalibration pass: draws no epoch makes.
@@ -109,25 +109,6 @@ def settings_from_config(train_cfg: dict) -> dict:
         )
     check_threshold_setting(settings["threshold"])
     return settings
-
-
-def check_threshold_setting(value, has_validation: bool | None = None) -> None:
-    """``train.threshold``: auto, validation or a number in (0, 1); ``validation`` needs a
-    validation split (checked when ``has_validation`` is known)."""
-    if isinstance(value, Number) and not isinstance(value, bool):
-        if not 0 < float(value) < 1:
-            raise ConfigError("train.threshold", f"a fixed threshold lies in (0, 1), got {value}")
-        return
-    if value not in THRESHOLD_MODES:
-        raise ConfigError(
-            "train.threshold", f"use auto, validation or a number in (0, 1), got '{value}'"
-        )
-    if value == "validation" and has_validation is False:
-        raise ConfigError(
-            "train.threshold",
-            "'validation' chooses the threshold on the validation split, but split.validation "
-            "selects no image; add validation values or set a number (e.g. 0.5)",
-        )
 
 
 def seed_everything(seed: int) -> None:

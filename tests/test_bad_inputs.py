@@ -343,7 +343,7 @@ def run_case(case: Case, workdir: Path) -> Outcome:
 
 @pytest.fixture(scope="module")
 def outcomes(request, tmp_path_factory):
-    """Run every selected case, two at a time (each one Snakemake process)."""
+    """Run every selected case, one Snakemake process per core (at least two at a time)."""
     selected = [
         item.callspec.params["name"]
         for item in request.session.items
@@ -351,7 +351,7 @@ def outcomes(request, tmp_path_factory):
         and hasattr(item, "callspec")
         and "name" in item.callspec.params
     ]
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with ThreadPoolExecutor(max_workers=max(2, min(6, os.cpu_count() or 2))) as pool:
         futures = {
             name: pool.submit(run_case, BY_NAME[name], tmp_path_factory.mktemp(name))
             for name in dict.fromkeys(selected)

@@ -109,9 +109,25 @@ def rule_blocks(text: str) -> dict[str, str]:
     return blocks
 
 
+def runs_something(block: str) -> bool:
+    """A rule with a script, shell or run block (the all_<stage> target rules only gather)."""
+    return bool(re.search(r"^\s*(script|shell|run|wrapper|notebook):", block, flags=re.MULTILINE))
+
+
 @pytest.mark.parametrize("rule_file", RULE_FILES, ids=lambda path: path.name)
 def test_every_rule_in_the_rule_files_names_an_existing_env(rule_file):
-    for name, block in rule_blocks(rule_file.read_text()).items():
+    blocks = rule_blocks(rule_file.read_text())
+    stage = rule_file.stem
+    if stage != "common":
+        # Each stage's rule file ends with its target rule, which runs nothing itself.
+        assert f"all_{stage}" in blocks and not runs_something(blocks[f"all_{stage}"])
+    for name, block in blocks.items():
+        if not runs_something(block):
+            continue
+        for directive in ("log", "benchmark"):
+            assert re.search(rf"^\s*{directive}:", block, flags=re.MULTILINE), (
+                f"{rule_file.name}: rule {name} has no {directive}: directive"
+            )
         conda = re.search(
             r"^\s*conda:\s*\n(.*?)(?=^\s*\w+:\s*$|\Z)", block, flags=re.MULTILINE | re.DOTALL
         )
@@ -151,9 +167,9 @@ def test_every_parsed_rule_has_an_env_including_predict(tmp_path):
     extra.write_text(yaml.safe_dump({"predict": {"input_dir": str(images)}}))
     rules = parsed_rules(tmp_path / "work", [REPO / "config" / "config.yaml", extra])
     names = {name for name, _, _ in rules}
-    assert {"catalogue", "predict"} <= names
+    assert {"catalogue", "predict", "all_predict"} <= names
     for name, env, rule_dir in rules:
-        if name == "all":
+        if name == "all" or name.startswith("all_"):  # targets: they run nothing
             continue
         assert env, f"rule {name} names no conda env"
         assert (rule_dir / str(env)).resolve().parent == (REPO / "envs").resolve(), (

@@ -7,6 +7,7 @@ import torch
 from skimage.draw import disk
 
 from protoseg import evaluate, metrics
+from protoseg.config import section_defaults
 
 torch.set_num_threads(1)
 
@@ -226,11 +227,15 @@ def test_scores_at_the_original_resolution_use_the_original_masks(tmp_path):
     )
     split = open_split(tmp_path / "ds", "test")
     model = ThresholdModel()
+    # The rest of the evaluate section as the schema completes it, on this CPU in float32.
+    window = section_defaults("evaluate", device="cpu", precision="fp32")
+    for key in ("threshold", "resolution"):
+        del window[key]
     training, _ = evaluate.evaluate_split(
-        model, split, threshold=0.5, resolution="training", progress=False
+        model, split, threshold=0.5, resolution="training", progress=False, **window
     )
     original, _ = evaluate.evaluate_split(
-        model, split, threshold=0.5, resolution="original", progress=False
+        model, split, threshold=0.5, resolution="original", progress=False, **window
     )
     assert int(training[["tp", "fp", "fn", "tn"]].sum(axis=1).iloc[0]) == 20 * 30
     assert int(original[["tp", "fp", "fn", "tn"]].sum(axis=1).iloc[0]) == 60 * 90

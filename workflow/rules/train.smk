@@ -1,7 +1,7 @@
 # Step 4: one U-Net per dataset variant and loss (train.losses). Checkpoints are written
 # every epoch under MODEL_DIR/checkpoints and are not outputs, so Snakemake keeps them when
 # a job fails: rerunning the job resumes from the newest one (protoseg.train).
-from protoseg.train import check_threshold_setting
+from protoseg.config_checks import check_threshold_setting
 
 MODEL_DIR = f"{RESULTS}/models/{{variant}}-{{loss}}"
 MODEL = f"{MODEL_DIR}/model.pt"
