@@ -60,10 +60,9 @@ def meta_for(
         samples={"train": 4, "validation": 1, "test": 1},
         shard_size=1,
         has_instances=True,
+        context_planes=context_planes or 0,
         source_sizes=tuple(sources),
     ).to_dict()
-    if context_planes is not None:  # the focal-context record of the data set stage
-        record["context_planes"] = context_planes
     meta = {
         "name": "bf-bce",
         "loss": "bce",
@@ -281,7 +280,9 @@ def test_instance_outputs_are_named_and_a_fixed_size_model_keeps_its_size(tmp_pa
     ],
 )
 def test_models_the_package_cannot_express_are_refused(tmp_path, meta_kwargs, message):
-    model = saved_model(tmp_path / "model.pt", **meta_kwargs)
+    # A focal-context network takes one grey channel per plane of its window.
+    channels = 2 * meta_kwargs.get("context_planes", 0) + 1
+    model = saved_model(tmp_path / "model.pt", in_channels=channels, **meta_kwargs)
     with pytest.raises(InputError, match=message) as caught:
         export.export_model(model, tmp_path / "package", test=False)
     assert str(caught.value).startswith(f"{model}: cannot be exported as a bioimage.io model")
