@@ -8,8 +8,8 @@ before any job starts, ``snakemake -n`` included. Each raises
 :class:`~protoseg.errors.ConfigError` naming the key.
 
 * :func:`check_config` (config alone): modalities named by ``masks.modality`` and
-  ``dataset.variants.*.modalities`` must be values of ``data.channels``; every
-  ``train.losses`` entry must be a registered loss; ``train.lr_min <= train.lr_max``;
+  ``dataset.variants.*.modalities`` must be values of ``data.channels`` (loss names,
+  methods and geometries are the schema's enums); ``train.lr_min <= train.lr_max``;
   ``train.watershed`` settings must be in range and of ``model.instances``' mode; a
   variant's ``context_planes`` needs a stack of more than one plane in ``data.planes`` (a
   window wider than the stack only warns: its ends repeat).
