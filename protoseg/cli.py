@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from protoseg.config import load_config
+from protoseg.config import load_config, section_defaults
 from protoseg.errors import InputError, ProtosegError
 
 
@@ -29,6 +29,10 @@ def _tile(text: str) -> tuple[int, int]:
     if len(parts) == 2 and min(parts) > 0:
         return (parts[0], parts[1])
     raise argparse.ArgumentTypeError(f"expected N or HxW with positive sizes, got '{text}'")
+
+
+# The predict options' defaults: the config schema's, as the predict rule gets them.
+PREDICT_DEFAULTS = section_defaults("predict")
 
 
 def _share(text: str) -> float:
@@ -51,8 +55,10 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if not Path(args.model).is_file():
         raise InputError(args.model, "model file not found")
-    device = resolve_device(args.device, key="--device")
-    precision = resolve_precision(args.precision, device, key="--precision")
+    # Options left out take the predict section's defaults from the schema.
+    settings = {**PREDICT_DEFAULTS, **{k: v for k, v in vars(args).items() if v is not None}}
+    device = resolve_device(settings["device"], key="--device")
+    precision = resolve_precision(settings["precision"], device, key="--precision")
     model = load_prediction_model(args.model, device=device)
     # How per-plane files of focal stacks are named: what a focal-context model needs.
     data_cfg = load_config(args.config)["data"] if args.config else None
@@ -61,11 +67,11 @@ def run_predict(args: argparse.Namespace) -> int:
         args.inputs,
         args.out,
         tile=args.tile,
-        overlap=args.overlap,
+        overlap=settings["overlap"],
         threshold=args.threshold,
-        instances=args.instances,
-        min_distance=args.min_distance,
-        min_area=args.min_area,
+        instances=settings["instances"],
+        min_distance=settings["min_distance"],
+        min_area=settings["min_area"],
         device=device,
         precision=precision,
         data_cfg=data_cfg,
@@ -151,9 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--overlap",
         type=_share,
-        default=0.5,
         metavar="F",
-        help="share of a tile its neighbour covers too; overlaps are blended (default: 0.5)",
+        help="share of a tile its neighbour covers too; overlaps are blended "
+        f"(default: {PREDICT_DEFAULTS['overlap']})",
     )
     predict.add_argument(
         "--threshold",
@@ -166,37 +172,35 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--instances",
         choices=["auto", "model", "cc", "watershed"],
-        default="auto",
         help="cells: the model's own instances where it has instance outputs, else "
-        "connected components (auto, default); model (its own, an error for a binary model); "
+        f"connected components (auto); default: {PREDICT_DEFAULTS['instances']}; model (its own, an error for a binary model); "
         "cc (connected components of the binary mask); watershed (a distance watershed "
         "of the binary mask that splits touching cells)",
     )
     predict.add_argument(
         "--min-distance",
         type=int,
-        default=10,
         metavar="N",
-        help="watershed: least distance between two cell centres, in pixels (default: 10)",
+        help="watershed: least distance between two cell centres, in pixels "
+        f"(default: {PREDICT_DEFAULTS['min_distance']})",
     )
     predict.add_argument(
         "--min-area",
         type=int,
-        default=0,
         metavar="N",
-        help="drop objects smaller than this many pixels (default: 0, keep all)",
+        help="drop objects smaller than this many pixels "
+        f"(default: {PREDICT_DEFAULTS['min_area']}; 0 keeps all)",
     )
     predict.add_argument(
         "--device",
-        default="auto",
         choices=["auto", "cuda", "mps", "cpu"],
-        help="torch device (default: auto = cuda, mps or cpu)",
+        help=f"torch device (default: {PREDICT_DEFAULTS['device']}; auto = cuda, mps or cpu)",
     )
     predict.add_argument(
         "--precision",
-        default="auto",
         choices=["auto", "fp32", "bf16", "fp16"],
-        help="autocast precision (default: auto = bf16 on CPUs with native bf16, fp16 on CUDA)",
+        help=f"autocast precision (default: {PREDICT_DEFAULTS['precision']}; auto = bf16 on "
+        "CPUs with native bf16, fp16 on CUDA)",
     )
     predict.add_argument(
         "--config",

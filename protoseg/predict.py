@@ -55,7 +55,9 @@ from skimage.morphology import remove_small_objects
 from skimage.segmentation import relabel_sequential, watershed
 from tqdm import tqdm
 
+from protoseg.config import complete_section
 from protoseg.dataset import DatasetRecord
+from protoseg.device import resolve_device, resolve_precision
 from protoseg.errors import InputError
 from protoseg.inference import predict_prepared
 from protoseg.io import (
@@ -384,17 +386,10 @@ def predict_files(
     images: list[str | Path],
     out_dir: str | Path,
     *,
-    tile: tuple[int, int] | None = None,
-    overlap: float = 0.5,
-    threshold: float | None = None,
-    instances: str = "auto",
-    min_distance: int = 10,
-    min_area: int = 0,
-    device: str = "cpu",
-    precision: str = "fp32",
     batch_size: int = 4,
     data_cfg: dict | None = None,
     progress: bool = True,
+    **settings,
 ) -> pd.DataFrame:
     """Segment each image file; write its outputs (:func:`output_paths`) and a summary.
 
@@ -409,7 +404,22 @@ def predict_files(
     the summary table (one row per image, or per page of a stack: image, height, width,
     cells, cell_fraction, threshold, instances, outputs; ``plane`` for a focal-context
     model: the file's z or the page's number), also written to ``out_dir/predictions.csv``.
+    ``settings``: keys of the config's ``predict`` section (``tile``, ``overlap``,
+    ``threshold``, ``instances``, ``min_distance``, ``min_area``, ``device``,
+    ``precision``); those left out take the schema's defaults.
     """
+    if settings.get("tile") is not None:
+        settings["tile"] = list(settings["tile"])  # the schema's array
+    settings = complete_section("predict", settings)
+    tile = tuple(settings["tile"]) if settings["tile"] else None
+    overlap, threshold, instances = (
+        settings["overlap"],
+        settings["threshold"],
+        settings["instances"],
+    )
+    min_distance, min_area = settings["min_distance"], settings["min_area"]
+    device = resolve_device(settings["device"], key="predict.device")
+    precision = resolve_precision(settings["precision"], device, key="predict.precision")
     if instances not in PREDICT_INSTANCES:
         raise ValueError(
             f"unknown instance method '{instances}'; use one of {', '.join(PREDICT_INSTANCES)}"
@@ -427,8 +437,6 @@ def predict_files(
         log.info("threshold %.2f (%s) from %s", threshold, model.threshold_source, model.name)
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must lie between 0 and 1, got {threshold}")
-    if not 0 <= overlap < 1:
-        raise ValueError(f"overlap is a share of the tile in [0, 1), got {overlap}")
     files = image_files(images)
     inputs = plan_inputs(files, model.context_planes, data_cfg, model.name)
     for item in inputs:

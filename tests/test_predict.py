@@ -12,7 +12,7 @@ import torch
 from skimage.draw import disk
 
 from protoseg import predict
-from protoseg.errors import InputError
+from protoseg.errors import ConfigError, InputError
 from protoseg.io import read_image
 
 torch.set_num_threads(1)
@@ -253,9 +253,10 @@ def test_five_channel_stack_is_refused(tmp_path):
 
 def test_bad_threshold_and_instance_method(tmp_path):
     model = make_model()
-    with pytest.raises(ValueError, match="threshold"):
+    # Checked against the schema's predict section, naming the key, before any image is read.
+    with pytest.raises(ConfigError, match=r"predict\.threshold"):
         predict.predict_files(model, [tmp_path], tmp_path / "out", threshold=1.5)
-    with pytest.raises(ValueError, match="instance method"):
+    with pytest.raises(ConfigError, match=r"predict\.instances.*mask-rcnn"):
         predict.predict_files(model, [tmp_path], tmp_path / "out", instances="mask-rcnn")
 
 
@@ -289,7 +290,7 @@ def test_watershed_keeps_tiny_objects_and_min_area_drops_them():
 
 
 def test_overlap_is_a_share_of_the_tile(tmp_path):
-    with pytest.raises(ValueError, match="overlap"):
+    with pytest.raises(ConfigError, match=r"predict\.overlap.*32"):
         predict.predict_files(make_model(), [tmp_path], tmp_path / "out", overlap=32)
 
 
