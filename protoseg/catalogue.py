@@ -25,6 +25,7 @@ the run there, with a message naming the file:
 
 from __future__ import annotations
 
+import os
 import re
 import string
 from pathlib import Path
@@ -36,11 +37,21 @@ from tqdm import tqdm
 from protoseg.config import complete_section
 from protoseg.errors import ConfigError, InputError
 from protoseg.io import IMAGE_SUFFIXES, read_image_axes
+from protoseg.stacks import (
+    SUFFIX_FORMATS,
+    PlaneAddress,
+    open_stack,
+    pixel_size_um,
+    resolve_format,
+)
 
 # ---------------------------------------------------------------- names (parse time)
 STUDY_PATTERN = r"^day(?P<day>\d+)t(?P<time>\d+)c(?P<channel>\d+)xy(?P<xy>\d+)z(?P<z>\d+)\.tiff?$"
 STUDY_STATE_FORMAT = "day{day}t{time}xy{xy}"
 REQUIRED_GROUPS = ("channel", "z")
+# Fields a microscope container gives each of its planes, for data.state_format: the scene
+# (stage position) and time point indices, from 0.
+CONTAINER_FIELDS = ("scene", "t")
 
 
 def parse_value(text: object) -> int | str:
@@ -57,13 +68,19 @@ def state_fields(state_format: str) -> list[str]:
         raise ConfigError("data.state_format", f"not a valid format string: {error}") from error
 
 
-def compile_pattern(pattern: str, state_format: str) -> re.Pattern:
-    """Compile ``data.pattern`` and check it has every group the workflow needs."""
+def compile_pattern(pattern: str, state_format: str, containers: bool = False) -> re.Pattern:
+    """Compile ``data.pattern`` and check it has every group the workflow needs: channel,
+    z and every field of ``data.state_format``; for microscope ``containers`` (files with
+    their own Z and C axes) channel and z may come from the file instead, and the state's
+    ``scene`` and ``t`` always do."""
     try:
         regex = re.compile(pattern)
     except re.error as error:
         raise ConfigError("data.pattern", f"not a valid regular expression: {error}") from error
-    needed = list(REQUIRED_GROUPS) + state_fields(state_format)
+    given = CONTAINER_FIELDS if containers else ()
+    needed = [field for field in state_fields(state_format) if field not in given]
+    if not containers:
+        needed = list(REQUIRED_GROUPS) + needed
     missing = [group for group in needed if group not in regex.groupindex]
     if missing:
         raise ConfigError(
@@ -71,7 +88,123 @@ def compile_pattern(pattern: str, state_format: str) -> re.Pattern:
             f"needs the named group(s) {missing} (channel and z, plus every field of "
             f"data.state_format '{state_format}'); it has {sorted(regex.groupindex)}",
         )
+    clash = [group for group in CONTAINER_FIELDS if containers and group in regex.groupindex]
+    if clash:
+        raise ConfigError(
+            "data.pattern",
+            f"group(s) {clash} would hide the container's own scene and time point indices "
+            "(data.state_format can use {scene} and {t}); rename them",
+        )
     return regex
+
+
+def reads_containers(data_cfg: dict) -> bool:
+    """Whether the raw images are microscope containers (a file per stack, with its own Z
+    and C axes): ``data.format`` names a container format, or it is ``auto`` and
+    ``data.pattern`` lacks a channel or z group (the file must then give them)."""
+    if data_cfg.get("format", "auto") != "auto":
+        return True
+    try:
+        groups = set(re.compile(data_cfg["pattern"]).groupindex)
+    except re.error:
+        return False  # compile_pattern says what is wrong
+    return not set(REQUIRED_GROUPS) <= groups
+
+
+def container_rows(path: Path, fields: dict, data_cfg: dict) -> list[dict]:
+    """One record per plane and configured channel of every scene and time point of a
+    microscope container, from its metadata (no pixel is read).
+
+    Each record's ``path`` is the plane's address (:class:`protoseg.stacks.PlaneAddress`),
+    ``file`` the container. ``z`` is the plane number ``data.planes`` gives the Z index
+    (one number per index, in order) unless the name gives it (then the file holds one
+    plane); channels are ``data.channels`` keys, each a channel name of the file or else
+    its index from 0 (a file named with its channel holds one). ``pixel_size``: the file's,
+    else ``data.pixel_size``. A file that holds none of these is an :class:`InputError`
+    naming it.
+    """
+    data_format = data_cfg.get("format", "auto")
+    resolved = resolve_format(path, data_format)
+    if resolved is None:
+        raise InputError(
+            path,
+            "holds a single plane, but data.pattern has no "
+            + " and no ".join(group for group in REQUIRED_GROUPS if group not in fields)
+            + " group: name each plane's file with its channel and z, or give a z-stack "
+            "file (OME-TIFF, OME-Zarr, ND2, CZI, LIF, multi-page TIFF) per state",
+        )
+    stack = open_stack(path, resolved)
+    planes = [int(z) for z in data_cfg["planes"]]
+    rows = []
+    for scene in range(len(stack.scenes)):
+        info = stack.info(scene)
+        where = f" in scene '{info.scene_name}'" if len(stack.scenes) > 1 else ""
+        if "z" in fields:
+            if info.planes != 1:
+                raise InputError(
+                    path,
+                    f"its name gives plane z{fields['z']}, but it holds {info.planes} focal "
+                    f"planes (Z){where}; drop the z group from data.pattern to number the "
+                    "file's planes with data.planes",
+                )
+            plane_numbers = {0: fields["z"]}
+        else:
+            if info.planes != len(planes):
+                fewer = info.planes < len(planes)
+                raise InputError(
+                    path,
+                    f"holds {info.planes} focal plane(s) (Z){where}, but data.planes lists "
+                    f"{len(planes)} ({', '.join(f'z{z}' for z in planes)})"
+                    + (
+                        ""
+                        if fewer
+                        else "; list one plane number per Z index, in order (data.planes)"
+                    ),
+                )
+            plane_numbers = dict(enumerate(planes))
+        if "channel" in fields:
+            if len(info.channels) != 1:
+                raise InputError(
+                    path,
+                    f"its name gives channel '{fields['channel']}', but it holds "
+                    f"{len(info.channels)} channels ({', '.join(map(repr, info.channels))}); "
+                    "drop the channel group from data.pattern to map the file's channels "
+                    "with data.channels",
+                )
+            chosen = {0: fields["channel"]}
+        else:
+            chosen = {}
+            for key in data_cfg["channels"]:
+                chosen[stack.channel_index(str(key), scene)] = key
+        size = pixel_size_um(info, data_cfg.get("pixel_size"), key="data.pixel_size")
+        for t in range(info.times):
+            for z_index, z in plane_numbers.items():
+                for c_index, channel in sorted(chosen.items()):
+                    address = PlaneAddress(str(path), resolved, scene, t, z_index, c_index)
+                    rows.append(
+                        {
+                            **fields,
+                            "path": str(address),
+                            "file": str(path),
+                            "scene": scene,
+                            "t": t,
+                            "z": z,
+                            "channel": channel,
+                            "pixel_size": size,
+                        }
+                    )
+    return rows
+
+
+def image_files(raw_dir: Path) -> list[Path]:
+    """Every file below ``raw_dir``, an OME-Zarr folder (``*.zarr``) counting as one file."""
+    found = []
+    for root, folders, files in os.walk(raw_dir):
+        zarr = [name for name in folders if name.lower().endswith(".zarr")]
+        found += [Path(root) / name for name in zarr]
+        folders[:] = [name for name in folders if name not in zarr]
+        found += [Path(root) / name for name in files]
+    return sorted(found)
 
 
 def format_state(fields: dict, state_format: str) -> str:
@@ -92,6 +225,9 @@ def _finish_records(rows: list[dict], data_cfg: dict, source: str | Path) -> pd.
     channels = data_cfg["channels"]
     planes = {int(z) for z in data_cfg["planes"]}
     for row in rows:
+        # An ordinary image is its own file; its pixel size is the config's (or unknown).
+        row.setdefault("file", row["path"])
+        row.setdefault("pixel_size", data_cfg.get("pixel_size"))
         key = channel_key(row["channel"], channels)
         if key is None:
             raise InputError(
@@ -108,7 +244,15 @@ def _finish_records(rows: list[dict], data_cfg: dict, source: str | Path) -> pd.
                 f"focal plane z{row['z']} is not in data.planes {sorted(planes)} "
                 "(add it there, or skip the file with a data.ignore pattern)",
             )
-        row["state"] = format_state(row, data_cfg["state_format"])
+        try:
+            row["state"] = format_state(row, data_cfg["state_format"])
+        except KeyError as error:
+            raise InputError(
+                row["path"],
+                f"data.state_format '{data_cfg['state_format']}' uses {{{error.args[0]}}}, "
+                "which neither data.pattern nor the file gives (scene and t come from "
+                "microscope containers only)",
+            ) from error
     if not rows:
         raise InputError(source, "no images found (check data.raw_dir and data.pattern)")
     records = pd.DataFrame(rows)
@@ -116,10 +260,17 @@ def _finish_records(rows: list[dict], data_cfg: dict, source: str | Path) -> pd.
     if duplicated.any():
         clash = records[duplicated].sort_values(["state", "channel", "z"]).head(2)
         first, second = clash["path"].tolist()
+        files = clash["file"].tolist() if "file" in clash else [first, second]
+        hint = (
+            ": its scenes or time points need their own states (add {scene} and {t} to "
+            "data.state_format)"
+            if files[0] == files[1] and first != second
+            else ""
+        )
         raise InputError(
             second,
             f"same state ({clash['state'].iloc[0]}), channel ({clash['channel'].iloc[0]}) and plane "
-            f"(z{clash['z'].iloc[0]}) as {first}",
+            f"(z{clash['z'].iloc[0]}) as {first}{hint}",
         )
     return records.sort_values(["state", "channel", "z"], ignore_index=True)
 
@@ -133,7 +284,8 @@ def scan_folder(raw_dir: str | Path, data_cfg: dict) -> pd.DataFrame:
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
         raise InputError(raw_dir, "data.raw_dir folder not found")
-    compile_pattern(data_cfg["pattern"], data_cfg["state_format"])  # config errors first
+    # config errors first
+    compile_pattern(data_cfg["pattern"], data_cfg["state_format"], reads_containers(data_cfg))
     ignore = []
     for expression in complete_section("data", data_cfg)["ignore"]:
         try:
@@ -143,7 +295,7 @@ def scan_folder(raw_dir: str | Path, data_cfg: dict) -> pd.DataFrame:
                 "data.ignore", f"'{expression}' is not a valid regular expression: {error}"
             ) from error
     paths = []
-    for path in sorted(p for p in raw_dir.rglob("*") if p.is_file()):
+    for path in image_files(raw_dir):
         relpath = path.relative_to(raw_dir).as_posix()
         if not any(expression.search(relpath) for expression in ignore):
             paths.append(path)
@@ -152,7 +304,8 @@ def scan_folder(raw_dir: str | Path, data_cfg: dict) -> pd.DataFrame:
 
 def parse_paths(paths: list[str | Path], raw_dir: str | Path, data_cfg: dict) -> pd.DataFrame:
     """Records of the given image files, parsed by their path relative to ``raw_dir``."""
-    regex = compile_pattern(data_cfg["pattern"], data_cfg["state_format"])
+    containers = reads_containers(data_cfg)
+    regex = compile_pattern(data_cfg["pattern"], data_cfg["state_format"], containers)
     rows = []
     for path in map(Path, paths):
         relpath = (
@@ -160,11 +313,10 @@ def parse_paths(paths: list[str | Path], raw_dir: str | Path, data_cfg: dict) ->
         )
         match = regex.search(relpath)
         if match is None:
-            hint = (
-                ""
-                if path.suffix.lower() in IMAGE_SUFFIXES
-                else " (not an image? skip it with data.ignore)"
+            known = path.suffix.lower() in IMAGE_SUFFIXES or any(
+                path.name.lower().endswith(suffix) for suffix in SUFFIX_FORMATS
             )
+            hint = "" if known else " (not an image? skip it with data.ignore)"
             raise InputError(
                 path, f"name does not match data.pattern '{data_cfg['pattern']}'{hint}"
             )
@@ -173,7 +325,10 @@ def parse_paths(paths: list[str | Path], raw_dir: str | Path, data_cfg: dict) ->
             for name, value in match.groupdict().items()
             if value is not None
         }
-        rows.append({"path": str(path), **fields})
+        if containers:
+            rows += container_rows(path, fields, data_cfg)
+        else:
+            rows.append({"path": str(path), **fields})
     return _finish_records(rows, data_cfg, raw_dir)
 
 
@@ -346,6 +501,8 @@ STANDARD_COLUMNS = [
     "width",
     "channels",
     "dtype",
+    "pixel_size",
+    "file",
 ]
 # Channel counts of a plane: greyscale, RGB, RGBA.
 CHANNEL_COUNTS = (1, 3, 4)
@@ -385,8 +542,10 @@ def plane_layout(path: str | Path, shape: tuple[int, ...], axes: str) -> tuple[i
         planes = int(np.prod([size for _, size in extra]))
         problem = (
             f"a stack of {planes} planes of {sizes['Y']} x {sizes['X']} pixels ({described}), "
-            "e.g. a z-stack or multi-page TIFF. protoseg reads one focal plane per file: save "
-            "each plane as its own file, named with its z (docs/troubleshooting.md)"
+            "e.g. a z-stack or multi-page TIFF. Its name gives its plane (data.pattern has a z "
+            "group), so protoseg reads one plane from it: save each plane as its own file, "
+            "or read the file as a stack, its planes numbered by data.planes, with a "
+            "data.pattern without z and channel groups (docs/troubleshooting.md)"
         )
         if len(shape) == 3 and shape[-1] not in CHANNEL_COUNTS and shape[-1] <= 4:
             # tifffile writes an H x W x 2 array as H pages of W x 2: say both readings.
@@ -483,7 +642,7 @@ def build_catalogue(
     if data_cfg.get("sample_sheet"):
         # The sheet, not the names, says what each file is.
         records = read_sample_sheet(data_cfg["sample_sheet"], data_cfg, raw_dir)
-        records = records[records["path"].isin([str(path) for path in paths])].reset_index(
+        records = records[records["file"].isin([str(path) for path in paths])].reset_index(
             drop=True
         )
     else:

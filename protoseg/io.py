@@ -198,11 +198,19 @@ def _current_umask() -> int:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Read a TIFF or PNG/JPEG image as it is stored (RGB order for colour images).
+    """Read a TIFF or PNG/JPEG image as it is stored (RGB order for colour images), or one
+    plane of a microscope container given by its address (``FILE::FORMAT:s0:t0:z3:c1``, the
+    catalogue's ``path`` of a container's plane: :class:`protoseg.stacks.PlaneAddress`).
 
     Raises :class:`InputError` naming the file when it is missing, unreadable or
     truncated.
     """
+    if "::" in str(path):
+        from protoseg.stacks import PlaneAddress, read_address
+
+        address = PlaneAddress.parse(path)
+        if address is not None:
+            return read_address(address)
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "file not found")

@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -472,3 +474,71 @@ def pixel_size_um(
             + ", but a size in micrometres was asked for",
         )
     return size
+
+
+# ---------------------------------------------------------------- one plane of a container
+# A plane's address is the text ``FILE::FORMAT:sSCENE:tT:zZ:cC`` (indices from 0). The
+# catalogue's ``path`` column holds it for a container's planes (a plain path for an
+# ordinary image), so every stage that reads a raw image reads a plane of a container
+# through the same :func:`protoseg.io.read_image` call.
+ADDRESS = re.compile(
+    r"^(?P<file>.+)::(?P<format>[a-z0-9-]+):s(?P<scene>\d+):t(?P<t>\d+):z(?P<z>\d+):c(?P<c>\d+)$"
+)
+# Containers kept open between plane reads (a job reads a state's planes one after another).
+OPEN_STACKS = 4
+_open: OrderedDict[tuple[str, str], Stack] = OrderedDict()
+
+
+@dataclass(frozen=True)
+class PlaneAddress:
+    """Where one plane lies in a container: file, format, scene, time point, Z and C index."""
+
+    file: str
+    format: str
+    scene: int
+    t: int
+    z: int
+    c: int
+
+    def __str__(self) -> str:
+        return f"{self.file}::{self.format}:s{self.scene}:t{self.t}:z{self.z}:c{self.c}"
+
+    @classmethod
+    def parse(cls, text: str | Path) -> PlaneAddress | None:
+        """The address written in ``text``, or None for a plain file path."""
+        match = ADDRESS.match(str(text))
+        if match is None or match["format"] not in PLUGINS:
+            return None
+        fields = match.groupdict()
+        return cls(
+            file=fields["file"],
+            format=fields["format"],
+            **{key: int(fields[key]) for key in ("scene", "t", "z", "c")},
+        )
+
+
+def source_file(source: str | Path) -> str:
+    """The file on disk behind a catalogue ``path``: a plane address's container, or the
+    path itself (what Snakemake must see as a rule's input)."""
+    address = PlaneAddress.parse(source)
+    return str(source) if address is None else address.file
+
+
+def open_stack(path: str | Path, data_format: str) -> Stack:
+    """A :class:`Stack` of ``path``, kept open for the next reads (the last few files)."""
+    key = (str(path), data_format)
+    if key in _open:
+        _open.move_to_end(key)
+        return _open[key]
+    stack = Stack(path, data_format)
+    _open[key] = stack
+    while len(_open) > OPEN_STACKS:
+        _open.popitem(last=False)[1].close()
+    return stack
+
+
+def read_address(address: PlaneAddress) -> np.ndarray:
+    """The plane at ``address``: (Y, X), or (Y, X, S) for colour samples."""
+    return open_stack(address.file, address.format).read_plane(
+        z=address.z, channel=address.c, t=address.t, scene=address.scene
+    )

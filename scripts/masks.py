@@ -14,7 +14,7 @@ if get_method(masks_cfg["method"]).uses_sam:
     torch.set_num_threads(snakemake.threads)
 
 make_state_masks(
-    list(snakemake.input.images),
+    list(snakemake.params.images),
     list(snakemake.output),
     method=masks_cfg["method"],
     masks_cfg=masks_cfg,

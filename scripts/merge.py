@@ -8,7 +8,7 @@ log = log_to_file(snakemake.log[0])
 from protoseg.merge import merge_state_files  # noqa: E402 - after the log is set up
 
 planes = list(snakemake.params.planes)
-images = list(snakemake.input.images)  # modality by modality, each in plane order
+images = list(snakemake.params.images)  # modality by modality, each in plane order
 modalities = list(snakemake.params.modalities)
 merge_state_files(
     list(snakemake.input.planes),

@@ -23,6 +23,7 @@ from skimage.segmentation import relabel_sequential
 from protoseg.errors import ConfigError, InputError
 from protoseg.io import read_image
 from protoseg.masks import MaskMethod, register_method
+from protoseg.stacks import source_file
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ def import_path(
     try:
         image_fields = {}
         if image_path is not None:
-            image_path = Path(image_path)
+            image_path = Path(source_file(image_path))  # a container's plane: its file
             image_fields = {
                 "image_dir": str(image_path.parent),
                 "stem": image_path.stem,

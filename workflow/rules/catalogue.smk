@@ -3,7 +3,7 @@ CATALOGUE = f"{RESULTS}/catalogue.csv"
 
 rule catalogue:
     input:
-        images=RECORDS["path"].tolist(),
+        images=image_files(RECORDS["path"]),
     output:
         CATALOGUE,
     log:

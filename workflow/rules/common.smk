@@ -11,6 +11,7 @@ from protoseg.catalogue import (
     states_in_split,
 )
 from protoseg.config import validate
+from protoseg.stacks import source_file
 
 # Checked against workflow/schemas/config.schema.yaml, whose defaults fill in every key
 # left out (the one place defaults live), so rules and scripts read keys directly.
@@ -57,13 +58,19 @@ def get_split_states(split):
 
 
 def raw_image(state, modality, z):
-    """Path of the raw image of one state, modality and plane."""
+    """Path of the raw image of one state, modality and plane: the file, or the address of
+    the plane in a microscope container (what protoseg.io.read_image reads)."""
     return lookup(RECORDS, state=state, modality=modality, z=int(z))
 
 
 def state_images(state, modality):
     """Paths of one state's images of one modality, ordered by plane."""
     return [raw_image(state, modality, z) for z in PLANES]
+
+
+def image_files(images):
+    """The files on disk behind raw image paths (a container once), a rule's input."""
+    return sorted({source_file(image) for image in images})
 
 
 def log_path(step, name="{state}"):

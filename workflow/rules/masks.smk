@@ -10,7 +10,9 @@ USES_SAM = get_method(MASKS["method"]).uses_sam
 rule masks:
     input:
         catalogue=CATALOGUE,  # the catalogue's checks (shapes, completeness) come first
-        images=lambda wildcards: state_images(wildcards.state, MASKS["modality"]),
+        images=lambda wildcards: image_files(
+            state_images(wildcards.state, MASKS["modality"])
+        ),
         # the prompts CSV (sam-prompted) or the state's mask files (import)
         method_inputs=lambda wildcards: method_inputs(
             MASKS,
@@ -32,6 +34,8 @@ rule masks:
         mem_mb=16000 if USES_SAM else 4000,
         runtime=240 if USES_SAM else 30,
     params:
+        # each plane's image: its file, or its address in a microscope container
+        images=lambda wildcards: state_images(wildcards.state, MASKS["modality"]),
         masks=MASKS,
         planes=PLANES,
         states=STATES,

@@ -14,9 +14,9 @@ QC_MODALITIES = [config["masks"]["modality"]] + [
 rule merge:
     input:
         planes=expand(PLANE_MASK, z=PLANES, allow_missing=True),
-        images=lambda wildcards: [
+        images=lambda wildcards: image_files(
             path for m in QC_MODALITIES for path in state_images(wildcards.state, m)
-        ],
+        ),
     output:
         state=STATE_MASK,
         per_z=expand(PER_Z_MASK, z=PLANES, allow_missing=True),
@@ -38,6 +38,10 @@ rule merge:
         mem_mb=4000,
         runtime=30,
     params:
+        # modality by modality, each in plane order (files, or planes of a container)
+        images=lambda wildcards: [
+            path for m in QC_MODALITIES for path in state_images(wildcards.state, m)
+        ],
         merge=config["merge"],
         planes=PLANES,
         modalities=QC_MODALITIES,

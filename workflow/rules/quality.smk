@@ -36,13 +36,11 @@ if TRUTH_DIR:
 
     rule quality:
         input:
-            sorted(
-                {
-                    pair[key]
-                    for pair in QUALITY_PAIRS
-                    for key in ("prediction", "truth", "image")
-                    if key in pair
-                }
+            image_files(
+                pair[key]
+                for pair in QUALITY_PAIRS
+                for key in ("prediction", "truth", "image")
+                if key in pair
             ),
         output:
             csv=QUALITY_CSV,
