@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Iterable
 from numbers import Number
 
+import numpy as np
 import pandas as pd
 
 from protoseg.catalogue import parse_value
@@ -133,6 +134,36 @@ def check_split(split_cfg: dict, records: pd.DataFrame) -> None:
             f"no image is left for training: split.test and split.validation take every "
             f"{key} ({shown})",
         )
+
+
+def check_pixel_sizes(dataset_cfg: dict, records: pd.DataFrame) -> None:
+    """With a cell diameter in micrometres (``dataset.cell_diameter_um``), every image needs
+    a pixel size (its file's or ``data.pixel_size``) that gives a sane rescale factor; the
+    first that has none, or an absurd one, is named before any job starts."""
+    from protoseg.dataset import check_image_scale, model_pixel_size
+    from protoseg.errors import InputError
+
+    dataset_cfg = complete_section("dataset", dataset_cfg)
+    model_size = model_pixel_size(dataset_cfg)
+    if model_size is None:
+        return
+    if dataset_cfg["geometry"] != "patches":
+        raise ConfigError(
+            "dataset.cell_diameter_um",
+            "needs the patches geometry (the resize geometry resizes every image to "
+            "dataset.size whatever its pixel size)",
+        )
+    sizes = pd.to_numeric(records.get("pixel_size", pd.Series(np.nan, index=records.index)))
+    unknown = records[sizes.isna()]
+    if len(unknown):
+        raise InputError(
+            unknown["path"].iloc[0],
+            f"states no pixel size and data.pixel_size is not set, but "
+            f"dataset.cell_diameter_um ({dataset_cfg['cell_diameter_um']} um) needs each "
+            f"image's micrometres per pixel ({len(unknown)} image(s) without one)",
+        )
+    for path, size in zip(records["path"], sizes, strict=True):
+        check_image_scale(float(size) / model_size, path, float(size))
 
 
 def _order(value: int | str) -> tuple[bool, int | str]:

@@ -198,6 +198,10 @@ def plan_samples(
             "z": chosen["z"].astype(int).to_numpy(),
             "modality": chosen["modality"].to_numpy(),
             "channel": chosen["channel"].to_numpy() if "channel" in chosen else "",
+            # micrometres per pixel (NaN where unknown): a model in micrometres rescales by it
+            "pixel_size": pd.to_numeric(chosen["pixel_size"]).to_numpy()
+            if "pixel_size" in chosen
+            else np.nan,
         }
     )
     if key not in samples.columns:
@@ -269,6 +273,12 @@ class DatasetRecord:
     target_diameter: float | None = None
     # The raw images' sizes [height, width], each once: what a model was trained from.
     source_sizes: tuple[tuple[int, int], ...] = ()
+    # Typical cell diameter in micrometres (dataset.cell_diameter_um), when given.
+    cell_diameter_um: float | None = None
+    # The raw images' pixel sizes (micrometres, each once; empty when unknown) and pixel
+    # types, so a model's file says what microscopes and cameras it learnt from.
+    source_pixel_sizes: tuple[float, ...] = ()
+    source_dtypes: tuple[str, ...] = ()
 
     @property
     def plane_channels(self) -> int:
@@ -300,6 +310,9 @@ class DatasetRecord:
             "cell_diameter": self.cell_diameter,
             "target_diameter": self.target_diameter,
             "source_sizes": [list(size) for size in self.source_sizes],
+            "cell_diameter_um": self.cell_diameter_um,
+            "source_pixel_sizes": list(self.source_pixel_sizes),
+            "source_dtypes": list(self.source_dtypes),
         }
         # Plain keys that older readers and people look for first.
         values["geometry"] = self.geometry
@@ -331,6 +344,9 @@ class DatasetRecord:
                 source_sizes=tuple(
                     tuple(int(v) for v in size) for size in values.get("source_sizes", [])
                 ),
+                cell_diameter_um=values.get("cell_diameter_um"),
+                source_pixel_sizes=tuple(float(v) for v in values.get("source_pixel_sizes", [])),
+                source_dtypes=tuple(str(v) for v in values.get("source_dtypes", [])),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise InputError(
@@ -361,13 +377,47 @@ def preprocessing_from_config(dataset_cfg: dict) -> tuple[Preprocessing, tuple |
         size = tuple(int(v) for v in dataset_cfg["size"])
         prep = Preprocessing(geometry, colour, normalise, percentiles, size, None, size)
         return prep, None
+    patch = tuple(int(v) for v in dataset_cfg["patch_size"])
+    pixel_size = model_pixel_size(dataset_cfg)
+    if pixel_size is not None:
+        # Each image's own factor: its pixel size over the model's (checked per image).
+        prep = Preprocessing(
+            geometry, colour, normalise, percentiles, None, None, patch, pixel_size=pixel_size
+        )
+        return prep, patch
     scale = dataset_scale(
         dataset_cfg["scale"], dataset_cfg["cell_diameter"], dataset_cfg["target_diameter"]
     )
-    patch = tuple(int(v) for v in dataset_cfg["patch_size"])
-    # A U-Net of depth d halves the size d times; sizes that divide evenly keep tiles aligned.
     prep = Preprocessing(geometry, colour, normalise, percentiles, None, scale, patch)
     return prep, patch
+
+
+def model_pixel_size(dataset_cfg: dict) -> float | None:
+    """Micrometres per pixel the model works at, ``cell_diameter_um / target_diameter``
+    (cells of that diameter then span ``target_diameter`` pixels, whatever the microscope's
+    magnification), or None when no diameter in micrometres is given."""
+    diameter_um = dataset_cfg.get("cell_diameter_um")
+    if diameter_um is None:
+        return None
+    for key in ("scale", "cell_diameter"):
+        if dataset_cfg.get(key) is not None:
+            raise ConfigError(
+                f"dataset.{key}",
+                "give one of dataset.scale, dataset.cell_diameter (pixels) and "
+                "dataset.cell_diameter_um (micrometres), not several",
+            )
+    return float(diameter_um) / float(dataset_cfg["target_diameter"])
+
+
+def check_image_scale(scale: float, source: object, pixel_size: float) -> None:
+    """An image's rescale factor from its pixel size must be one a microscope gives."""
+    if not np.isfinite(scale) or not MIN_SCALE <= scale <= MAX_SCALE:
+        raise InputError(
+            source,
+            f"pixel size {pixel_size:.4g} um gives a rescale factor of {scale:.4g} for "
+            f"dataset.cell_diameter_um, outside {MIN_SCALE}..{MAX_SCALE}: is the pixel size "
+            "in micrometres?",
+        )
 
 
 def dataset_scale(
@@ -495,13 +545,23 @@ def build_dataset(
     prepared: OrderedDict[str, tuple[tuple[int, int], np.ndarray]] = OrderedDict()
     keep = (2 * context_planes + 2) * len(set(samples["modality"])) if context_planes else 0
 
+    pixel_sizes = (
+        dict(zip(catalogue["path"].astype(str), catalogue.get("pixel_size", np.nan), strict=True))
+        if "pixel_size" in catalogue
+        else {}
+    )
+
     def prepare(path: str) -> tuple[tuple[int, int], np.ndarray]:
         """(raw height and width, prepared image) of one image file."""
         if path in prepared:
             prepared.move_to_end(path)
             return prepared[path]
         raw = read_image(path)
-        entry = (tuple(raw.shape[:2]), prepare_image(raw, prep, path))
+        pixel_size = pixel_sizes.get(path)
+        pixel_size = None if pixel_size is None or pd.isna(pixel_size) else float(pixel_size)
+        if prep.pixel_size is not None:
+            check_image_scale(prep.scale_for(pixel_size, path), path, pixel_size)
+        entry = (tuple(raw.shape[:2]), prepare_image(raw, prep, path, pixel_size))
         if keep:
             prepared[path] = entry
             while len(prepared) > keep:
@@ -611,12 +671,14 @@ def build_dataset(
         )
     if padded:
         log.warning(
-            "%d image(s) of %s are smaller than the %s patch at scale %.3g; training pads them "
-            "(mirrored) to the patch size",
+            "%d image(s) of %s are smaller than the %s patch at the training scale (%s); "
+            "training pads them (mirrored) to the patch size",
             padded,
             variant,
             list(patch),
-            prep.scale,
+            f"{prep.pixel_size:.4g} um per pixel"
+            if prep.pixel_size is not None
+            else f"scale {prep.scale:.3g}",
         )
     record = DatasetRecord(
         variant=variant,
@@ -635,9 +697,18 @@ def build_dataset(
         context_planes=context_planes,
         cell_diameter=dataset_cfg.get("cell_diameter"),
         target_diameter=dataset_cfg.get("target_diameter")
-        if dataset_cfg.get("cell_diameter")
+        if dataset_cfg.get("cell_diameter") or dataset_cfg.get("cell_diameter_um")
         else None,
         source_sizes=tuple(sorted(set(zip(columns["height"], columns["width"], strict=True)))),
+        cell_diameter_um=dataset_cfg.get("cell_diameter_um"),
+        source_pixel_sizes=tuple(
+            sorted({round(float(size), 6) for size in samples["pixel_size"] if pd.notna(size)})
+        ),
+        source_dtypes=tuple(
+            sorted(set(catalogue.loc[catalogue["modality"].isin(modalities), "dtype"].astype(str)))
+            if "dtype" in catalogue
+            else ()
+        ),
     )
     write_text(dataset_dir / INFO_NAME, json.dumps(record.to_dict(), indent=2) + "\n")
     write_csv(dataset_dir / MANIFEST_NAME, manifest)

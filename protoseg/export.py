@@ -67,7 +67,8 @@ INPUT_DTYPES = tuple(DTYPE_GAIN)
 LICENSE = "CC-BY-4.0"
 STUDY = (
     'Munteanu, A. M. "Automatic segmentation of microscopic cell images". TScIT 41, '
-    "University of Twente, July 2024 (the study protoseg reproduces).",
+    "University of Twente, July 2024 (the study protoseg reproduces; in the university's "
+    "student essay repository).",
     "https://essay.utwente.nl/",
 )
 UNET = (
@@ -137,7 +138,14 @@ def plan_export(
             "assembles neighbouring planes"
         )
     fixed_size = None
-    if prep.geometry == "patches" and not math.isclose(float(prep.scale), 1.0):
+    if prep.geometry == "patches" and prep.pixel_size is not None:
+        problems.append(
+            f"it rescales each image by its own pixel size to {prep.pixel_size:.4g} um per "
+            "pixel (dataset.cell_diameter_um); bioimage.io preprocessing cannot resize, so "
+            "the package would see cells at the wrong size (rescale the images to that pixel "
+            "size first, or train with dataset.scale 1)"
+        )
+    elif prep.geometry == "patches" and not math.isclose(float(prep.scale), 1.0):
         problems.append(
             f"it sees every image rescaled by {float(prep.scale):.4g} (dataset.scale or "
             "cell_diameter); bioimage.io preprocessing cannot resize, so the package would "

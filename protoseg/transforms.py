@@ -191,6 +191,10 @@ class Preprocessing:
     ``geometry``: ``resize`` (the study: every whole image to ``size``) or ``patches``
     (every image rescaled by ``scale``, so cells keep one size; trained on patches).
     ``tile``: the window the network sees at once in inference ([height, width]).
+    ``pixel_size``: with a cell diameter in micrometres (``dataset.cell_diameter_um``), the
+    micrometres per pixel the model works at; each image is then rescaled by its own pixel
+    size over this one (``scale`` is None), so images of different magnifications show
+    cells at one size.
     """
 
     geometry: str
@@ -200,15 +204,34 @@ class Preprocessing:
     size: tuple[int, int] | None  # resize geometry
     scale: float | None  # patches geometry
     tile: tuple[int, int]
+    pixel_size: float | None = None  # patches geometry in micrometres
 
     @property
     def channels(self) -> int:
         return 3 if self.colour == "rgb" else 1
 
-    def shape_at_training_scale(self, height: int, width: int) -> tuple[int, int]:
+    def scale_for(self, pixel_size: float | None = None, source: object = "image") -> float:
+        """The patches geometry's rescale factor of an image of ``pixel_size`` micrometres per
+        pixel: the model's one ``scale``, or the image's pixel size over the model's. An
+        image of unknown pixel size for a model that works in micrometres is an
+        :class:`InputError` naming ``source``."""
+        if self.pixel_size is None:
+            return float(self.scale)
+        if pixel_size is None or not np.isfinite(pixel_size) or pixel_size <= 0:
+            raise InputError(
+                source,
+                f"no pixel size known, but the model works at {self.pixel_size:.4g} um per "
+                "pixel (dataset.cell_diameter_um): give the file's pixel size in its metadata "
+                "or data.pixel_size",
+            )
+        return float(pixel_size) / float(self.pixel_size)
+
+    def shape_at_training_scale(
+        self, height: int, width: int, pixel_size: float | None = None, source: object = "image"
+    ) -> tuple[int, int]:
         if self.geometry == "resize":
             return int(self.size[0]), int(self.size[1])
-        return scaled_shape((height, width), float(self.scale))
+        return scaled_shape((height, width), self.scale_for(pixel_size, source))
 
     def to_dict(self) -> dict:
         return {
@@ -229,12 +252,16 @@ class Preprocessing:
             size=pair(values.get("size")),
             scale=None if values.get("scale") is None else float(values["scale"]),
             tile=tuple(int(v) for v in values["tile"]),
+            pixel_size=None if values.get("pixel_size") is None else float(values["pixel_size"]),
         )
 
 
-def prepare_image(raw: np.ndarray, prep: Preprocessing, source: object = "image") -> np.ndarray:
+def prepare_image(
+    raw: np.ndarray, prep: Preprocessing, source: object = "image", pixel_size: float | None = None
+) -> np.ndarray:
     """A raw image (as :func:`protoseg.io.read_image` returns it) as float32 model input
-    (C, H, W) at the training scale: intensity, colour, then geometry."""
+    (C, H, W) at the training scale: intensity, colour, then geometry. ``pixel_size``
+    (micrometres per pixel of the image) is needed by a model that works in micrometres."""
     unit = scale_to_unit(raw, source)
     if prep.normalise == "percentile":
         # Percentiles of the colour-converted image, so grey and RGB storage agree.
@@ -242,7 +269,7 @@ def prepare_image(raw: np.ndarray, prep: Preprocessing, source: object = "image"
         converted = normalise_percentiles(converted, prep.percentiles, source)
     else:
         converted = convert_colour(unit, prep.colour, source)
-    target = prep.shape_at_training_scale(*converted.shape[:2])
+    target = prep.shape_at_training_scale(*converted.shape[:2], pixel_size, source)
     if tuple(converted.shape[:2]) != target:
         converted = resize(converted, target)
     return np.ascontiguousarray(converted.transpose(2, 0, 1), dtype=np.float32)

@@ -20,6 +20,7 @@ from protoseg import catalogue
 from protoseg.config import validate
 from protoseg.errors import ConfigError, InputError
 from protoseg.io import read_image, write_tiff
+from protoseg.model import load_model
 from protoseg.stacks import FORMATS, PlaneAddress, source_file
 from tests.test_stacks import NAMES, PIXEL_UM, write_czi, write_ome_tiff, write_ome_zarr
 from tests.workflow_helpers import REPO, run_snakemake, tiny_config, write_project
@@ -285,6 +286,18 @@ def lookup_plane(group: pd.DataFrame, channel: str, z: int) -> str:
 @pytest.mark.slow
 def test_the_demo_runs_end_to_end_from_ome_tiff_stacks(tmp_path):
     planes_cfg, stacks_cfg = demo_as_stacks(tmp_path)
+    # Learnt at the cells' size in micrometres: 12.5 um cells (25 px at the stacks' 0.5 um)
+    # are 12 px at the training scale, so every image is rescaled by 0.48.
+    stacks_cfg["dataset"].update(
+        {
+            "geometry": "patches",
+            "cell_diameter_um": 12.5,
+            "target_diameter": 12,
+            "patch_size": [32, 32],
+            "normalise": "percentile",
+        }
+    )
+    stacks_cfg["train"].update({"samples_per_epoch": 16})
     from_stacks, from_planes = tmp_path / "run_stacks", tmp_path / "run_planes"
     write_project(from_stacks, stacks_cfg)
     write_project(from_planes, planes_cfg)
@@ -301,6 +314,15 @@ def test_the_demo_runs_end_to_end_from_ome_tiff_stacks(tmp_path):
     for mask in masks:
         twin = from_planes / mask.relative_to(from_stacks)
         np.testing.assert_array_equal(read_image(mask), read_image(twin))
+    # Each image rescaled by its pixel size over the model's (0.5 / (12.5 / 12)).
+    manifest = pd.read_csv(results / "datasets" / "brightfield" / "manifest.csv")
+    height = stacks_cfg["demo"]["height"]
+    assert set(manifest["stored_height"]) == {round(height * 0.48)}
+    _, meta = load_model(results / "models" / "brightfield-bce" / "model.pt")
+    record = meta["dataset"]
+    assert record["preprocessing"]["pixel_size"] == pytest.approx(12.5 / 12)
+    assert record["cell_diameter_um"] == 12.5 and record["source_pixel_sizes"] == [0.5]
+    assert record["source_dtypes"] == ["uint8"]
     # And on to the per-z tables.
     tables = sorted((results / "tables").glob("*.md"))
     assert tables, "no tables"

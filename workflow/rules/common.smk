@@ -40,6 +40,7 @@ else:
     TRUTH_DIR = config["quality"]["truth_dir"]
     RECORDS = records_from_config(config["data"], RAW_DIR)
 config_checks.check_split(config["split"], RECORDS)
+config_checks.check_pixel_sizes(config["dataset"], RECORDS)
 
 STATES = sorted(RECORDS["state"].unique())
 PLANES = [int(z) for z in config["data"]["planes"]]
