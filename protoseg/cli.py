@@ -60,7 +60,8 @@ def run_predict(args: argparse.Namespace) -> int:
     device = resolve_device(settings["device"], key="--device")
     precision = resolve_precision(settings["precision"], device, key="--precision")
     model = load_prediction_model(args.model, device=device)
-    # How per-plane files of focal stacks are named: what a focal-context model needs.
+    # How per-plane files of focal stacks are named (what a focal-context model needs),
+    # which channel of a container the model takes, and the pixel size of files without one.
     data_cfg = load_config(args.config)["data"] if args.config else None
     summary = predict_files(
         model,
@@ -74,6 +75,7 @@ def run_predict(args: argparse.Namespace) -> int:
         min_area=settings["min_area"],
         device=device,
         precision=precision,
+        format=settings["format"],
         data_cfg=data_cfg,
         progress=not args.quiet,
     )
@@ -138,13 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="segment new images with a trained model",
         description="Segment images of any size with a trained model (docs/predict.md). Writes "
-        "NAME_binary.tif, NAME_labels.tif, NAME_overlay.png per image and predictions.csv.",
+        "NAME_binary.tif, NAME_labels.tif (or NAME.ome.zarr with --format ome-zarr) and "
+        "NAME_overlay.png per image, and predictions.csv.",
     )
     predict.add_argument(
         "model", metavar="MODEL", help="a model.pt from results/models/{variant}-{loss}/"
     )
     predict.add_argument(
-        "inputs", metavar="INPUT", nargs="+", help="image files or folders of images"
+        "inputs",
+        metavar="INPUT",
+        nargs="+",
+        help="image files (TIFF, PNG, ...; microscope containers: OME-TIFF, OME-Zarr, ND2, "
+        "CZI, LIF) or folders of them",
     )
     predict.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
     predict.add_argument(
@@ -203,14 +210,23 @@ def build_parser() -> argparse.ArgumentParser:
         "CPUs with native bf16, fp16 on CUDA)",
     )
     predict.add_argument(
+        "--format",
+        choices=["tiff", "ome-zarr"],
+        help="outputs per image: binary and label TIFFs, or one OME-Zarr with the image and "
+        "its cells and mask as labels, scaled in micrometres "
+        f"(default: {PREDICT_DEFAULTS['format']})",
+    )
+    predict.add_argument(
         "--config",
         "-c",
         nargs="+",
         default=None,
         metavar="FILE",
         help="config file(s) whose data.pattern, data.channels and data.planes name the "
-        "per-plane files of focal stacks, for a focal-context model (context_planes > 0); "
-        "without it such a model takes multi-page TIFF stacks only",
+        "per-plane files of focal stacks, for a focal-context model (context_planes > 0; "
+        "without it such a model takes multi-page TIFFs and containers only); "
+        "data.channels also says which channel of a container the model takes, and "
+        "data.pixel_size the pixel size of files that state none",
     )
     predict.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
     predict.set_defaults(run=run_predict)

@@ -37,6 +37,21 @@ with its k neighbouring planes on each side, so it takes focal stacks (:func:`pl
   ``predictions.csv`` one row per page.
 
 A single image (one plane, not named by the pattern) is refused for such a model.
+
+Microscope containers (OME-TIFF, OME-Zarr, ND2, CZI, LIF; :mod:`protoseg.stacks`) are read
+through :class:`protoseg.stacks.Stack`: every scene and time point is one stack, segmented
+plane by plane (a focal-context model: each plane with its neighbours along Z) in the
+channel whose ``data.channels`` modality the model was trained on, or a single-channel
+file's only channel. Its outputs are named ``NAME_s{scene}_t{time}`` where the file has
+more than one scene or time point (only the axis that has more). Plain multi-page TIFFs
+keep :func:`protoseg.io.read_planes`: bioio-tifffile reads tifffile's unnamed page axis as
+Z for grey pages but as channels for colour ones, so it would change what a stack of RGB
+planes means.
+
+``predict.format: ome-zarr`` writes ``NAME.ome.zarr`` (:func:`write_ome_zarr`) instead of
+the two TIFFs: the input planes as the NGFF image, the instance labels as ``labels/cells``
+and the binary mask as ``labels/mask``, scaled in micrometres by the file's pixel size (or
+``data.pixel_size``), so napari opens image and labels together at the right scale.
 """
 
 from __future__ import annotations
@@ -58,10 +73,11 @@ from tqdm import tqdm
 from protoseg.config import complete_section
 from protoseg.dataset import DatasetRecord
 from protoseg.device import resolve_device, resolve_precision
-from protoseg.errors import InputError
+from protoseg.errors import ConfigError, InputError
 from protoseg.inference import predict_prepared
 from protoseg.io import (
     IMAGE_SUFFIXES,
+    atomic_dir,
     image_header,
     read_image,
     read_planes,
@@ -70,6 +86,7 @@ from protoseg.io import (
     write_tiff,
 )
 from protoseg.qc import outline
+from protoseg.stacks import SUFFIX_FORMATS, Stack, StackInfo, pixel_size_um, resolve_format
 from protoseg.transforms import (
     Preprocessing,
     context_window,
@@ -85,6 +102,13 @@ INSTANCE_METHODS = ("cc", "watershed")
 PREDICT_INSTANCES = ("auto", "model", *INSTANCE_METHODS)
 SUMMARY_NAME = "predictions.csv"
 OUTLINE_COLOUR = (255, 220, 0)  # yellow reads on bright-field and on dark fluorescence
+# Container files besides TIFFs (OME-Zarr is a folder ending in .zarr).
+CONTAINER_SUFFIXES = frozenset(
+    Path(ending).suffix for ending in SUFFIX_FORMATS if not ending.endswith(".zarr")
+)
+INPUT_SUFFIXES = IMAGE_SUFFIXES | CONTAINER_SUFFIXES
+ZARR_SUFFIX = ".zarr"
+PIXEL_SIZE_KEY = "data.pixel_size"
 
 
 @dataclass(frozen=True)
@@ -99,6 +123,7 @@ class PredictionModel:
     # Focal context: the model looks at each plane with this many neighbours on each side.
     context_planes: int
     instances: dict | None = None  # mode and watershed settings of a model with instance outputs
+    modalities: tuple[str, ...] = ()  # what its training images were (data.channels' values)
 
     @property
     def in_channels(self) -> int:
@@ -109,34 +134,48 @@ class PredictionModel:
         return self.preprocessing.colour
 
 
+def is_zarr(path: Path) -> bool:
+    """Whether ``path`` is an OME-Zarr folder (one input, not a folder of inputs)."""
+    return path.is_dir() and path.name.lower().endswith(ZARR_SUFFIX)
+
+
+def input_stem(path: str | Path) -> str:
+    """The name an input's outputs start with: the file name without its format's ending
+    (``a.ome.tif`` and ``a.ome.zarr`` give ``a``, as ``a.tif`` does)."""
+    name = Path(path).name
+    for ending in sorted(SUFFIX_FORMATS, key=len, reverse=True):
+        if name.lower().endswith(ending):
+            return name[: -len(ending)]
+    return Path(path).stem
+
+
 def image_files(inputs: list[str | Path]) -> list[Path]:
-    """The image files named by ``inputs``: files as given, folders by their image files.
+    """The image files named by ``inputs``: files (and OME-Zarr folders) as given, other
+    folders by their image files and OME-Zarr folders.
 
     Folders are not searched recursively; hidden files are skipped. Raises
     :class:`InputError` for a missing path, a file that is not an image, an input with no
     image at all, or two images whose names would give the same output names.
     """
+    suffixes = ", ".join(sorted(INPUT_SUFFIXES | {ZARR_SUFFIX}))
     files: list[Path] = []
     for entry in inputs:
         path = Path(entry)
-        if path.is_dir():
+        if is_zarr(path):
+            files.append(path)
+        elif path.is_dir():
             found = sorted(
                 child
                 for child in path.iterdir()
-                if child.is_file()
-                and not child.name.startswith(".")
-                and child.suffix.lower() in IMAGE_SUFFIXES
+                if not child.name.startswith(".")
+                and ((child.is_file() and child.suffix.lower() in INPUT_SUFFIXES) or is_zarr(child))
             )
             if not found:
-                raise InputError(
-                    path, f"folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
-                )
+                raise InputError(path, f"folder holds no image files ({suffixes})")
             files.extend(found)
         elif path.is_file():
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                raise InputError(
-                    path, f"not an image file (use one of {', '.join(sorted(IMAGE_SUFFIXES))})"
-                )
+            if path.suffix.lower() not in INPUT_SUFFIXES:
+                raise InputError(path, f"not an image file (use one of {suffixes})")
             files.append(path)
         else:
             raise InputError(path, "no such file or folder")
@@ -144,22 +183,27 @@ def image_files(inputs: list[str | Path]) -> list[Path]:
         raise InputError("<inputs>", "no images given")
     by_stem: dict[str, Path] = {}
     for path in files:
-        if path.stem in by_stem and by_stem[path.stem].resolve() != path.resolve():
+        stem = input_stem(path)
+        if stem in by_stem and by_stem[stem].resolve() != path.resolve():
             raise InputError(
-                path, f"has the same name as {by_stem[path.stem]}, so their outputs would collide"
+                path, f"has the same name as {by_stem[stem]}, so their outputs would collide"
             )
-        by_stem[path.stem] = path
+        by_stem[stem] = path
     return list(by_stem.values())
 
 
-def output_paths(out_dir: str | Path, stem: str) -> dict[str, Path]:
-    """The files written for the image named ``stem``."""
+def output_paths(out_dir: str | Path, stem: str, data_format: str = "tiff") -> dict[str, Path]:
+    """The files written for the image named ``stem`` in ``predict.format`` ``data_format``:
+    binary and label TIFFs, or one OME-Zarr holding both; the overlay either way."""
     out_dir = Path(out_dir)
-    return {
-        "binary": out_dir / f"{stem}_binary.tif",
-        "labels": out_dir / f"{stem}_labels.tif",
-        "overlay": out_dir / f"{stem}_overlay.png",
-    }
+    if data_format == "ome-zarr":
+        masks = {"zarr": out_dir / f"{stem}.ome.zarr"}
+    else:
+        masks = {
+            "binary": out_dir / f"{stem}_binary.tif",
+            "labels": out_dir / f"{stem}_labels.tif",
+        }
+    return {**masks, "overlay": out_dir / f"{stem}_overlay.png"}
 
 
 def check_channels(path: str | Path, model: PredictionModel, shape=None) -> None:
@@ -185,34 +229,102 @@ class PredictInput:
     ``stack`` False: the file is one plane, predicted from ``window``, the files of its
     focal window in channel order (the file alone for a single-plane model); ``plane`` is its
     z (focal-context models). ``stack`` True: a multi-page TIFF whose pages are the planes,
-    each predicted with its neighbouring pages.
+    each predicted with its neighbouring pages, or (``container``, its format) one
+    ``scene`` and ``time`` point of a microscope container, whose Z planes are the stack.
+    ``stem``: what its outputs are named (the file's name without its ending, by default).
     """
 
     path: Path
     stack: bool
     window: tuple[Path, ...] = ()
     plane: int | None = None
+    container: str | None = None
+    scene: int = 0
+    time: int = 0
+    stem: str = ""
+
+    def __post_init__(self):
+        if not self.stem:
+            object.__setattr__(self, "stem", input_stem(self.path))
+
+
+def container_format(path: Path) -> str | None:
+    """The format of a microscope container that :class:`protoseg.stacks.Stack` reads, or
+    None for an ordinary image or a plain multi-page TIFF (:func:`protoseg.io.read_planes`:
+    bioio-tifffile would read a stack of colour pages as channels)."""
+    found = resolve_format(path)
+    return None if found in (None, "tiff") else found
+
+
+def container_inputs(path: Path, data_format: str) -> list[PredictInput]:
+    """One input per scene and time point of a container; the scene's index and the time
+    point join the output names where the file has more than one of them."""
+    items = []
+    with Stack(path, data_format) as stack:
+        for scene in range(len(stack.scenes)):
+            times = stack.info(scene).times
+            for time in range(times):
+                stem = input_stem(path)
+                stem += f"_s{scene}" if len(stack.scenes) > 1 else ""
+                stem += f"_t{time}" if times > 1 else ""
+                items.append(
+                    PredictInput(
+                        path, stack=True, container=data_format, scene=scene, time=time, stem=stem
+                    )
+                )
+    return items
 
 
 def plan_inputs(
     files: list[Path], context_planes: int, data_cfg: dict | None, name: str = "the model"
 ) -> list[PredictInput]:
-    """What each input file is and what each of its planes is predicted from, from the
-    file names alone (no pixels read).
+    """What each input is and what each of its planes is predicted from, from the file
+    names, TIFF headers and containers' metadata (no pixels read).
 
-    A single-plane model (``context_planes`` 0) takes every file as one plane. A
-    focal-context model takes the files ``data.pattern`` names (``data_cfg``) as planes of
-    stacks, each with its window of the same state and channel among the inputs
-    (:func:`protoseg.transforms.context_window` over ``data.planes``); a plane the window
-    needs that no input is raises :class:`InputError` naming the file, the state and the
-    missing plane. Files the pattern does not name (or all, without ``data_cfg``) must be
-    multi-page stacks, which :func:`predict_files` checks when it reads them.
+    A microscope container (:func:`container_format`) gives one stack per scene and time
+    point (:func:`container_inputs`). Of the other files, a single-plane model
+    (``context_planes`` 0) takes each as one plane. A focal-context model takes the files
+    ``data.pattern`` names (``data_cfg``) as planes of stacks, each with its window of the
+    same state and channel among the inputs (:func:`protoseg.transforms.context_window`
+    over ``data.planes``); a plane the window needs that no input is raises
+    :class:`InputError` naming the file, the state and the missing plane. Files the pattern
+    does not name (or all, without ``data_cfg``) must be multi-page stacks, which
+    :func:`predict_files` checks when it reads them. Two inputs whose outputs would have
+    one name are an :class:`InputError`.
     """
     files = [Path(path) for path in files]
+    containers = {
+        path: container_inputs(path, found) for path in files if (found := container_format(path))
+    }
+    others = plan_planes(
+        [path for path in files if path not in containers], context_planes, data_cfg, name
+    )
+    planned = [
+        item
+        for path in files
+        for item in (containers[path] if path in containers else [others[path]])
+    ]
+    by_stem: dict[str, Path] = {}
+    for item in planned:
+        if item.stem in by_stem and by_stem[item.stem] != item.path:
+            raise InputError(
+                item.path,
+                f"gives outputs named {item.stem}, as {by_stem[item.stem]} does: rename one",
+            )
+        by_stem[item.stem] = item.path
+    return planned
+
+
+def plan_planes(
+    files: list[Path], context_planes: int, data_cfg: dict | None, name: str
+) -> dict[Path, PredictInput]:
+    """:func:`plan_inputs` of ordinary images and plain multi-page TIFFs, by file."""
+    if not files:
+        return {}
     if not context_planes:
-        return [PredictInput(path, False, (path,)) for path in files]
+        return {path: PredictInput(path, False, (path,)) for path in files}
     if data_cfg is None:
-        return [PredictInput(path, True) for path in files]
+        return {path: PredictInput(path, True) for path in files}
     from protoseg.catalogue import match_names
 
     records, unnamed = match_names(files, data_cfg)
@@ -241,7 +353,7 @@ def plan_inputs(
             window.append(neighbour)
         windows[Path(path)] = PredictInput(Path(path), False, tuple(window), int(z))
     unnamed = set(unnamed)
-    return [PredictInput(path, True) if path in unnamed else windows[path] for path in files]
+    return {path: PredictInput(path, True) if path in unnamed else windows[path] for path in files}
 
 
 def read_stack(item: PredictInput, model: PredictionModel) -> list[np.ndarray]:
@@ -259,6 +371,196 @@ def read_stack(item: PredictInput, model: PredictionModel) -> list[np.ndarray]:
     for page, plane in enumerate(planes, start=1):
         check_channels(f"{item.path} (page {page})", model, plane.shape)
     return planes
+
+
+def container_channel(info: StackInfo, model: PredictionModel, data_cfg: dict | None) -> int:
+    """The channel of a container scene that ``model`` segments: the one ``data.channels``
+    maps to a modality the model was trained on (channel names matched first, then
+    indices from 0, as :meth:`protoseg.stacks.Stack.channel_index` does; a model of
+    several modalities takes its first the file has).
+
+    A single-channel file's only channel is taken unless ``data.channels`` maps it to
+    another modality: the workflow's ``data.channels`` names the training images' channels,
+    which a new file need not share. A file of several channels without one for the model
+    is an :class:`InputError` naming the file and its channels; a ``data.channels`` that
+    maps nothing to the model's modalities is a :class:`ConfigError`."""
+    names = ", ".join(repr(name) for name in info.channels)
+    modalities = " or ".join(model.modalities) or "unknown"
+    mapping = {str(key): value for key, value in ((data_cfg or {}).get("channels") or {}).items()}
+    if len(info.channels) == 1:
+        mapped = mapping.get(info.channels[0], mapping.get("0"))
+        if mapped is None or mapped in model.modalities:
+            return 0
+        raise InputError(
+            info.path,
+            f"has one channel ({names}), which data.channels maps to {mapped}; {model.name} "
+            f"segments {modalities}",
+        )
+    if not mapping:
+        raise InputError(
+            info.path,
+            f"has {len(info.channels)} channels ({names}); say which one {model.name} takes "
+            f"(modality {modalities}) in data.channels (protoseg predict --config), e.g. "
+            f"{info.channels[0]}: {model.modalities[0] if model.modalities else 'brightfield'}",
+        )
+    wanted = [
+        key
+        for modality in model.modalities
+        for key, mapped in mapping.items()
+        if mapped == modality
+    ]
+    if not wanted:
+        raise ConfigError(
+            "data.channels",
+            f"maps no channel to a modality {model.name} was trained on ({modalities}); "
+            f"it maps {mapping}",
+        )
+    for key in wanted:
+        if key in info.channels:
+            return info.channels.index(key)
+    for key in wanted:
+        if key.isdigit() and int(key) < len(info.channels):
+            return int(key)
+    raise InputError(
+        info.path,
+        f"has no channel {' or '.join(repr(key) for key in wanted)} (what data.channels "
+        f"maps to {modalities}, which {model.name} segments) in scene '{info.scene_name}'; "
+        f"its channels: {names}",
+    )
+
+
+class OpenContainers:
+    """Opens the container of each input in turn and keeps the last one open: consecutive
+    inputs are the scenes and time points of one file, whose metadata is then read once.
+    A context manager that closes it."""
+
+    def __init__(self):
+        self.path: Path | None = None
+        self.stack: Stack | None = None
+
+    def __call__(self, item: PredictInput) -> Stack:
+        if self.path != item.path:
+            self.close()
+            self.stack, self.path = Stack(item.path, item.container), item.path
+        return self.stack
+
+    def close(self) -> None:
+        if self.stack is not None:
+            self.stack.close()
+        self.path = self.stack = None
+
+    def __enter__(self) -> OpenContainers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_container(
+    stack: Stack, item: PredictInput, model: PredictionModel, data_cfg: dict | None, read=True
+) -> tuple[list[np.ndarray], StackInfo, int]:
+    """The Z planes of one scene and time point of a container (``stack``, opened) in the
+    channel the model takes (:func:`container_channel`), checked as :func:`read_stack`
+    checks a multi-page TIFF; with ``read`` False only checked (no pixels read, no planes
+    returned). Also returns the scene's :class:`~protoseg.stacks.StackInfo` and the
+    channel's index."""
+    info = stack.info(item.scene)
+    channel = container_channel(info, model, data_cfg)
+    where = f"{item.path} (scene '{info.scene_name}', time point {item.time})"
+    if model.context_planes and info.planes < 2:
+        raise InputError(
+            where,
+            f"holds a single plane (Z), but {model.name} is a focal-context model: it looks "
+            f"at each plane with its {model.context_planes} neighbouring plane(s) on each "
+            "side, so it takes stacks of several planes",
+        )
+    shape = (info.height, info.width) + ((info.samples,) if info.samples > 1 else ())
+    check_channels(where, model, shape)
+    if not read:
+        return [], info, channel
+    planes = [stack.read_plane(z, channel, item.time, item.scene) for z in range(info.planes)]
+    return planes, info, channel
+
+
+def configured_pixel_size(data_cfg: dict | None) -> float | None:
+    """``data.pixel_size`` (micrometres per pixel) where the config has one, checked."""
+    configured = (data_cfg or {}).get("pixel_size")
+    if configured is not None and not float(configured) > 0:
+        raise ConfigError(PIXEL_SIZE_KEY, f"must be a positive number of um, got {configured}")
+    return None if configured is None else float(configured)
+
+
+def write_ome_zarr(
+    path: str | Path,
+    planes: list[np.ndarray],
+    binary: np.ndarray,
+    labels: np.ndarray,
+    pixel_size: float | None,
+) -> None:
+    """Write one input's prediction as an OME-Zarr (NGFF) image group, atomically.
+
+    The image is the input's planes as read (axes ``yx``; ``zyx`` for a stack of several
+    planes; a leading ``c`` for colour samples), so that a viewer shows the cells on it;
+    ``labels/cells`` holds the instance labels (uint16) and ``labels/mask`` the binary mask
+    (uint8, 1 = cell, drawn in the overlay's yellow), each labels image pointing to the
+    image as its source. ``pixel_size`` micrometres per pixel becomes the y and x scale with
+    unit "micrometer"; None leaves the axes in pixels. Z keeps a scale of 1 (the plane's
+    index): the spacing of focal planes is not carried. One resolution level, for image and
+    labels alike (NGFF asks labels to have the image's levels).
+    """
+    import zarr
+    from ome_zarr.writer import write_image, write_labels
+
+    image = np.stack([np.asarray(plane) for plane in planes])  # Z, Y, X[, S]
+    binary, labels = np.asarray(binary, np.uint8), np.asarray(labels, np.uint16)
+    spatial = "zyx" if len(planes) > 1 else "yx"
+    if len(planes) == 1:
+        image, binary, labels = (
+            image[0],
+            binary.reshape(image.shape[1:3]),
+            labels.reshape(image.shape[1:3]),
+        )
+    colour = image.ndim == len(spatial) + 1
+    if colour:
+        image = np.moveaxis(image, -1, 0)  # NGFF's order: c before z, y, x
+    physical = (
+        {
+            "scale": {"y": pixel_size, "x": pixel_size},
+            "axes_units": {"y": "micrometer", "x": "micrometer"},
+        }
+        if pixel_size is not None
+        else {}
+    )
+    source = {"source": {"image": "../../"}}  # lets readers find the image a labels image is of
+    with atomic_dir(path) as folder:
+        group = zarr.open_group(str(folder), mode="w")
+        write_image(
+            image, group, axes=("c" if colour else "") + spatial, scale_factors=[], **physical
+        )
+        # scaler=None: its default would add a pyramid whatever scale_factors says.
+        write_labels(
+            labels,
+            group,
+            name="cells",
+            axes=spatial,
+            scaler=None,
+            scale_factors=[],
+            label_metadata=source,
+            **physical,
+        )
+        write_labels(
+            binary,
+            group,
+            name="mask",
+            axes=spatial,
+            scaler=None,
+            scale_factors=[],
+            label_metadata={
+                **source,
+                "colors": [{"label-value": 1, "rgba": [*OUTLINE_COLOUR, 255]}],
+            },
+            **physical,
+        )
 
 
 def label_instances(
@@ -378,6 +680,7 @@ def prediction_model_from_meta(network, meta: dict, name: str = "model") -> Pred
         name=name,
         context_planes=record.context_planes,
         instances=model_instances(meta, int(architecture.get("out_channels", 1)), name),
+        modalities=tuple(record.modalities),
     )
 
 
@@ -400,13 +703,18 @@ def predict_files(
     instances where it has instance outputs, else connected components), ``model``, ``cc``
     or ``watershed``. ``data_cfg`` (the config's ``data`` section): how per-plane files of
     focal stacks are named, for a focal-context model (:func:`plan_inputs`; a stack's
-    missing plane and a single image are refused before anything is predicted). Returns
-    the summary table (one row per image, or per page of a stack: image, height, width,
+    missing plane and a single image are refused before anything is predicted); which
+    channel of a container the model segments (``data.channels``,
+    :func:`container_channel`); ``data.pixel_size`` for files that state none. Returns
+    the summary table (one row per image, or per plane of a stack: image, height, width,
     cells, cell_fraction, threshold, instances, outputs; ``plane`` for a focal-context
-    model: the file's z or the page's number), also written to ``out_dir/predictions.csv``.
+    model or a stack of several planes: the file's z or the plane's number, 1 = first;
+    ``scene``, ``time`` and ``channel`` for a container; ``pixel_size_um`` with
+    ``format`` ome-zarr), also written to ``out_dir/predictions.csv``.
     ``settings``: keys of the config's ``predict`` section (``tile``, ``overlap``,
     ``threshold``, ``instances``, ``min_distance``, ``min_area``, ``device``,
-    ``precision``); those left out take the schema's defaults.
+    ``precision``, ``format``: ``tiff`` or ``ome-zarr``, :func:`output_paths`); those
+    left out take the schema's defaults.
     """
     if settings.get("tile") is not None:
         settings["tile"] = list(settings["tile"])  # the schema's array
@@ -418,6 +726,7 @@ def predict_files(
         settings["instances"],
     )
     min_distance, min_area = settings["min_distance"], settings["min_area"]
+    data_format = settings["format"]
     device = resolve_device(settings["device"], key="predict.device")
     precision = resolve_precision(settings["precision"], device, key="predict.precision")
     if instances not in PREDICT_INSTANCES:
@@ -439,11 +748,20 @@ def predict_files(
         raise ValueError(f"threshold must lie between 0 and 1, got {threshold}")
     files = image_files(images)
     inputs = plan_inputs(files, model.context_planes, data_cfg, model.name)
-    for item in inputs:
-        if item.stack:
-            read_stack(item, model)  # read again when predicted: stacks are not all held
-        else:
-            check_channels(item.path, model)
+    configured = configured_pixel_size(data_cfg) if data_format == "ome-zarr" else None
+    with OpenContainers() as containers:
+        for item in inputs:
+            if item.container:
+                read_container(containers(item), item, model, data_cfg, read=False)
+            elif item.stack:
+                read_stack(item, model)  # read again when predicted: stacks are not all held
+            else:
+                check_channels(item.path, model)
+            target = output_paths(out_dir, item.stem, data_format).get("zarr")
+            if target is not None and any(target.resolve() == path.resolve() for path in files):
+                raise InputError(
+                    item.path, f"would be overwritten by its output {target}: choose another --out"
+                )
     context = model.context_planes
     prep = model.preprocessing
 
@@ -486,50 +804,82 @@ def predict_files(
         return entry
 
     rows = []
-    for item in tqdm(inputs, desc="predict", unit="image", disable=not progress):
-        paths = output_paths(out_dir, item.path.stem)
-        if item.stack:
-            planes = read_stack(item, model)
-            names = [f"{item.path} (page {page})" for page in range(1, len(planes) + 1)]
-            ready = [
-                prepare_image(plane, prep, name) for plane, name in zip(planes, names, strict=True)
-            ]
-            results = []
-            for index in range(len(planes)):
-                window = context_window(range(len(planes)), index, context)
-                prepared = join_planes([ready[j] for j in window], [names[j] for j in window])
-                results.append(segment(prepared, planes[index]))
-            binary = np.stack([result[0] for result in results])
-            labels = np.stack([result[1] for result in results])
-            overlay = side_by_side([result[2] for result in results])
-            pages = list(range(1, len(planes) + 1))
-        else:
-            entries = [prepare(path) for path in item.window]
-            raw = entries[context][0]  # the window's middle: the file itself
-            prepared = join_planes([entry[1] for entry in entries], list(item.window))
-            binary, labels, overlay = segment(prepared, raw)
-            binary, labels, pages = binary[None], labels[None], [item.plane]
-        # A stack's outputs hold one page per plane (never colour samples, whatever their
-        # number); a plane's, the plane alone.
-        stored = slice(None) if item.stack else 0
-        write_tiff(paths["binary"], binary.astype(np.uint8)[stored], photometric="minisblack")
-        write_tiff(paths["labels"], labels[stored], photometric="minisblack")
-        write_png(paths["overlay"], overlay)
-        for page, plane_binary, plane_labels in zip(pages, binary, labels, strict=True):
-            row = {
-                "image": str(item.path),
-                "height": plane_binary.shape[0],
-                "width": plane_binary.shape[1],
-                "cells": int(plane_labels.max()),
-                "cell_fraction": float(plane_binary.mean()),
-                "threshold": float(threshold),
-                "instances": method,
-                **{f"{kind}_path": str(target) for kind, target in paths.items()},
-            }
-            if context:
-                row["plane"] = page
-            rows.append(row)
-        log.info("%s: %d cells", item.path.name, int(sum(plane.max() for plane in labels)))
+    with OpenContainers() as containers:
+        for item in tqdm(inputs, desc="predict", unit="image", disable=not progress):
+            paths = output_paths(out_dir, item.stem, data_format)
+            described: dict = {}  # a container's scene, time point and channel
+            pixel_size = configured
+            if item.container:
+                planes, info, channel = read_container(containers(item), item, model, data_cfg)
+                where = f"{item.path} (scene '{info.scene_name}', time point {item.time}"
+                names = [f"{where}, z={z})" for z in range(len(planes))]
+                described = {
+                    "scene": info.scene_name,
+                    "time": item.time,
+                    "channel": info.channels[channel],
+                }
+                if data_format == "ome-zarr":
+                    pixel_size = pixel_size_um(info, configured, key=PIXEL_SIZE_KEY)
+            elif item.stack:
+                planes = read_stack(item, model)
+                names = [f"{item.path} (page {page})" for page in range(1, len(planes) + 1)]
+            if item.stack:
+                ready = [
+                    prepare_image(plane, prep, name)
+                    for plane, name in zip(planes, names, strict=True)
+                ]
+                results = []
+                for index in range(len(planes)):
+                    window = context_window(range(len(planes)), index, context)
+                    prepared = join_planes([ready[j] for j in window], [names[j] for j in window])
+                    results.append(segment(prepared, planes[index]))
+                binary = np.stack([result[0] for result in results])
+                labels = np.stack([result[1] for result in results])
+                overlay = side_by_side([result[2] for result in results])
+                pages = list(range(1, len(planes) + 1))
+            else:
+                entries = [prepare(path) for path in item.window]
+                raw = entries[context][0]  # the window's middle: the file itself
+                prepared = join_planes([entry[1] for entry in entries], list(item.window))
+                binary, labels, overlay = segment(prepared, raw)
+                binary, labels, pages, planes = binary[None], labels[None], [item.plane], [raw]
+            if data_format == "ome-zarr":
+                if pixel_size is None:
+                    log.warning(
+                        "%s: no pixel size (the file states none and %s is not set): %s has "
+                        "its axes in pixels, not micrometres",
+                        item.path,
+                        PIXEL_SIZE_KEY,
+                        paths["zarr"].name,
+                    )
+                write_ome_zarr(paths["zarr"], planes, binary, labels, pixel_size)
+            else:
+                # A stack's outputs hold one page per plane (never colour samples, whatever
+                # their number); a plane's, the plane alone.
+                stored = slice(None) if len(pages) > 1 else 0
+                write_tiff(
+                    paths["binary"], binary.astype(np.uint8)[stored], photometric="minisblack"
+                )
+                write_tiff(paths["labels"], labels[stored], photometric="minisblack")
+            write_png(paths["overlay"], overlay)
+            for page, plane_binary, plane_labels in zip(pages, binary, labels, strict=True):
+                row = {
+                    "image": str(item.path),
+                    "height": plane_binary.shape[0],
+                    "width": plane_binary.shape[1],
+                    "cells": int(plane_labels.max()),
+                    "cell_fraction": float(plane_binary.mean()),
+                    "threshold": float(threshold),
+                    "instances": method,
+                    **{f"{kind}_path": str(target) for kind, target in paths.items()},
+                    **described,
+                }
+                if context or len(pages) > 1:
+                    row["plane"] = page
+                if data_format == "ome-zarr":
+                    row["pixel_size_um"] = pixel_size
+                rows.append(row)
+            log.info("%s: %d cells", item.stem, int(sum(plane.max() for plane in labels)))
     summary = pd.DataFrame(rows)
     write_csv(Path(out_dir) / SUMMARY_NAME, summary)
     return summary

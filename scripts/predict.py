@@ -27,6 +27,7 @@ summary = predict_files(
     min_area=params.min_area,
     device=device,
     precision=precision,
+    format=params.format,
     data_cfg=dict(params.data),
 )
 log.info(
