@@ -86,7 +86,14 @@ from protoseg.io import (
     write_tiff,
 )
 from protoseg.qc import outline
-from protoseg.stacks import SUFFIX_FORMATS, Stack, StackInfo, pixel_size_um, resolve_format
+from protoseg.stacks import (
+    SUFFIX_FORMATS,
+    Stack,
+    StackInfo,
+    open_stack,
+    pixel_size_um,
+    resolve_format,
+)
 from protoseg.transforms import (
     Preprocessing,
     context_window,
@@ -429,33 +436,6 @@ def container_channel(info: StackInfo, model: PredictionModel, data_cfg: dict | 
     )
 
 
-class OpenContainers:
-    """Opens the container of each input in turn and keeps the last one open: consecutive
-    inputs are the scenes and time points of one file, whose metadata is then read once.
-    A context manager that closes it."""
-
-    def __init__(self):
-        self.path: Path | None = None
-        self.stack: Stack | None = None
-
-    def __call__(self, item: PredictInput) -> Stack:
-        if self.path != item.path:
-            self.close()
-            self.stack, self.path = Stack(item.path, item.container), item.path
-        return self.stack
-
-    def close(self) -> None:
-        if self.stack is not None:
-            self.stack.close()
-        self.path = self.stack = None
-
-    def __enter__(self) -> OpenContainers:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
 def read_container(
     stack: Stack, item: PredictInput, model: PredictionModel, data_cfg: dict | None, read=True
 ) -> tuple[list[np.ndarray], StackInfo, int]:
@@ -748,20 +728,34 @@ def predict_files(
         raise ValueError(f"threshold must lie between 0 and 1, got {threshold}")
     files = image_files(images)
     inputs = plan_inputs(files, model.context_planes, data_cfg, model.name)
-    configured = configured_pixel_size(data_cfg) if data_format == "ome-zarr" else None
-    with OpenContainers() as containers:
-        for item in inputs:
-            if item.container:
-                read_container(containers(item), item, model, data_cfg, read=False)
-            elif item.stack:
+    configured = configured_pixel_size(data_cfg)
+    # A model that works in micrometres (dataset.cell_diameter_um) rescales each image by
+    # its pixel size: every input must have one, checked before anything is predicted.
+    in_micrometres = model.preprocessing.pixel_size is not None
+    for item in inputs:
+        if item.container:
+            _, info, _ = read_container(
+                open_stack(item.path, item.container), item, model, data_cfg, read=False
+            )
+            pixel_size_um(info, configured, needed=in_micrometres, key=PIXEL_SIZE_KEY)
+        else:
+            if item.stack:
                 read_stack(item, model)  # read again when predicted: stacks are not all held
             else:
                 check_channels(item.path, model)
-            target = output_paths(out_dir, item.stem, data_format).get("zarr")
-            if target is not None and any(target.resolve() == path.resolve() for path in files):
+            if in_micrometres and configured is None:
                 raise InputError(
-                    item.path, f"would be overwritten by its output {target}: choose another --out"
+                    item.path,
+                    f"states no pixel size and {PIXEL_SIZE_KEY} is not set, but {model.name} "
+                    f"works at {model.preprocessing.pixel_size:.4g} um per pixel "
+                    "(dataset.cell_diameter_um): set data.pixel_size (--config) or give the "
+                    "images as OME-TIFF with their pixel size",
                 )
+        target = output_paths(out_dir, item.stem, data_format).get("zarr")
+        if target is not None and any(target.resolve() == path.resolve() for path in files):
+            raise InputError(
+                item.path, f"would be overwritten by its output {target}: choose another --out"
+            )
     context = model.context_planes
     prep = model.preprocessing
 
@@ -796,7 +790,7 @@ def predict_files(
             recent.move_to_end(path)
             return recent[path]
         raw = read_image(path)
-        entry = (raw, prepare_image(raw, prep, str(path)))
+        entry = (raw, prepare_image(raw, prep, str(path), configured))
         if context:
             recent[path] = entry
             while len(recent) > 2 * context + 2:
@@ -804,82 +798,79 @@ def predict_files(
         return entry
 
     rows = []
-    with OpenContainers() as containers:
-        for item in tqdm(inputs, desc="predict", unit="image", disable=not progress):
-            paths = output_paths(out_dir, item.stem, data_format)
-            described: dict = {}  # a container's scene, time point and channel
-            pixel_size = configured
-            if item.container:
-                planes, info, channel = read_container(containers(item), item, model, data_cfg)
-                where = f"{item.path} (scene '{info.scene_name}', time point {item.time}"
-                names = [f"{where}, z={z})" for z in range(len(planes))]
-                described = {
-                    "scene": info.scene_name,
-                    "time": item.time,
-                    "channel": info.channels[channel],
-                }
-                if data_format == "ome-zarr":
-                    pixel_size = pixel_size_um(info, configured, key=PIXEL_SIZE_KEY)
-            elif item.stack:
-                planes = read_stack(item, model)
-                names = [f"{item.path} (page {page})" for page in range(1, len(planes) + 1)]
-            if item.stack:
-                ready = [
-                    prepare_image(plane, prep, name)
-                    for plane, name in zip(planes, names, strict=True)
-                ]
-                results = []
-                for index in range(len(planes)):
-                    window = context_window(range(len(planes)), index, context)
-                    prepared = join_planes([ready[j] for j in window], [names[j] for j in window])
-                    results.append(segment(prepared, planes[index]))
-                binary = np.stack([result[0] for result in results])
-                labels = np.stack([result[1] for result in results])
-                overlay = side_by_side([result[2] for result in results])
-                pages = list(range(1, len(planes) + 1))
-            else:
-                entries = [prepare(path) for path in item.window]
-                raw = entries[context][0]  # the window's middle: the file itself
-                prepared = join_planes([entry[1] for entry in entries], list(item.window))
-                binary, labels, overlay = segment(prepared, raw)
-                binary, labels, pages, planes = binary[None], labels[None], [item.plane], [raw]
-            if data_format == "ome-zarr":
-                if pixel_size is None:
-                    log.warning(
-                        "%s: no pixel size (the file states none and %s is not set): %s has "
-                        "its axes in pixels, not micrometres",
-                        item.path,
-                        PIXEL_SIZE_KEY,
-                        paths["zarr"].name,
-                    )
-                write_ome_zarr(paths["zarr"], planes, binary, labels, pixel_size)
-            else:
-                # A stack's outputs hold one page per plane (never colour samples, whatever
-                # their number); a plane's, the plane alone.
-                stored = slice(None) if len(pages) > 1 else 0
-                write_tiff(
-                    paths["binary"], binary.astype(np.uint8)[stored], photometric="minisblack"
+    for item in tqdm(inputs, desc="predict", unit="image", disable=not progress):
+        paths = output_paths(out_dir, item.stem, data_format)
+        described: dict = {}  # a container's scene, time point and channel
+        pixel_size = configured
+        if item.container:
+            planes, info, channel = read_container(
+                open_stack(item.path, item.container), item, model, data_cfg
+            )
+            where = f"{item.path} (scene '{info.scene_name}', time point {item.time}"
+            names = [f"{where}, z={z})" for z in range(len(planes))]
+            described = {
+                "scene": info.scene_name,
+                "time": item.time,
+                "channel": info.channels[channel],
+            }
+            pixel_size = pixel_size_um(info, configured, key=PIXEL_SIZE_KEY)
+        elif item.stack:
+            planes = read_stack(item, model)
+            names = [f"{item.path} (page {page})" for page in range(1, len(planes) + 1)]
+        if item.stack:
+            ready = [
+                prepare_image(plane, prep, name, pixel_size)
+                for plane, name in zip(planes, names, strict=True)
+            ]
+            results = []
+            for index in range(len(planes)):
+                window = context_window(range(len(planes)), index, context)
+                prepared = join_planes([ready[j] for j in window], [names[j] for j in window])
+                results.append(segment(prepared, planes[index]))
+            binary = np.stack([result[0] for result in results])
+            labels = np.stack([result[1] for result in results])
+            overlay = side_by_side([result[2] for result in results])
+            pages = list(range(1, len(planes) + 1))
+        else:
+            entries = [prepare(path) for path in item.window]
+            raw = entries[context][0]  # the window's middle: the file itself
+            prepared = join_planes([entry[1] for entry in entries], list(item.window))
+            binary, labels, overlay = segment(prepared, raw)
+            binary, labels, pages, planes = binary[None], labels[None], [item.plane], [raw]
+        if data_format == "ome-zarr":
+            if pixel_size is None:
+                log.warning(
+                    "%s: no pixel size (the file states none and %s is not set): %s has "
+                    "its axes in pixels, not micrometres",
+                    item.path,
+                    PIXEL_SIZE_KEY,
+                    paths["zarr"].name,
                 )
-                write_tiff(paths["labels"], labels[stored], photometric="minisblack")
-            write_png(paths["overlay"], overlay)
-            for page, plane_binary, plane_labels in zip(pages, binary, labels, strict=True):
-                row = {
-                    "image": str(item.path),
-                    "height": plane_binary.shape[0],
-                    "width": plane_binary.shape[1],
-                    "cells": int(plane_labels.max()),
-                    "cell_fraction": float(plane_binary.mean()),
-                    "threshold": float(threshold),
-                    "instances": method,
-                    **{f"{kind}_path": str(target) for kind, target in paths.items()},
-                    **described,
-                }
-                if context or len(pages) > 1:
-                    row["plane"] = page
-                if data_format == "ome-zarr":
-                    row["pixel_size_um"] = pixel_size
-                rows.append(row)
-            log.info("%s: %d cells", item.stem, int(sum(plane.max() for plane in labels)))
+            write_ome_zarr(paths["zarr"], planes, binary, labels, pixel_size)
+        else:
+            # A stack's outputs hold one page per plane (never colour samples, whatever
+            # their number); a plane's, the plane alone.
+            stored = slice(None) if len(pages) > 1 else 0
+            write_tiff(paths["binary"], binary.astype(np.uint8)[stored], photometric="minisblack")
+            write_tiff(paths["labels"], labels[stored], photometric="minisblack")
+        write_png(paths["overlay"], overlay)
+        for page, plane_binary, plane_labels in zip(pages, binary, labels, strict=True):
+            row = {
+                "image": str(item.path),
+                "height": plane_binary.shape[0],
+                "width": plane_binary.shape[1],
+                "cells": int(plane_labels.max()),
+                "cell_fraction": float(plane_binary.mean()),
+                "threshold": float(threshold),
+                "instances": method,
+                **{f"{kind}_path": str(target) for kind, target in paths.items()},
+                **described,
+            }
+            if context or len(pages) > 1:
+                row["plane"] = page
+            row["pixel_size_um"] = pixel_size
+            rows.append(row)
+        log.info("%s: %d cells", item.stem, int(sum(plane.max() for plane in labels)))
     summary = pd.DataFrame(rows)
     write_csv(Path(out_dir) / SUMMARY_NAME, summary)
     return summary

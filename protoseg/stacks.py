@@ -486,7 +486,7 @@ ADDRESS = re.compile(
 )
 # Containers kept open between plane reads (a job reads a state's planes one after another).
 OPEN_STACKS = 4
-_open: OrderedDict[tuple[str, str], Stack] = OrderedDict()
+_open: OrderedDict[tuple, Stack] = OrderedDict()
 
 
 @dataclass(frozen=True)
@@ -525,8 +525,13 @@ def source_file(source: str | Path) -> str:
 
 
 def open_stack(path: str | Path, data_format: str) -> Stack:
-    """A :class:`Stack` of ``path``, kept open for the next reads (the last few files)."""
-    key = (str(path), data_format)
+    """A :class:`Stack` of ``path``, kept open for the next reads (the last few files); a
+    file changed since it was opened (size or modification time) is opened again."""
+    try:
+        status = Path(path).stat()
+    except OSError:
+        return Stack(path, data_format)  # says the file is missing
+    key = (str(path), data_format, status.st_mtime_ns, status.st_size)
     if key in _open:
         _open.move_to_end(key)
         return _open[key]

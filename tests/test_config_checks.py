@@ -140,3 +140,25 @@ def test_split_errors_name_the_key(split, key, words):
 def test_split_values_compare_as_numbers_and_catalogue_columns_wait():
     config_checks.check_split({"key": "xy", "test": ["010"], "validation": [2]}, RECORDS)
     config_checks.check_split({"key": "height", "test": [128]}, RECORDS)  # known later
+
+
+def test_a_cell_diameter_in_micrometres_needs_every_images_pixel_size():
+    import numpy as np
+    import pandas as pd
+
+    from protoseg.errors import InputError
+
+    records = pd.DataFrame({"path": ["a.ome.tif::x", "b.tif"], "pixel_size": [0.5, np.nan]})
+    dataset = {"geometry": "patches", "cell_diameter_um": 12.0, "target_diameter": 24}
+    with pytest.raises(InputError, match=r"b\.tif: states no pixel size and data\.pixel_size"):
+        config_checks.check_pixel_sizes(dataset, records)
+    records["pixel_size"] = [0.5, 0.6]
+    config_checks.check_pixel_sizes(dataset, records)  # 0.5 um per pixel: factors 1 and 1.2
+    records["pixel_size"] = [0.5, 600.0]  # a size in nanometres, say
+    with pytest.raises(InputError, match=r"b\.tif: pixel size 600 um gives a rescale factor"):
+        config_checks.check_pixel_sizes(dataset, records)
+    with pytest.raises(ConfigError, match=r"dataset\.cell_diameter_um.*patches geometry"):
+        config_checks.check_pixel_sizes({**dataset, "geometry": "resize", "size": [8, 8]}, records)
+    # Without a diameter in micrometres, pixel sizes are not needed.
+    records["pixel_size"] = np.nan
+    config_checks.check_pixel_sizes({"geometry": "patches"}, records)

@@ -11,6 +11,7 @@ from protoseg.dataset import (
     dataset_scale,
     extra_shard_file,
     open_split,
+    preprocessing_from_config,
     read_record,
     shard_files,
     torch_dataset,
@@ -358,3 +359,49 @@ def test_a_plane_missing_from_a_state_names_the_state_and_the_plane(tmp_path):
             progress=False,
         )
     assert not (tmp_path / "ds" / "manifest.csv").exists()
+
+
+def test_a_cell_diameter_in_micrometres_rescales_each_image_by_its_pixel_size(tmp_path):
+    """Positions photographed at 0.5 and 1 um per pixel: a 10 um cell is 20 and 10 px wide
+    in them; with cell_diameter_um 10 and target_diameter 10 (1 um per pixel at the
+    training scale) the first is halved and the second kept."""
+    catalogue_path, masks = make_set(tmp_path)
+    catalogue = pd.read_csv(catalogue_path)
+    catalogue["pixel_size"] = np.where(catalogue["xy"] == 2, 1.0, 0.5)
+    catalogue["dtype"] = "uint8"
+    cfg = {**PATCHES_CFG, "scale": None, "cell_diameter_um": 10, "target_diameter": 10}
+    manifest = build_dataset(
+        catalogue,
+        tmp_path / "ds",
+        variant="bf",
+        modalities=["brightfield"],
+        split_cfg=SPLIT,
+        dataset_cfg=cfg,
+        mask_path=masks,
+        context_planes=0,
+        progress=False,
+    )
+    stored = manifest.groupby("state")[["stored_height", "stored_width"]].first()
+    assert stored.loc["day1t1xy1"].tolist() == [8, 10]  # 0.5 um: halved
+    assert stored.loc["day1t1xy2"].tolist() == [16, 20]  # 1 um: kept
+    record = read_record(tmp_path / "ds")
+    assert record.preprocessing.pixel_size == 1.0 and record.preprocessing.scale is None
+    assert record.cell_diameter_um == 10 and record.target_diameter == 10
+    assert record.source_pixel_sizes == (0.5, 1.0) and record.source_dtypes == ("uint8",)
+    # An image of unknown pixel size cannot be placed: named, nothing half-built.
+    catalogue.loc[catalogue["xy"] == 10, "pixel_size"] = np.nan
+    with pytest.raises(InputError, match=r"day1t1c1xy10z12\.tif: no pixel size known"):
+        build_dataset(
+            catalogue,
+            tmp_path / "ds2",
+            variant="bf",
+            modalities=["brightfield"],
+            split_cfg=SPLIT,
+            dataset_cfg=cfg,
+            mask_path=masks,
+            context_planes=0,
+            progress=False,
+        )
+    assert not (tmp_path / "ds2" / "manifest.csv").exists()
+    with pytest.raises(ConfigError, match="not several"):
+        preprocessing_from_config({**cfg, "scale": 0.5})

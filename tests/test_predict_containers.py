@@ -419,3 +419,73 @@ def test_predict_rule_writes_ome_zarr_per_scene_and_time_point(stack, tmp_path):
         assert image.metadata["coordinateTransformations"][0][0]["scale"] == pytest.approx(scale)
     summary = pd.read_csv(out / predict.SUMMARY_NAME)
     assert len(summary) == 2 * PLANES + 1 and not list(out.glob("*.tif"))
+
+
+# ---------------------------------------------------------------- models in micrometres
+def micrometre_model(pixel_size: float):
+    """The bright-is-cell network recorded as working at ``pixel_size`` um per pixel
+    (dataset.cell_diameter_um / target_diameter)."""
+    from dataclasses import replace
+
+    model = make_model(in_channels=1, colour="grey", scale=1.0)
+    prep = replace(model.preprocessing, scale=None, pixel_size=pixel_size)
+    return replace(model, preprocessing=prep)
+
+
+def test_a_micrometre_model_sees_two_magnifications_at_one_scale(stack, tmp_path):
+    """The same cells photographed at 0.65 um and (binned 2 x 2) at 1.3 um per pixel reach
+    the network at one size, and give the same cells back at each file's own size."""
+    fine = stack[:, :1]  # Z x 1 x Y x X: bright-field only
+    coarse = fine.reshape(PLANES, 1, HEIGHT // 2, 2, WIDTH // 2, 2).mean(axis=(3, 5))
+    (tmp_path / "in").mkdir()
+    fine_path = tmp_path / "in" / "fine.ome.tif"
+    coarse_path = tmp_path / "in" / "coarse.ome.tif"
+    tifffile.imwrite(
+        fine_path,
+        fine,
+        ome=True,
+        metadata={"axes": "ZCYX", "PhysicalSizeX": PIXEL_UM, "PhysicalSizeY": PIXEL_UM},
+    )
+    tifffile.imwrite(
+        coarse_path,
+        coarse.astype(np.uint16),
+        ome=True,
+        metadata={"axes": "ZCYX", "PhysicalSizeX": 2 * PIXEL_UM, "PhysicalSizeY": 2 * PIXEL_UM},
+    )
+    model = micrometre_model(2 * PIXEL_UM)  # works at the coarse file's pixel size
+    summary = predict.predict_files(
+        model, [fine_path, coarse_path], tmp_path / "out", progress=False
+    )
+    # Both are prepared at the coarse size (fine rescaled by 0.5, coarse by 1).
+    from protoseg.transforms import prepare_image
+
+    prep = model.preprocessing
+    assert prepare_image(fine[0, 0], prep, "fine", PIXEL_UM).shape[1:] == (HEIGHT // 2, WIDTH // 2)
+    assert prepare_image(coarse[0, 0], prep, "coarse", 2 * PIXEL_UM).shape[1:] == (
+        HEIGHT // 2,
+        WIDTH // 2,
+    )
+    rows = summary.set_index(["image", "plane"])
+    for z in range(1, PLANES + 1):
+        assert (
+            rows.loc[(str(fine_path), z), "cells"] == rows.loc[(str(coarse_path), z), "cells"] == z
+        )
+    assert set(summary["pixel_size_um"].round(3)) == {round(PIXEL_UM, 3), round(2 * PIXEL_UM, 3)}
+
+
+def test_a_micrometre_model_refuses_an_image_without_a_pixel_size(tmp_path):
+    (tmp_path / "in").mkdir()
+    image = tmp_path / "in" / "plain.tif"
+    tifffile.imwrite(image, discs([(20, 20)]))
+    model = micrometre_model(PIXEL_UM)
+    with pytest.raises(
+        InputError, match=r"plain\.tif: states no pixel size and data\.pixel_size is not set"
+    ):
+        predict.predict_files(model, [image], tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    # With the microscope's pixel size in the config, it is predicted at the model's scale.
+    summary = predict.predict_files(
+        model, [image], tmp_path / "out", data_cfg={"pixel_size": PIXEL_UM / 2}, progress=False
+    )
+    assert summary["cells"].tolist() == [1]
+    assert summary["pixel_size_um"].tolist() == [PIXEL_UM / 2]
