@@ -242,7 +242,7 @@ CASES = [
         "z-stack-everywhere",
         [every_image(np.zeros((5, 24, 32), np.uint8), metadata={"axes": "ZYX"})],
         CATALOGUE,
-        ["day1t1c1xy1z12.tif", "stack of 5 planes", "axes ZYX", "one focal plane per file"],
+        ["day1t1c1xy1z12.tif", "stack of 5 planes", "axes ZYX", "read the file as a stack"],
     ),
     Case(
         "one-z-stack",
