@@ -27,9 +27,11 @@ import pandas as pd
 
 from protoseg.catalogue import demo_records, lookup, records_from_config
 from protoseg.errors import ConfigError, InputError, ProtosegError
+from protoseg.io import read_image, write_tiff
 from protoseg.masks.imported import import_path
 from protoseg.masks.sam import embedding_path as sam_embedding_path
 from protoseg.masks.sam import settings_from_config as sam_settings_from_config
+from protoseg.stacks import PlaneAddress
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +119,8 @@ def staging_dir(config: dict, state: str) -> Path:
 
 
 def stage_images(plan: list[PlaneTask], folder: str | Path) -> list[Path]:
-    """Link each plane's image into ``folder`` as ``z{z}.tif`` (copy where links fail).
+    """Link each plane's image into ``folder`` as ``z{z}.tif`` (copy where links fail; a
+    plane of a microscope container is written out).
 
     micro-sam's image-series annotator derives the embedding name (``{stem}.zarr``) and the
     saved mask's name (``{stem}.tif``) from the image file name; this makes both
@@ -127,6 +130,12 @@ def stage_images(plan: list[PlaneTask], folder: str | Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     staged = []
     for task in plan:
+        if PlaneAddress.parse(task.image) is not None:
+            # A plane of a microscope container: written out as the TIFF the annotator opens.
+            target = folder / (task.commit.stem + ".tif")
+            write_tiff(target, read_image(task.image))
+            staged.append(target)
+            continue
         if not task.image.is_file():
             raise InputError(
                 task.image, "image to annotate not found (run the demo/catalogue rules first?)"

@@ -192,3 +192,22 @@ def test_cli_reports_bad_state_and_bad_config(config, tmp_path, capsys):
     config_path.write_text(yaml.safe_dump(config))
     assert main(["annotate", STATE, "--config", str(config_path), "--plan"]) == 2
     assert "bogus_key" in capsys.readouterr().err
+
+
+def test_a_plane_of_a_microscope_container_is_staged_as_its_own_tiff(tmp_path):
+    from protoseg.stacks import PlaneAddress
+
+    stack = np.arange(3 * 2 * 8 * 10, dtype=np.uint16).reshape(3, 2, 8, 10)
+    path = tmp_path / "field.ome.tif"
+    tifffile.imwrite(path, stack, ome=True, metadata={"axes": "ZCYX"})
+    plan = [
+        annotate.PlaneTask(
+            Path(str(PlaneAddress(str(path), "ome-tiff", 0, 0, z, 1))),
+            tmp_path / "emb" / f"z{z}.zarr",
+            tmp_path / "masks" / f"z{z}.tif",
+        )
+        for z in (0, 2)
+    ]
+    staged = annotate.stage_images(plan, tmp_path / "staging")
+    assert [image.name for image in staged] == ["z0.tif", "z2.tif"]
+    np.testing.assert_array_equal(tifffile.imread(staged[1]), stack[2, 1])
