@@ -370,17 +370,21 @@ def test_a_cell_diameter_in_micrometres_rescales_each_image_by_its_pixel_size(tm
     catalogue["pixel_size"] = np.where(catalogue["xy"] == 2, 1.0, 0.5)
     catalogue["dtype"] = "uint8"
     cfg = {**PATCHES_CFG, "scale": None, "cell_diameter_um": 10, "target_diameter": 10}
-    manifest = build_dataset(
-        catalogue,
-        tmp_path / "ds",
-        variant="bf",
-        modalities=["brightfield"],
-        split_cfg=SPLIT,
-        dataset_cfg=cfg,
-        mask_path=masks,
-        context_planes=0,
-        progress=False,
-    )
+
+    def build_bright_field(folder):
+        return build_dataset(
+            catalogue,
+            folder,
+            variant="bf",
+            modalities=["brightfield"],
+            split_cfg=SPLIT,
+            dataset_cfg=cfg,
+            mask_path=masks,
+            context_planes=0,
+            progress=False,
+        )
+
+    manifest = build_bright_field(tmp_path / "ds")
     stored = manifest.groupby("state")[["stored_height", "stored_width"]].first()
     assert stored.loc["day1t1xy1"].tolist() == [8, 10]  # 0.5 um: halved
     assert stored.loc["day1t1xy2"].tolist() == [16, 20]  # 1 um: kept
@@ -391,17 +395,7 @@ def test_a_cell_diameter_in_micrometres_rescales_each_image_by_its_pixel_size(tm
     # An image of unknown pixel size cannot be placed: named, nothing half-built.
     catalogue.loc[catalogue["xy"] == 10, "pixel_size"] = np.nan
     with pytest.raises(InputError, match=r"day1t1c1xy10z12\.tif: no pixel size known"):
-        build_dataset(
-            catalogue,
-            tmp_path / "ds2",
-            variant="bf",
-            modalities=["brightfield"],
-            split_cfg=SPLIT,
-            dataset_cfg=cfg,
-            mask_path=masks,
-            context_planes=0,
-            progress=False,
-        )
+        build_bright_field(tmp_path / "ds2")
     assert not (tmp_path / "ds2" / "manifest.csv").exists()
     with pytest.raises(ConfigError, match="not several"):
         preprocessing_from_config({**cfg, "scale": 0.5})
