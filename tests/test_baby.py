@@ -48,6 +48,49 @@ def test_catalogue_has_every_field_with_5_planes_and_its_mask():
 
 
 @needs_data
+def test_the_real_fields_as_ome_tiff_stacks_give_the_same_catalogue(tmp_path):
+    """Each real field's 5 planes packed into one OME-TIFF z-stack (as a microscope would
+    write it): the catalogue, pixels included, equals that of the per-plane files."""
+    import numpy as np
+    import tifffile
+
+    from protoseg.io import read_image
+
+    config = baby()
+    planes = catalogue.build_catalogue(
+        sorted(set(catalogue.records_from_config(config["data"], DATA)["file"])),
+        DATA,
+        config["data"],
+        progress=False,
+    )
+    stacks = tmp_path / "stacks"
+    stacks.mkdir()
+    for state, group in planes.groupby("state"):
+        data = np.stack([read_image(path) for path in group.sort_values("z")["path"]])
+        tifffile.imwrite(
+            stacks / f"{state}.ome.tif",
+            data[:, None],
+            ome=True,
+            metadata={"axes": "ZCYX", "Channel": {"Name": ["BF"]}},
+        )
+    stack_data = {
+        **config["data"],
+        "pattern": r"^(?P<stem>(?P<trap>(?:evolve|prime95b)_test[A-Z])(?:_tp(?P<time>\d+))?)\.ome\.tif$",
+        "channels": {"BF": "brightfield"},
+    }
+    records = catalogue.records_from_config(stack_data, stacks)
+    from_stacks = catalogue.build_catalogue(
+        sorted(set(records["file"])), stacks, stack_data, progress=False
+    )
+    columns = ["state", "trap", "time", "modality", "z", "height", "width", "channels", "dtype"]
+    pd.testing.assert_frame_equal(
+        from_stacks[columns].reset_index(drop=True), planes[columns].reset_index(drop=True)
+    )
+    for plane, stacked in zip(planes["path"], from_stacks["path"], strict=True):
+        np.testing.assert_array_equal(read_image(stacked), read_image(plane))
+
+
+@needs_data
 def test_split_keeps_the_time_points_of_a_trap_together():
     config = baby()
     records = catalogue.records_from_config(config["data"], DATA)
