@@ -476,6 +476,7 @@ def write_ome_zarr(
     binary: np.ndarray,
     labels: np.ndarray,
     pixel_size: float | None,
+    plane_spacing: float | None = None,
 ) -> None:
     """Write one input's prediction as an OME-Zarr (NGFF) image group, atomically.
 
@@ -484,9 +485,10 @@ def write_ome_zarr(
     ``labels/cells`` holds the instance labels (uint16) and ``labels/mask`` the binary mask
     (uint8, 1 = cell, drawn in the overlay's yellow), each labels image pointing to the
     image as its source. ``pixel_size`` micrometres per pixel becomes the y and x scale with
-    unit "micrometer"; None leaves the axes in pixels. Z keeps a scale of 1 (the plane's
-    index): the spacing of focal planes is not carried. One resolution level, for image and
-    labels alike (NGFF asks labels to have the image's levels).
+    unit "micrometer"; None leaves the axes in pixels. ``plane_spacing`` (micrometres
+    between focal planes, as a container states it) becomes a stack's z scale; without it z
+    keeps a scale of 1, the plane's index. One resolution level, for image and labels alike
+    (NGFF asks labels to have the image's levels).
     """
     import zarr
     from ome_zarr.writer import write_image, write_labels
@@ -503,14 +505,10 @@ def write_ome_zarr(
     colour = image.ndim == len(spatial) + 1
     if colour:
         image = np.moveaxis(image, -1, 0)  # NGFF's order: c before z, y, x
-    physical = (
-        {
-            "scale": {"y": pixel_size, "x": pixel_size},
-            "axes_units": {"y": "micrometer", "x": "micrometer"},
-        }
-        if pixel_size is not None
-        else {}
-    )
+    sizes = {"y": pixel_size, "x": pixel_size} if pixel_size is not None else {}
+    if spatial == "zyx" and plane_spacing is not None:
+        sizes["z"] = plane_spacing
+    physical = {"scale": sizes, "axes_units": dict.fromkeys(sizes, "micrometer")} if sizes else {}
     source = {"source": {"image": "../../"}}  # lets readers find the image a labels image is of
     with atomic_dir(path) as folder:
         group = zarr.open_group(str(folder), mode="w")
@@ -801,11 +799,12 @@ def predict_files(
     for item in tqdm(inputs, desc="predict", unit="image", disable=not progress):
         paths = output_paths(out_dir, item.stem, data_format)
         described: dict = {}  # a container's scene, time point and channel
-        pixel_size = configured
+        pixel_size, spacing = configured, None
         if item.container:
             planes, info, channel = read_container(
                 open_stack(item.path, item.container), item, model, data_cfg
             )
+            spacing = info.plane_spacing
             where = f"{item.path} (scene '{info.scene_name}', time point {item.time}"
             names = [f"{where}, z={z})" for z in range(len(planes))]
             described = {
@@ -846,7 +845,7 @@ def predict_files(
                     PIXEL_SIZE_KEY,
                     paths["zarr"].name,
                 )
-            write_ome_zarr(paths["zarr"], planes, binary, labels, pixel_size)
+            write_ome_zarr(paths["zarr"], planes, binary, labels, pixel_size, spacing)
         else:
             # A stack's outputs hold one page per plane (never colour samples, whatever
             # their number); a plane's, the plane alone.

@@ -161,6 +161,8 @@ class StackInfo:
     dtype: str
     pixel_size_y: float | None  # micrometres per pixel, None when the file does not say
     pixel_size_x: float | None
+    # Micrometres between focal planes, None when the file does not say (or holds one plane).
+    plane_spacing: float | None = None
 
     @property
     def pixel_size(self) -> float | None:
@@ -268,6 +270,7 @@ class Stack:
                 channels = tuple(str(name) for name in self._image.channel_names)
                 dtype = str(np.dtype(self._image.dtype))
                 pixel_y, pixel_x = self._pixel_sizes()
+                spacing = self._plane_spacing() if sizes.get("Z", 1) > 1 else None
             except InputError:
                 raise
             except Exception as error:
@@ -287,6 +290,7 @@ class Stack:
                 dtype=dtype,
                 pixel_size_y=pixel_y,
                 pixel_size_x=pixel_x,
+                plane_spacing=spacing,
             )
         return self._infos[index]
 
@@ -314,28 +318,44 @@ class Stack:
             result.append(value)
         return result[0], result[1]
 
-    def _length_units(self) -> dict[str, str | None]:
-        """Unit of the Y and X pixel sizes (pint names) where the file states one; an axis
-        mapped to None has no usable pixel size; an axis left out is in micrometres."""
+    def _plane_spacing(self) -> float | None:
+        """Micrometres between the current scene's focal planes, None where the file says
+        nothing usable (a spacing of zero or less is left out, not refused: only the
+        OME-Zarr output's z scale uses it)."""
+        value = self._image.physical_pixel_sizes.Z
+        unit = self._length_units(("Z",)).get("Z", "")
+        if value is None or unit is None:
+            return None
+        value = float(value)
+        if unit:
+            from bioio_base.types import ureg
+
+            value = float(ureg.Quantity(value, unit).to("micrometer").magnitude)
+        return value if math.isfinite(value) and value > 0 else None
+
+    def _length_units(self, axes: Sequence[str] = ("Y", "X")) -> dict[str, str | None]:
+        """Unit of the physical sizes of ``axes`` (pint names) where the file states one; an
+        axis mapped to None has no usable size; an axis left out is in micrometres."""
         properties = self._image.dimension_properties
-        stated = {axis: getattr(properties, axis).unit for axis in ("Y", "X")}
+        stated = {axis: getattr(properties, axis).unit for axis in axes}
         if any(unit is not None for unit in stated.values()):
             return {axis: None if unit is None else str(unit) for axis, unit in stated.items()}
         if self.format == "ome-zarr":  # an NGFF scale without a unit is no physical size
-            return {"Y": None, "X": None}
+            return dict.fromkeys(axes)
         images = getattr(self._image.reader.metadata, "images", None)  # ome_types.OME
         if images:
             pixels = images[self._image.current_scene_index].pixels
-            return {
-                "Y": str(pixels.physical_size_y_quantity.units)
-                if pixels.physical_size_y is not None
-                else None,
-                "X": str(pixels.physical_size_x_quantity.units)
-                if pixels.physical_size_x is not None
-                else None,
-            }
+            units = {}
+            for axis in axes:
+                name = f"physical_size_{axis.lower()}"
+                units[axis] = (
+                    str(getattr(pixels, f"{name}_quantity").units)
+                    if getattr(pixels, name) is not None
+                    else None
+                )
+            return units
         if self.format == "tiff" and not _tiff_states_length_unit(self.path):
-            return {"Y": None, "X": None}
+            return dict.fromkeys(axes)
         return {}  # ND2, CZI, LIF: the readers give micrometres
 
     def channel_index(self, channel: int | str, scene: int | str = 0) -> int:

@@ -489,3 +489,22 @@ def test_a_micrometre_model_refuses_an_image_without_a_pixel_size(tmp_path):
     )
     assert summary["cells"].tolist() == [1]
     assert summary["pixel_size_um"].tolist() == [PIXEL_UM / 2]
+
+
+def test_a_stacks_plane_spacing_becomes_the_ome_zarr_z_scale(stack, tmp_path):
+    (tmp_path / "in").mkdir()
+    path = tmp_path / "in" / "spaced.ome.tif"
+    metadata = {"axes": "ZCYX", "Channel": {"Name": list(CHANNELS)}}
+    metadata |= {"PhysicalSizeX": PIXEL_UM, "PhysicalSizeY": PIXEL_UM}
+    metadata |= {"PhysicalSizeZ": 2000.0, "PhysicalSizeZUnit": "nm"}  # 2 um, another unit
+    tifffile.imwrite(path, stack, ome=True, metadata=metadata)
+    predict.predict_files(
+        grey_model(), [path], tmp_path / "out", data_cfg=DATA_CFG, format="ome-zarr", progress=False
+    )
+    image, labels = read_zarr(predict.output_paths(tmp_path / "out", "spaced", "ome-zarr")["zarr"])
+    for node in (image, labels["cells"]):
+        axes = {axis["name"]: axis.get("unit") for axis in node.metadata["axes"]}
+        assert axes == {"z": "micrometer", "y": "micrometer", "x": "micrometer"}
+        (transforms,) = node.metadata["coordinateTransformations"]
+        scale = next(t["scale"] for t in transforms if t["type"] == "scale")
+        assert scale == pytest.approx([2.0, PIXEL_UM, PIXEL_UM])

@@ -109,6 +109,11 @@ def test_each_format_reports_its_axes_channels_and_pixel_size(container):
     assert (info.times, info.planes, info.channels) == (1, PLANES, NAMES)
     assert (info.height, info.width, info.samples, info.dtype) == (HEIGHT, WIDTH, 1, "uint16")
     assert info.pixel_size == pytest.approx(PIXEL_UM)
+    # 2 um between planes where the writer states it (the OME-TIFF here states none).
+    if data_format == "ome-tiff":
+        assert info.plane_spacing is None
+    else:
+        assert info.plane_spacing == pytest.approx(2.0)
 
 
 def test_each_plane_equals_the_same_plane_saved_as_a_single_tiff(container, stack_data, tmp_path):
