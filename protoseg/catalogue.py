@@ -40,6 +40,7 @@ from protoseg.io import IMAGE_SUFFIXES, read_image_axes
 from protoseg.stacks import (
     SUFFIX_FORMATS,
     PlaneAddress,
+    is_zarr_folder,
     open_stack,
     pixel_size_um,
     resolve_format,
@@ -196,11 +197,11 @@ def container_rows(path: Path, fields: dict, data_cfg: dict) -> list[dict]:
     return rows
 
 
-def image_files(raw_dir: Path) -> list[Path]:
+def raw_files(raw_dir: Path) -> list[Path]:
     """Every file below ``raw_dir``, an OME-Zarr folder (``*.zarr``) counting as one file."""
     found = []
     for root, folders, files in os.walk(raw_dir):
-        zarr = [name for name in folders if name.lower().endswith(".zarr")]
+        zarr = [name for name in folders if is_zarr_folder(Path(root) / name)]
         found += [Path(root) / name for name in zarr]
         folders[:] = [name for name in folders if name not in zarr]
         found += [Path(root) / name for name in files]
@@ -295,7 +296,7 @@ def scan_folder(raw_dir: str | Path, data_cfg: dict) -> pd.DataFrame:
                 "data.ignore", f"'{expression}' is not a valid regular expression: {error}"
             ) from error
     paths = []
-    for path in image_files(raw_dir):
+    for path in raw_files(raw_dir):
         relpath = path.relative_to(raw_dir).as_posix()
         if not any(expression.search(relpath) for expression in ignore):
             paths.append(path)

@@ -545,8 +545,9 @@ def build_dataset(
     prepared: OrderedDict[str, tuple[tuple[int, int], np.ndarray]] = OrderedDict()
     keep = (2 * context_planes + 2) * len(set(samples["modality"])) if context_planes else 0
 
+    # Micrometres per pixel of every image (a focal window's neighbours included).
     pixel_sizes = (
-        dict(zip(catalogue["path"].astype(str), catalogue.get("pixel_size", np.nan), strict=True))
+        dict(zip(catalogue["path"].astype(str), catalogue["pixel_size"], strict=True))
         if "pixel_size" in catalogue
         else {}
     )

@@ -90,6 +90,8 @@ from protoseg.stacks import (
     SUFFIX_FORMATS,
     Stack,
     StackInfo,
+    configured_pixel_size,
+    is_zarr_folder,
     open_stack,
     pixel_size_um,
     resolve_format,
@@ -141,11 +143,6 @@ class PredictionModel:
         return self.preprocessing.colour
 
 
-def is_zarr(path: Path) -> bool:
-    """Whether ``path`` is an OME-Zarr folder (one input, not a folder of inputs)."""
-    return path.is_dir() and path.name.lower().endswith(ZARR_SUFFIX)
-
-
 def input_stem(path: str | Path) -> str:
     """The name an input's outputs start with: the file name without its format's ending
     (``a.ome.tif`` and ``a.ome.zarr`` give ``a``, as ``a.tif`` does)."""
@@ -168,14 +165,17 @@ def image_files(inputs: list[str | Path]) -> list[Path]:
     files: list[Path] = []
     for entry in inputs:
         path = Path(entry)
-        if is_zarr(path):
+        if is_zarr_folder(path):
             files.append(path)
         elif path.is_dir():
             found = sorted(
                 child
                 for child in path.iterdir()
                 if not child.name.startswith(".")
-                and ((child.is_file() and child.suffix.lower() in INPUT_SUFFIXES) or is_zarr(child))
+                and (
+                    (child.is_file() and child.suffix.lower() in INPUT_SUFFIXES)
+                    or is_zarr_folder(child)
+                )
             )
             if not found:
                 raise InputError(path, f"folder holds no image files ({suffixes})")
@@ -462,14 +462,6 @@ def read_container(
     return planes, info, channel
 
 
-def configured_pixel_size(data_cfg: dict | None) -> float | None:
-    """``data.pixel_size`` (micrometres per pixel) where the config has one, checked."""
-    configured = (data_cfg or {}).get("pixel_size")
-    if configured is not None and not float(configured) > 0:
-        raise ConfigError(PIXEL_SIZE_KEY, f"must be a positive number of um, got {configured}")
-    return None if configured is None else float(configured)
-
-
 def write_ome_zarr(
     path: str | Path,
     planes: list[np.ndarray],
@@ -726,7 +718,7 @@ def predict_files(
         raise ValueError(f"threshold must lie between 0 and 1, got {threshold}")
     files = image_files(images)
     inputs = plan_inputs(files, model.context_planes, data_cfg, model.name)
-    configured = configured_pixel_size(data_cfg)
+    configured = configured_pixel_size((data_cfg or {}).get("pixel_size"), PIXEL_SIZE_KEY)
     # A model that works in micrometres (dataset.cell_diameter_um) rescales each image by
     # its pixel size: every input must have one, checked before anything is predicted.
     in_micrometres = model.preprocessing.pixel_size is not None

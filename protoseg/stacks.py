@@ -472,6 +472,19 @@ def require_planes(info: StackInfo, wanted: Sequence[int] | int, key: str = "dat
         )
 
 
+def configured_pixel_size(value: float | None, key: str = "") -> float | None:
+    """A configured pixel size (micrometres per pixel, e.g. ``data.pixel_size``) as a
+    float, or None; zero, negative or non-finite sizes are a :class:`ConfigError` naming
+    ``key``."""
+    from protoseg.errors import ConfigError
+
+    if value is None:
+        return None
+    if not math.isfinite(float(value)) or float(value) <= 0:
+        raise ConfigError(key or "pixel size", f"must be a positive number of um, got {value}")
+    return float(value)
+
+
 def pixel_size_um(
     info: StackInfo, configured: float | None = None, needed: bool = False, key: str = ""
 ) -> float | None:
@@ -479,13 +492,8 @@ def pixel_size_um(
     ``key`` names it in messages), else None; with ``needed`` (micrometres were asked for),
     None is an :class:`InputError` saying where to give one. A configured size of zero or
     less is refused, naming ``key``."""
-    from protoseg.errors import ConfigError
-
-    if configured is not None and (not math.isfinite(float(configured)) or configured <= 0):
-        raise ConfigError(key or "pixel size", f"must be a positive number of um, got {configured}")
-    size = info.pixel_size
-    if size is None:
-        size = None if configured is None else float(configured)
+    configured = configured_pixel_size(configured, key)
+    size = info.pixel_size if info.pixel_size is not None else configured
     if size is None and needed:
         raise InputError(
             info.path,
@@ -535,6 +543,12 @@ class PlaneAddress:
             format=fields["format"],
             **{key: int(fields[key]) for key in ("scene", "t", "z", "c")},
         )
+
+
+def is_zarr_folder(path: str | Path) -> bool:
+    """Whether ``path`` is an OME-Zarr folder: one image, not a folder of images."""
+    path = Path(path)
+    return path.name.lower().endswith(".zarr") and path.is_dir()
 
 
 def source_file(source: str | Path) -> str:

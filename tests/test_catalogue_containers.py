@@ -247,16 +247,21 @@ def demo_as_stacks(tmp_path: Path) -> tuple[dict, dict]:
     records = catalogue.records_from_config(planes_cfg["data"], demo_dir / "raw")
     stacks = tmp_path / "stacks"
     stacks.mkdir()
-    channels = list(planes_cfg["data"]["channels"])  # c1 bright-field, c2 fluorescent
-    for (day, time, xy), group in records.groupby(["day", "time", "xy"]):
+    modalities = ("brightfield", "fluorescent")  # channels BF and GFP of the stacks
+    for state in records["state"].unique():
         data = np.stack(
             [
-                np.stack([read_image(lookup_plane(group, channel, z)) for channel in channels])
+                np.stack(
+                    [
+                        read_image(catalogue.lookup(records, state=state, modality=modality, z=z))
+                        for modality in modalities
+                    ]
+                )
                 for z in planes_cfg["data"]["planes"]
             ]
         )
         tifffile.imwrite(
-            stacks / f"day{day}t{time}xy{xy}.ome.tif",
+            stacks / f"{state}.ome.tif",
             data,
             ome=True,
             photometric="rgb",
@@ -276,11 +281,6 @@ def demo_as_stacks(tmp_path: Path) -> tuple[dict, dict]:
         }
     )
     return planes_cfg, stacks_cfg
-
-
-def lookup_plane(group: pd.DataFrame, channel: str, z: int) -> str:
-    hit = group[(group["channel"] == str(channel)) & (group["z"] == z)]
-    return hit["path"].iloc[0]
 
 
 @pytest.mark.slow

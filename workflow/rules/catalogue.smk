@@ -3,7 +3,7 @@ CATALOGUE = f"{RESULTS}/catalogue.csv"
 
 rule catalogue:
     input:
-        images=image_files(RECORDS["path"]),
+        images=source_files(RECORDS["path"]),
     output:
         CATALOGUE,
     log:

@@ -69,7 +69,7 @@ def state_images(state, modality):
     return [raw_image(state, modality, z) for z in PLANES]
 
 
-def image_files(images):
+def source_files(images):
     """The files on disk behind raw image paths (a container once), a rule's input."""
     return sorted({source_file(image) for image in images})
 

@@ -10,7 +10,7 @@ USES_SAM = get_method(MASKS["method"]).uses_sam
 rule masks:
     input:
         catalogue=CATALOGUE,  # the catalogue's checks (shapes, completeness) come first
-        images=lambda wildcards: image_files(
+        images=lambda wildcards: source_files(
             state_images(wildcards.state, MASKS["modality"])
         ),
         # the prompts CSV (sam-prompted) or the state's mask files (import)

@@ -14,7 +14,7 @@ QC_MODALITIES = [config["masks"]["modality"]] + [
 rule merge:
     input:
         planes=expand(PLANE_MASK, z=PLANES, allow_missing=True),
-        images=lambda wildcards: image_files(
+        images=lambda wildcards: source_files(
             path for m in QC_MODALITIES for path in state_images(wildcards.state, m)
         ),
     output:

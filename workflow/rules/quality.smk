@@ -36,7 +36,7 @@ if TRUTH_DIR:
 
     rule quality:
         input:
-            image_files(
+            source_files(
                 pair[key]
                 for pair in QUALITY_PAIRS
                 for key in ("prediction", "truth", "image")
