@@ -33,6 +33,15 @@ def _tile(text: str) -> tuple[int, int]:
 
 # The predict options' defaults: the config schema's, as the predict rule gets them.
 PREDICT_DEFAULTS = section_defaults("predict")
+PREDICT_OPTIONS = (
+    "overlap",
+    "instances",
+    "min_distance",
+    "min_area",
+    "device",
+    "precision",
+    "format",
+)
 
 
 def _share(text: str) -> float:
@@ -50,34 +59,25 @@ def _probability(text: str) -> float:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from protoseg.device import resolve_device, resolve_precision
-    from protoseg.predict import load_prediction_model, predict_files
+    from protoseg.predict import predict_model_files
 
     if not Path(args.model).is_file():
         raise InputError(args.model, "model file not found")
     # Options left out take the predict section's defaults from the schema.
     settings = {**PREDICT_DEFAULTS, **{k: v for k, v in vars(args).items() if v is not None}}
-    device = resolve_device(settings["device"], key="--device")
-    precision = resolve_precision(settings["precision"], device, key="--precision")
-    model = load_prediction_model(args.model, device=device)
     # How per-plane files of focal stacks are named (what a focal-context model needs),
     # which channel of a container the model takes, and the pixel size of files without one.
     data_cfg = load_config(args.config)["data"] if args.config else None
-    summary = predict_files(
-        model,
+    summary = predict_model_files(
+        args.model,
         args.inputs,
         args.out,
-        tile=args.tile,
-        overlap=settings["overlap"],
-        threshold=args.threshold,
-        instances=settings["instances"],
-        min_distance=settings["min_distance"],
-        min_area=settings["min_area"],
-        device=device,
-        precision=precision,
-        format=settings["format"],
         data_cfg=data_cfg,
         progress=not args.quiet,
+        names={"device": "--device", "precision": "--precision"},
+        tile=args.tile,
+        threshold=args.threshold,
+        **{key: settings[key] for key in PREDICT_OPTIONS},
     )
     if not args.quiet:
         print(

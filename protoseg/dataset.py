@@ -499,6 +499,233 @@ def _read_catalogue(catalogue) -> pd.DataFrame:
     return catalogue
 
 
+class PreparedImages:
+    """Prepared images of the focal windows, most recently used last: samples go plane by
+    plane through each state, so a window slides and ``keep`` images suffice (0: each image
+    is one sample, read once)."""
+
+    def __init__(self, prep: Preprocessing, pixel_sizes: dict, keep: int):
+        self.prep, self.pixel_sizes, self.keep = prep, pixel_sizes, keep
+        self.recent: OrderedDict[str, tuple[tuple[int, int], np.ndarray]] = OrderedDict()
+
+    def __call__(self, path: str) -> tuple[tuple[int, int], np.ndarray]:
+        """(raw height and width, prepared image) of one image file."""
+        if path in self.recent:
+            self.recent.move_to_end(path)
+            return self.recent[path]
+        raw = read_image(path)
+        pixel_size = self.pixel_sizes.get(path)
+        pixel_size = None if pixel_size is None or pd.isna(pixel_size) else float(pixel_size)
+        if self.prep.pixel_size is not None:
+            check_image_scale(self.prep.scale_for(pixel_size, path), path, pixel_size)
+        entry = (tuple(raw.shape[:2]), prepare_image(raw, self.prep, path, pixel_size))
+        if self.keep:
+            self.recent[path] = entry
+            while len(self.recent) > self.keep:
+                self.recent.popitem(last=False)
+        return entry
+
+
+# Where each sample is stored, its sizes and its cells, filled in as shards are written.
+STORAGE_COLUMNS = ("shard", "row", "height", "width", "stored_height", "stored_width", "cells")
+
+
+class DatasetBuilder:
+    """The state of one variant's build: prepared images, shards as they fill, the
+    manifest's columns and what to warn about (:func:`build_dataset`)."""
+
+    def __init__(
+        self, catalogue, dataset_dir, variant, prep, patch, shard_size, context_planes, instances
+    ):
+        self.dataset_dir, self.variant = Path(dataset_dir), variant
+        self.prep, self.patch = prep, patch
+        self.patches = prep.geometry == "patches"
+        self.shard_size = 1 if self.patches else int(shard_size)
+        self.store_instances = self.patches or bool(instances)
+        self.instances, self.context_planes = bool(instances), int(context_planes)
+        self.catalogue = catalogue
+        self.columns: dict[str, list] = {key: [] for key in STORAGE_COLUMNS}
+        self.empty_masks: list[str] = []
+        self.binary_only: list[str] = []
+        self.padded = 0
+        self._labels: dict[str, np.ndarray] = {}  # a state mask serves all its planes
+
+    def images_for(self, samples: pd.DataFrame) -> PreparedImages:
+        """The prepared-image cache for these samples, with every image's pixel size (a
+        focal window's neighbours included)."""
+        catalogue = self.catalogue
+        pixel_sizes = (
+            dict(zip(catalogue["path"].astype(str), catalogue["pixel_size"], strict=True))
+            if "pixel_size" in catalogue
+            else {}
+        )
+        modalities = len(set(samples["modality"]))
+        keep = (2 * self.context_planes + 2) * modalities if self.context_planes else 0
+        return PreparedImages(self.prep, pixel_sizes, keep)
+
+    def labels(self, sample, raw_shape) -> np.ndarray:
+        """The instance labels of a sample's mask, checked against its image's size."""
+        if sample.mask not in self._labels:
+            self._labels.clear()
+            labels = label_image(read_image(sample.mask), sample.mask)
+            if labels.shape[:2] != raw_shape:
+                raise InputError(
+                    sample.mask,
+                    f"mask is {labels.shape[:2]} but image {sample.image} is {raw_shape}",
+                )
+            if self.instances and is_binary_labels(labels):
+                self.binary_only.append(sample.mask)
+                labels = instances_from_binary(labels)
+            self._labels[sample.mask] = labels
+            if not labels.any():
+                self.empty_masks.append(sample.mask)
+        return self._labels[sample.mask]
+
+    def write_shard(self, name: str, index: int, chunk: pd.DataFrame, images_of, bar) -> None:
+        """Prepare the samples of one shard and write its arrays."""
+        images = masks = stored_labels = None
+        self._labels.clear()
+        for row, sample in enumerate(chunk.itertuples(index=False)):
+            window = sample.context.split(";") if self.context_planes else [sample.image]
+            entries = [images_of(path) for path in window]
+            raw_shape = entries[self.context_planes][0]  # the window's middle: the sample
+            image = join_planes([prepared for _, prepared in entries], window)
+            labels = self.labels(sample, raw_shape)
+            stored = image.shape[1:]
+            if images is None:  # buffers of exactly this shard's length
+                images = np.empty((len(chunk), *image.shape), np.float32)
+                masks = np.empty((len(chunk), *stored), np.uint8)
+                if self.store_instances:
+                    stored_labels = np.empty((len(chunk), *stored), np.uint32)
+            images[row] = image
+            masks[row] = binary_mask(labels, stored, sample.mask)
+            if self.patches:
+                stored_labels[row] = resize_labels(labels, stored)
+                if stored[0] < self.patch[0] or stored[1] < self.patch[1]:
+                    self.padded += 1
+            elif self.store_instances:
+                stored_labels[row] = instances_at_mask(labels, masks[row])
+            cells = int(len(np.unique(labels[labels > 0])))
+            self.add_row(name, row, raw_shape, stored, cells)
+            bar.update()
+        self.save_shard(name, index, images, masks, stored_labels)
+
+    def add_row(self, name, row, raw_shape, stored, cells) -> None:
+        values = (name, row, raw_shape[0], raw_shape[1], stored[0], stored[1], cells)
+        for key, value in zip(STORAGE_COLUMNS, values, strict=True):
+            self.columns[key].append(value if key == "shard" else int(value))
+
+    def save_shard(self, name, index, images, masks, stored_labels) -> None:
+        image_file, mask_file = shard_files(self.dataset_dir, name)
+        _save_npy(image_file, images)
+        _save_npy(mask_file, masks)
+        if self.store_instances:
+            _save_npy(extra_shard_file(self.dataset_dir, name, "instances"), stored_labels)
+        if self.patches:
+            _save_npy(
+                extra_shard_file(self.dataset_dir, name, "foreground"),
+                foreground_sample(masks[0], FOREGROUND_LIMIT, seed=index),
+            )
+
+    def write_shards(self, samples: pd.DataFrame, progress: bool) -> None:
+        """Every split's samples into shards, written as they fill."""
+        shards = self.dataset_dir / SHARD_DIR
+        shards.mkdir(parents=True, exist_ok=True)
+        for stale in shards.glob("*.npy"):
+            stale.unlink()  # a rebuild must not leave shards of an earlier, larger build
+        images_of = self.images_for(samples)
+        bar = tqdm(
+            total=len(samples), desc=f"dataset {self.variant}", unit="image", disable=not progress
+        )
+        for split, group in samples.groupby("split", sort=False):
+            for index, start in enumerate(range(0, len(group), self.shard_size)):
+                chunk = group.iloc[start : start + self.shard_size]
+                name = f"{split}-{index:05d}" if self.patches else shard_name(split, index)
+                self.write_shard(name, index, chunk, images_of, bar)
+        bar.close()
+
+    def manifest(self, samples: pd.DataFrame) -> pd.DataFrame:
+        """The samples with where each is stored, its sizes and its cell count."""
+        manifest = samples.copy()
+        manifest.insert(0, "sample", np.arange(len(manifest)))
+        for position, key in enumerate(("shard", "row"), start=2):
+            manifest.insert(position, key, self.columns[key])
+        for key in ("height", "width", "stored_height", "stored_width", "cells"):
+            manifest[key] = self.columns[key]
+        train_rows = manifest[manifest["split"] == "train"]
+        if int(train_rows["cells"].sum()) == 0:
+            raise InputError(
+                train_rows["mask"].iloc[0] if len(train_rows) else self.dataset_dir,
+                f"no cell in any training image of data set {self.variant}: every training "
+                "mask is empty, so there is nothing to learn (check the masks stage and "
+                "split.test)",
+            )
+        return manifest
+
+    def warn(self) -> None:
+        """What a user must know about the masks and images the build met."""
+        for mask in dict.fromkeys(self.empty_masks):
+            warnings.warn(
+                f"{mask}: empty mask (no cells); its images are kept as all-background samples",
+                stacklevel=3,
+            )
+        if self.binary_only:
+            warnings.warn(
+                f"{len(set(self.binary_only))} mask(s) carry no instance labels (binary only, "
+                f"e.g. {self.binary_only[0]}); model.instances needs instance labels, so "
+                "connected components were used to label their cells: touching cells there "
+                "are one instance in the training targets and the stored truth",
+                stacklevel=3,
+            )
+        if self.padded:
+            prep = self.prep
+            log.warning(
+                "%d image(s) of %s are smaller than the %s patch at the training scale (%s); "
+                "training pads them (mirrored) to the patch size",
+                self.padded,
+                self.variant,
+                list(self.patch),
+                f"{prep.pixel_size:.4g} um per pixel"
+                if prep.pixel_size is not None
+                else f"scale {prep.scale:.3g}",
+            )
+
+    def record(self, manifest, samples, modalities, dataset_cfg, split_cfg) -> DatasetRecord:
+        """What the data set is, for training, evaluation, predict and export."""
+        catalogue, columns = self.catalogue, self.columns
+        sized = dataset_cfg.get("cell_diameter") or dataset_cfg.get("cell_diameter_um")
+        return DatasetRecord(
+            variant=self.variant,
+            modalities=tuple(dict.fromkeys(modalities)),
+            preprocessing=self.prep,
+            patch_size=self.patch,
+            mask_source=dataset_cfg["mask_source"],
+            split={
+                "key": split_cfg["key"],
+                "test": list(split_cfg["test"]),
+                "validation": list(split_cfg["validation"]),
+            },
+            samples={split: int((manifest["split"] == split).sum()) for split in SPLITS},
+            shard_size=self.shard_size,
+            has_instances=self.store_instances,
+            context_planes=self.context_planes,
+            cell_diameter=dataset_cfg.get("cell_diameter"),
+            target_diameter=dataset_cfg.get("target_diameter") if sized else None,
+            source_sizes=tuple(sorted(set(zip(columns["height"], columns["width"], strict=True)))),
+            cell_diameter_um=dataset_cfg.get("cell_diameter_um"),
+            source_pixel_sizes=tuple(
+                sorted({round(float(size), 6) for size in samples["pixel_size"] if pd.notna(size)})
+            ),
+            source_dtypes=tuple(
+                sorted(
+                    set(catalogue.loc[catalogue["modality"].isin(modalities), "dtype"].astype(str))
+                )
+                if "dtype" in catalogue
+                else ()
+            ),
+        )
+
+
 def build_dataset(
     catalogue: pd.DataFrame | str | Path,
     dataset_dir: str | Path,
@@ -532,185 +759,25 @@ def build_dataset(
     prep, patch = preprocessing_from_config(dataset_cfg)
     dataset_cfg = complete_section("dataset", dataset_cfg)
     split_cfg = complete_section("split", split_cfg)
-    shard_size = int(dataset_cfg["shard_size"])
-    patches = prep.geometry == "patches"
-    store_instances = patches or bool(instances)
     context_planes = int(context_planes)
     samples = plan_samples(
         catalogue, variant, modalities, split_cfg, mask_path, context_planes=context_planes
     )
-    # Prepared images of the focal windows, most recently used last: samples go plane by
-    # plane through each state, so a window slides and 2k + 2 planes per modality suffice.
-    # Single-plane variants keep none: each image is one sample, read once.
-    prepared: OrderedDict[str, tuple[tuple[int, int], np.ndarray]] = OrderedDict()
-    keep = (2 * context_planes + 2) * len(set(samples["modality"])) if context_planes else 0
-
-    # Micrometres per pixel of every image (a focal window's neighbours included).
-    pixel_sizes = (
-        dict(zip(catalogue["path"].astype(str), catalogue["pixel_size"], strict=True))
-        if "pixel_size" in catalogue
-        else {}
+    builder = DatasetBuilder(
+        catalogue,
+        dataset_dir,
+        variant,
+        prep,
+        patch,
+        dataset_cfg["shard_size"],
+        context_planes,
+        instances,
     )
-
-    def prepare(path: str) -> tuple[tuple[int, int], np.ndarray]:
-        """(raw height and width, prepared image) of one image file."""
-        if path in prepared:
-            prepared.move_to_end(path)
-            return prepared[path]
-        raw = read_image(path)
-        pixel_size = pixel_sizes.get(path)
-        pixel_size = None if pixel_size is None or pd.isna(pixel_size) else float(pixel_size)
-        if prep.pixel_size is not None:
-            check_image_scale(prep.scale_for(pixel_size, path), path, pixel_size)
-        entry = (tuple(raw.shape[:2]), prepare_image(raw, prep, path, pixel_size))
-        if keep:
-            prepared[path] = entry
-            while len(prepared) > keep:
-                prepared.popitem(last=False)
-        return entry
-
+    builder.write_shards(samples, progress)
+    manifest = builder.manifest(samples)
+    builder.warn()
+    record = builder.record(manifest, samples, modalities, dataset_cfg, split_cfg)
     dataset_dir = Path(dataset_dir)
-    (dataset_dir / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-    for stale in (dataset_dir / SHARD_DIR).glob("*.npy"):
-        stale.unlink()  # a rebuild must not leave shards of an earlier, larger build
-
-    columns: dict[str, list] = {
-        key: []
-        for key in ("shard", "row", "height", "width", "stored_height", "stored_width", "cells")
-    }
-    empty_masks: list[str] = []
-    binary_only: list[str] = []
-    padded = 0
-    bar = tqdm(total=len(samples), desc=f"dataset {variant}", unit="image", disable=not progress)
-    for split, group in samples.groupby("split", sort=False):
-        per_shard = 1 if patches else shard_size
-        for index, start in enumerate(range(0, len(group), per_shard)):
-            chunk = group.iloc[start : start + per_shard]
-            name = f"{split}-{index:05d}" if patches else shard_name(split, index)
-            images = masks = stored_labels = None
-            labels_cache: dict[str, np.ndarray] = {}  # a state mask serves all its planes
-            for row, sample in enumerate(chunk.itertuples(index=False)):
-                window = sample.context.split(";") if context_planes else [sample.image]
-                entries = [prepare(path) for path in window]
-                raw_shape = entries[context_planes][0]  # the window's middle: the sample's image
-                image = join_planes([prepared_image for _, prepared_image in entries], window)
-                if sample.mask not in labels_cache:
-                    labels_cache.clear()
-                    labels = label_image(read_image(sample.mask), sample.mask)
-                    if labels.shape[:2] != raw_shape:
-                        raise InputError(
-                            sample.mask,
-                            f"mask is {labels.shape[:2]} but image {sample.image} is {raw_shape}",
-                        )
-                    if instances and is_binary_labels(labels):
-                        binary_only.append(sample.mask)
-                        labels = instances_from_binary(labels)
-                    labels_cache[sample.mask] = labels
-                    if not labels.any():
-                        empty_masks.append(sample.mask)
-                labels = labels_cache[sample.mask]
-                stored = image.shape[1:]
-                if images is None:  # buffers of exactly this shard's length
-                    images = np.empty((len(chunk), *image.shape), np.float32)
-                    masks = np.empty((len(chunk), *stored), np.uint8)
-                    if store_instances:
-                        stored_labels = np.empty((len(chunk), *stored), np.uint32)
-                images[row] = image
-                masks[row] = binary_mask(labels, stored, sample.mask)
-                if patches:
-                    stored_labels[row] = resize_labels(labels, stored)
-                    if stored[0] < patch[0] or stored[1] < patch[1]:
-                        padded += 1
-                elif store_instances:
-                    stored_labels[row] = instances_at_mask(labels, masks[row])
-                columns["shard"].append(name)
-                columns["row"].append(row)
-                columns["height"].append(int(raw_shape[0]))
-                columns["width"].append(int(raw_shape[1]))
-                columns["stored_height"].append(int(stored[0]))
-                columns["stored_width"].append(int(stored[1]))
-                columns["cells"].append(int(len(np.unique(labels[labels > 0]))))
-                bar.update()
-            image_file, mask_file = shard_files(dataset_dir, name)
-            _save_npy(image_file, images)
-            _save_npy(mask_file, masks)
-            if store_instances:
-                _save_npy(extra_shard_file(dataset_dir, name, "instances"), stored_labels)
-            if patches:
-                _save_npy(
-                    extra_shard_file(dataset_dir, name, "foreground"),
-                    foreground_sample(masks[0], FOREGROUND_LIMIT, seed=index),
-                )
-            del images, masks, stored_labels
-    bar.close()
-
-    manifest = samples.copy()
-    manifest.insert(0, "sample", np.arange(len(manifest)))
-    for position, key in enumerate(("shard", "row"), start=2):
-        manifest.insert(position, key, columns[key])
-    for key in ("height", "width", "stored_height", "stored_width", "cells"):
-        manifest[key] = columns[key]
-    train_rows = manifest[manifest["split"] == "train"]
-    if int(train_rows["cells"].sum()) == 0:
-        raise InputError(
-            train_rows["mask"].iloc[0] if len(train_rows) else dataset_dir,
-            f"no cell in any training image of data set {variant}: every training mask is empty, "
-            "so there is nothing to learn (check the masks stage and split.test)",
-        )
-    for mask in dict.fromkeys(empty_masks):
-        warnings.warn(
-            f"{mask}: empty mask (no cells); its images are kept as all-background samples",
-            stacklevel=2,
-        )
-    if binary_only:
-        warnings.warn(
-            f"{len(set(binary_only))} mask(s) carry no instance labels (binary only, e.g. "
-            f"{binary_only[0]}); model.instances needs instance labels, so connected components "
-            "were used to label their cells: touching cells there are one instance in the "
-            "training targets and the stored truth",
-            stacklevel=2,
-        )
-    if padded:
-        log.warning(
-            "%d image(s) of %s are smaller than the %s patch at the training scale (%s); "
-            "training pads them (mirrored) to the patch size",
-            padded,
-            variant,
-            list(patch),
-            f"{prep.pixel_size:.4g} um per pixel"
-            if prep.pixel_size is not None
-            else f"scale {prep.scale:.3g}",
-        )
-    record = DatasetRecord(
-        variant=variant,
-        modalities=tuple(dict.fromkeys(modalities)),
-        preprocessing=prep,
-        patch_size=patch,
-        mask_source=dataset_cfg["mask_source"],
-        split={
-            "key": split_cfg["key"],
-            "test": list(split_cfg["test"]),
-            "validation": list(split_cfg["validation"]),
-        },
-        samples={split: int((manifest["split"] == split).sum()) for split in SPLITS},
-        shard_size=1 if patches else shard_size,
-        has_instances=store_instances,
-        context_planes=context_planes,
-        cell_diameter=dataset_cfg.get("cell_diameter"),
-        target_diameter=dataset_cfg.get("target_diameter")
-        if dataset_cfg.get("cell_diameter") or dataset_cfg.get("cell_diameter_um")
-        else None,
-        source_sizes=tuple(sorted(set(zip(columns["height"], columns["width"], strict=True)))),
-        cell_diameter_um=dataset_cfg.get("cell_diameter_um"),
-        source_pixel_sizes=tuple(
-            sorted({round(float(size), 6) for size in samples["pixel_size"] if pd.notna(size)})
-        ),
-        source_dtypes=tuple(
-            sorted(set(catalogue.loc[catalogue["modality"].isin(modalities), "dtype"].astype(str)))
-            if "dtype" in catalogue
-            else ()
-        ),
-    )
     write_text(dataset_dir / INFO_NAME, json.dumps(record.to_dict(), indent=2) + "\n")
     write_csv(dataset_dir / MANIFEST_NAME, manifest)
     log.info(
@@ -719,7 +786,7 @@ def build_dataset(
         prep.geometry,
         f", focal context of {context_planes} plane(s) on each side" if context_planes else "",
         record.samples,
-        len(set(columns["shard"])),
+        len(set(builder.columns["shard"])),
     )
     return manifest
 

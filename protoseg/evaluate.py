@@ -34,7 +34,6 @@ from tqdm import tqdm
 from protoseg import metrics
 from protoseg.config import complete_section
 from protoseg.errors import ConfigError, InputError
-from protoseg.inference import sliding_window, to_original_size
 from protoseg.io import read_image
 from protoseg.transforms import centre_plane, display_rgb, instances_at_mask, label_image
 
@@ -104,34 +103,6 @@ INSTANCE_SOURCES = ("labels", "components")
 RESOLUTIONS = ("original", "training")
 
 
-def predict_sample(
-    model,
-    split,
-    index: int,
-    *,
-    tile,
-    overlap: float,
-    device: str,
-    batch_size: int,
-    precision: str,
-    all_outputs: bool = False,
-) -> np.ndarray:
-    """Probabilities (H, W) of one stored sample at the training scale, by the one
-    inference path (:func:`protoseg.inference.sliding_window`); with ``all_outputs`` every
-    output channel (K, H, W)."""
-    image, _ = split.arrays(index)
-    return sliding_window(
-        model,
-        image,
-        split.record.preprocessing.tile if tile is None else tuple(tile),
-        overlap,
-        device=device,
-        batch_size=batch_size,
-        precision=precision,
-        all_outputs=all_outputs,
-    )
-
-
 class TruthReader:
     """The truth of each sample at the resolution scores are computed at.
 
@@ -177,126 +148,122 @@ class TruthReader:
         return binary, instances_at_mask(self._labels(str(row["mask"])), binary)
 
 
+class OverlayData:
+    """The overlay data of one state's test samples at the training scale (figures)."""
+
+    KEYS = ("images", "masks", "probabilities", "z", "modality")
+
+    def __init__(self, state: str | None, own_instances: bool):
+        self.state = state
+        self.parts: dict[str, list] = {key: [] for key in self.KEYS}
+        if own_instances:
+            self.parts["instances"] = []
+
+    def add(self, split, index: int, row, probabilities: np.ndarray, cells=None) -> None:
+        """Keep sample ``index`` if it is of the overlay's state."""
+        if self.state is None or str(row["state"]) != str(self.state):
+            return
+        from protoseg.transforms import resize_labels
+
+        image, stored_mask = split.arrays(index)
+        # A focal-context sample holds its neighbours too: show the plane it is of.
+        plane = centre_plane(image, split.record.context_planes)
+        self.parts["images"].append(display_rgb(plane, channels_first=True))
+        self.parts["masks"].append(stored_mask > 0)
+        self.parts["probabilities"].append(probabilities.astype(np.float16))
+        self.parts["z"].append(int(row["z"]))
+        self.parts["modality"].append(str(row.get("modality", "")))
+        if "instances" in self.parts:
+            self.parts["instances"].append(resize_labels(cells, probabilities.shape))
+
+    def stacked(self, threshold: float) -> dict:
+        stacked = _stack_overlay(self.parts)
+        stacked["state"] = np.array("" if self.state is None else str(self.state))
+        stacked["threshold"] = np.array(float(threshold))
+        return stacked
+
+
+def score_sample(segmenter, split, index: int, truth: TruthReader, resolution: str):
+    """The per-image row of sample ``index`` (manifest columns and scores), its foreground
+    probabilities at the training scale, and the network's own cells (None for a binary
+    network)."""
+    row = split.manifest.iloc[index]
+    outputs = segmenter.sample_outputs(split, index)
+    binary, labels = truth(index)
+    scored = segmenter.at_size(outputs, binary.shape) if resolution == "original" else outputs
+    record = row.to_dict() | score_image(scored[0], binary, segmenter.threshold, labels)
+    cells = None
+    if segmenter.own_step is not None:
+        cells = segmenter.cells(scored)
+        true_cells = metrics.instances_from_binary(binary) if labels is None else labels
+        record |= {
+            f"{WATERSHED_PREFIX}{name}": value
+            for name, value in metrics.instance_scores(cells, true_cells).items()
+            if name != "n_true"
+        }
+        record["instance_mode"] = segmenter.own_step["mode"]
+    return record | {"resolution": resolution}, outputs[0], cells
+
+
 def evaluate_split(
-    model,
+    segmenter,
     split,
     *,
-    threshold: float,
     resolution: str,
     instances: str,
-    tile,
-    overlap: float,
-    device: str,
-    batch_size: int,
-    precision: str,
     overlay_state: str | None,
     progress: bool = True,
-    watershed: dict | None = None,
 ) -> tuple[pd.DataFrame, dict]:
-    """Score every sample of ``split`` (a :class:`protoseg.dataset.SplitData`).
+    """Score every sample of ``split`` (a :class:`protoseg.dataset.SplitData`) with
+    ``segmenter`` (:class:`protoseg.segmenter.Segmenter`, at its threshold).
 
     Returns the per-image table (manifest columns + :data:`METRIC_COLUMNS` + ``resolution``)
     and the overlay data of ``overlay_state`` at the training scale (``images`` uint8
     (K, H, W, 3), ``masks`` bool, ``probabilities`` float16, ``z``, ``modality``, ordered by
     modality and plane; and ``state``, ``threshold``), ready for :func:`protoseg.io.save_npz`.
-    ``watershed``: the instance post-processing of a model with instance outputs (its
-    ``mode`` and ``settings``, :func:`protoseg.instances.model_instances`): its cells are
-    scored too (:data:`WATERSHED_COLUMNS`) and kept in the overlay (``instances`` uint32).
+    A network with instance outputs has its own cells scored too (:data:`WATERSHED_COLUMNS`)
+    and kept in the overlay (``instances``).
     """
-    from protoseg.instances import segment
-    from protoseg.transforms import resize_labels
-
     truth = TruthReader(split, resolution, instances)
-    keys = ("images", "masks", "probabilities", "z", "modality")
-    rows, overlay = [], {key: [] for key in keys + (("instances",) if watershed else ())}
+    overlay = OverlayData(overlay_state, segmenter.own_step is not None)
+    rows = []
     for index in tqdm(range(len(split)), desc="evaluate", unit="image", disable=not progress):
-        row = split.manifest.iloc[index]
-        outputs = predict_sample(
-            model,
-            split,
-            index,
-            tile=tile,
-            overlap=overlap,
-            device=device,
-            batch_size=batch_size,
-            precision=precision,
-            all_outputs=watershed is not None,
-        )
-        probabilities = outputs if watershed is None else outputs[0]
-        binary, labels = truth(index)
-        if resolution == "original":
-            scored = to_original_size(outputs, *binary.shape)
-        else:
-            scored = outputs
-        record = row.to_dict() | score_image(
-            scored if watershed is None else scored[0], binary, threshold, labels
-        )
-        if watershed is not None:
-            cells = segment(scored, watershed["mode"], threshold, watershed["settings"])
-            true_cells = metrics.instances_from_binary(binary) if labels is None else labels
-            record |= {
-                f"{WATERSHED_PREFIX}{name}": value
-                for name, value in metrics.instance_scores(cells, true_cells).items()
-                if name != "n_true"
-            }
-            record["instance_mode"] = watershed["mode"]
-        rows.append(record | {"resolution": resolution})
-        if overlay_state is not None and str(row["state"]) == str(overlay_state):
-            image, stored_mask = split.arrays(index)
-            # A focal-context sample holds its neighbours too: show the plane it is of.
-            plane = centre_plane(image, split.record.context_planes)
-            overlay["images"].append(display_rgb(plane, channels_first=True))
-            overlay["masks"].append(stored_mask > 0)
-            overlay["probabilities"].append(probabilities.astype(np.float16))
-            overlay["z"].append(int(row["z"]))
-            overlay["modality"].append(str(row.get("modality", "")))
-            if watershed is not None:
-                overlay["instances"].append(resize_labels(cells, probabilities.shape))
+        record, probabilities, cells = score_sample(segmenter, split, index, truth, resolution)
+        rows.append(record)
+        overlay.add(split, index, split.manifest.iloc[index], probabilities, cells)
     if not rows:
         raise ValueError("no images to evaluate")
-    stacked = _stack_overlay(overlay)
-    stacked["state"] = np.array("" if overlay_state is None else str(overlay_state))
-    stacked["threshold"] = np.array(float(threshold))
-    return pd.DataFrame.from_records(rows), stacked
+    return pd.DataFrame.from_records(rows), overlay.stacked(segmenter.threshold)
 
 
-def threshold_counts(
-    model,
-    split,
-    *,
-    tile=None,
-    overlap: float = 0.5,
-    device: str = "cpu",
-    batch_size: int = 4,
-    precision: str = "fp32",
-) -> metrics.ThresholdCounts:
+def threshold_counts(segmenter, split) -> metrics.ThresholdCounts:
     """Pixel counts of every threshold over a split at the training scale (for choosing the
     threshold on validation images; :class:`protoseg.metrics.ThresholdCounts`)."""
     counts = metrics.ThresholdCounts()
     for index in range(len(split)):
-        probabilities = predict_sample(
-            model,
-            split,
-            index,
-            tile=tile,
-            overlap=overlap,
-            device=device,
-            batch_size=batch_size,
-            precision=precision,
-        )
-        counts.add(probabilities, split.arrays(index)[1])
+        counts.add(segmenter.sample_outputs(split, index)[0], split.arrays(index)[1])
     return counts
 
 
-def model_threshold(meta: dict, override: float | None) -> tuple[float, str]:
-    """The threshold to score with and where it came from: ``override`` (config), else the
-    one stored in the model (chosen on validation images, or the fixed training setting)."""
-    if override is not None:
-        return float(override), "config"
-    stored = meta.get("threshold")
-    if stored is None:
-        return 0.5, "default"
-    return float(stored["value"]), str(stored["source"])
+def open_test_split(dataset_dir: str | Path, overlay_state):
+    """The test split of a data set and the state whose overlay is kept (the first test
+    state unless ``overlay_state`` names one); an empty split or an unknown state raise."""
+    from protoseg.dataset import open_split
+
+    split = open_split(dataset_dir, "test")
+    if len(split) == 0:
+        raise InputError(
+            Path(dataset_dir) / "manifest.csv", "the test split has no images; check split.test"
+        )
+    states = sorted(split.manifest["state"].astype(str).unique())
+    if overlay_state is None:
+        return split, states[0]
+    if str(overlay_state) not in states:
+        raise ConfigError(
+            "evaluate.overlay_state",
+            f"'{overlay_state}' is not a test state; test states: {', '.join(states)}",
+        )
+    return split, overlay_state
 
 
 def evaluate_model(
@@ -310,77 +277,42 @@ def evaluate_model(
     ``instances``, ``tile``, ``overlap``, ``device``, ``batch_size``, ``precision``,
     ``overlay_state``); those left out take the schema's defaults.
 
-    ``threshold``: None uses the model's own (see :func:`model_threshold`). The per-image
-    table also says the geometry, threshold source and resolution that made it. Raises
-    :class:`ConfigError` for an overlay state that is not in the test split and
+    ``threshold``: None uses the model's own (:func:`protoseg.segmenter.stored_threshold`).
+    The per-image table also says the geometry, threshold source and resolution that made
+    it. Raises :class:`ConfigError` for an overlay state that is not in the test split and
     :class:`InputError` for an empty test split or a model that takes other channels than
     the dataset has.
     """
-    from protoseg.dataset import open_split
-    from protoseg.device import resolve_device, resolve_precision
-    from protoseg.model import load_model
+    from protoseg.segmenter import Segmenter
 
     settings = complete_section("evaluate", settings)
-    threshold, resolution, overlay_state = (
-        settings["threshold"],
-        settings["resolution"],
-        settings["overlay_state"],
-    )
-    device = resolve_device(settings["device"], key="evaluate.device")
-    precision = resolve_precision(settings["precision"], device, key="evaluate.precision")
-    split = open_split(dataset_dir, "test")
-    if len(split) == 0:
-        raise InputError(
-            Path(dataset_dir) / "manifest.csv", "the test split has no images; check split.test"
-        )
-    states = sorted(split.manifest["state"].astype(str).unique())
-    if overlay_state is None:
-        overlay_state = states[0]
-    elif str(overlay_state) not in states:
-        raise ConfigError(
-            "evaluate.overlay_state",
-            f"'{overlay_state}' is not a test state; test states: {', '.join(states)}",
-        )
-    model, meta = load_model(model_path, device)
-    in_channels = model.architecture["in_channels"]
+    split, overlay_state = open_test_split(dataset_dir, settings["overlay_state"])
+    # The test split's record: the data set the model is scored on.
+    segmenter, _ = Segmenter.from_file(model_path, "evaluate", record=split.record, **settings)
+    in_channels = segmenter.network.architecture["in_channels"]
     if in_channels != split.record.channels:
         raise InputError(
             model_path,
-            f"the model takes {in_channels} channel(s), the dataset in {dataset_dir} has {split.record.channels}",
+            f"the model takes {in_channels} channel(s), the dataset in {dataset_dir} "
+            f"has {split.record.channels}",
         )
-    from protoseg.instances import model_instances
-
-    watershed = model_instances(meta, int(model.architecture["out_channels"]), model_path)
-    value, source = model_threshold(meta, threshold)
-    if source == "default":
+    if segmenter.threshold_source == "default":
         log.warning("%s records no threshold; scoring at 0.5", model_path)
     log.info(
-        "evaluating %s on %d test images of %s (%s geometry, device %s, %s, threshold %.2f from %s, %s resolution)",
-        model_path,
+        "evaluating %s on %d test images of %s (%s resolution)",
+        segmenter.describe(),
         len(split),
         dataset_dir,
-        split.record.geometry,
-        device,
-        precision,
-        value,
-        source,
-        resolution,
+        settings["resolution"],
     )
     per_image, overlay = evaluate_split(
-        model,
+        segmenter,
         split,
-        threshold=value,
-        resolution=resolution,
+        resolution=settings["resolution"],
         instances=settings["instances"],
-        tile=settings["tile"],
-        overlap=settings["overlap"],
-        device=device,
-        batch_size=settings["batch_size"],
-        precision=precision,
         overlay_state=overlay_state,
-        watershed=watershed,
     )
-    per_image["threshold_source"] = source
+    per_image["threshold_source"] = segmenter.threshold_source
     per_image["geometry"] = split.record.geometry
     per_image["context_planes"] = split.record.context_planes
     return per_image, overlay

@@ -48,7 +48,7 @@ import logging
 import math
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +99,7 @@ class ExportPlan:
     threshold: float
     threshold_source: str
     instances: dict | None
+    segmenter: object = field(default=None, compare=False, repr=False)  # protoseg's own path
 
     @property
     def step(self) -> int:
@@ -124,9 +125,11 @@ def plan_export(
     and everything it cannot) and what it will say. ``input_dtype``: the dtype of the
     images a ``dtype``-normalised model was trained on (uint8, uint16, float32)."""
     from protoseg.instances import EXTRA_OUTPUTS
-    from protoseg.predict import prediction_model_from_meta
+    from protoseg.segmenter import Segmenter
 
-    model = prediction_model_from_meta(network, meta, name=str(model_path))
+    # On the CPU in float32, where the test output is made: cuDNN's TF32 convolutions on a
+    # GPU could differ by more than bioimage.io's test tolerance.
+    model = Segmenter.from_meta(network, meta, name=str(model_path), device="cpu")
     prep = model.preprocessing
     record = meta["dataset"]
     problems = []
@@ -188,7 +191,7 @@ def plan_export(
         dtype = input_dtype
     if dtype not in DTYPE_GAIN:
         raise InputError(model_path, f"input dtype {dtype} is not one of {', '.join(INPUT_DTYPES)}")
-    mode = (model.instances or {}).get("mode", "none")
+    mode = (model.own or {}).get("mode", "none")
     return ExportPlan(
         name=str(meta.get("name") or Path(model_path).parent.name or "model"),
         architecture=dict(network.architecture),
@@ -198,7 +201,8 @@ def plan_export(
         outputs=("foreground", *EXTRA_OUTPUTS[mode]),
         threshold=model.threshold,
         threshold_source=model.threshold_source,
-        instances=model.instances,
+        instances=model.own,
+        segmenter=model,
     )
 
 
@@ -268,20 +272,11 @@ def test_image(plan: ExportPlan, image: np.ndarray, source: object = "image") ->
     return np.ascontiguousarray(image[top : top + sizes[0], left : left + sizes[1]])
 
 
-def protoseg_prediction(network, plan: ExportPlan, image: np.ndarray) -> np.ndarray:
-    """protoseg's own probabilities (K, H, W) of a test image, as ``protoseg predict`` makes
-    them with the image as one tile (:func:`protoseg.inference.predict_image`, float32)."""
-    from protoseg.inference import predict_image
-
-    return predict_image(
-        network,
-        image,
-        plan.preprocessing,
-        tile=image.shape[:2],
-        device="cpu",
-        precision="fp32",
-        all_outputs=True,
-    )
+def protoseg_prediction(plan: ExportPlan, image: np.ndarray) -> np.ndarray:
+    """protoseg's own outputs (K, H, W) of a test image, as ``protoseg predict`` makes them
+    (:class:`protoseg.segmenter.Segmenter`, float32) with the image as one tile."""
+    segmenter = plan.segmenter.with_settings(tile=image.shape[:2])
+    return segmenter.outputs(segmenter.prepare(image), image.shape[:2])
 
 
 # ---------------------------------------------------------------- the description
@@ -596,10 +591,11 @@ data set stage prepared them; the consumer has to do that conversion.
 
 def cover(image: np.ndarray, probabilities: np.ndarray, threshold: float) -> np.ndarray:
     """The test image beside its prediction's cells outlined (8-bit RGB, 2:1)."""
-    from protoseg.predict import label_instances, overlay_outlines
+    from protoseg.qc import overlay_outlines
+    from protoseg.segmenter import binary_instances
     from protoseg.transforms import display_rgb
 
-    labels = label_instances(probabilities[0] > threshold, "cc")
+    labels = binary_instances(probabilities[0] > threshold, "cc")
     left, right = display_rgb(image), overlay_outlines(image, labels)
     gap = np.full((left.shape[0], max(2, left.shape[1] // 50), 3), 255, np.uint8)
     panel = np.concatenate([left, gap, right], axis=1)
@@ -645,7 +641,7 @@ def export_model(
     if raw is None:
         raw = synthetic_image(plan)
     test_raw = test_image(plan, raw, source)
-    probabilities = protoseg_prediction(network, plan, test_raw)
+    probabilities = protoseg_prediction(plan, test_raw)
     log.info("%s: test input %s, %s", model_path, test_raw.shape, plan.input_dtype)
 
     from bioimageio.spec import save_bioimageio_package_as_folder

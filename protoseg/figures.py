@@ -239,7 +239,7 @@ def prediction_overlays(overlay: dict, threshold: float, title: str):
         if cells is None:
             fill[probability > threshold] = (*to_rgb(PREDICTION_COLOUR), 0.25)
         else:
-            from protoseg.predict import instance_colours
+            from protoseg.qc import instance_colours
 
             colours = instance_colours(int(cells.max())).astype(np.float32) / 255
             fill[cells > 0, :3] = colours[cells[cells > 0] - 1]

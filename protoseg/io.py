@@ -22,11 +22,7 @@ import pandas as pd
 import tifffile
 
 from protoseg.errors import InputError, OutputError
-
-TIFF_SUFFIXES = {".tif", ".tiff"}
-OTHER_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
-IMAGE_SUFFIXES = TIFF_SUFFIXES | OTHER_IMAGE_SUFFIXES
-
+from protoseg.formats import IMAGE_SUFFIXES, OTHER_IMAGE_SUFFIXES, TIFF_SUFFIXES
 
 # What C++ writers (torch.save's zip writer, OpenCV) raise as RuntimeError when a write
 # fails: no errno, often no file name ("basic_ios::clear: iostream error").
@@ -206,7 +202,7 @@ def read_image(path: str | Path) -> np.ndarray:
     truncated.
     """
     if "::" in str(path):
-        from protoseg.stacks import PlaneAddress, read_address
+        from protoseg.stacks import PlaneAddress, read_address  # here: bioio loads late
 
         address = PlaneAddress.parse(path)
         if address is not None:

@@ -63,18 +63,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage as ndi
-from skimage.feature import peak_local_max
-from skimage.measure import label as connected_components
-from skimage.morphology import remove_small_objects
-from skimage.segmentation import relabel_sequential, watershed
 from tqdm import tqdm
 
 from protoseg.config import complete_section
-from protoseg.dataset import DatasetRecord
 from protoseg.device import resolve_device, resolve_precision
 from protoseg.errors import ConfigError, InputError
-from protoseg.inference import predict_prepared
 from protoseg.io import (
     IMAGE_SUFFIXES,
     atomic_dir,
@@ -85,7 +78,8 @@ from protoseg.io import (
     write_png,
     write_tiff,
 )
-from protoseg.qc import outline
+from protoseg.qc import OUTLINE_COLOUR, overlay_instances, overlay_outlines
+from protoseg.segmenter import Segmenter
 from protoseg.stacks import (
     SUFFIX_FORMATS,
     Stack,
@@ -96,21 +90,11 @@ from protoseg.stacks import (
     pixel_size_um,
     resolve_format,
 )
-from protoseg.transforms import (
-    Preprocessing,
-    context_window,
-    display_rgb,
-    join_planes,
-    prepare_image,
-)
+from protoseg.transforms import context_window, join_planes
 
 log = logging.getLogger(__name__)
 
-INSTANCE_METHODS = ("cc", "watershed")
-# auto: the model's own instances where it has instance outputs, else connected components.
-PREDICT_INSTANCES = ("auto", "model", *INSTANCE_METHODS)
 SUMMARY_NAME = "predictions.csv"
-OUTLINE_COLOUR = (255, 220, 0)  # yellow reads on bright-field and on dark fluorescence
 # Container files besides TIFFs (OME-Zarr is a folder ending in .zarr).
 CONTAINER_SUFFIXES = frozenset(
     Path(ending).suffix for ending in SUFFIX_FORMATS if not ending.endswith(".zarr")
@@ -118,29 +102,6 @@ CONTAINER_SUFFIXES = frozenset(
 INPUT_SUFFIXES = IMAGE_SUFFIXES | CONTAINER_SUFFIXES
 ZARR_SUFFIX = ".zarr"
 PIXEL_SIZE_KEY = "data.pixel_size"
-
-
-@dataclass(frozen=True)
-class PredictionModel:
-    """A trained network and what prediction needs to know about its training data."""
-
-    network: object  # torch.nn.Module, kept untyped so this module imports without torch
-    preprocessing: Preprocessing
-    threshold: float
-    threshold_source: str
-    name: str
-    # Focal context: the model looks at each plane with this many neighbours on each side.
-    context_planes: int
-    instances: dict | None = None  # mode and watershed settings of a model with instance outputs
-    modalities: tuple[str, ...] = ()  # what its training images were (data.channels' values)
-
-    @property
-    def in_channels(self) -> int:
-        return self.preprocessing.channels * (2 * self.context_planes + 1)
-
-    @property
-    def colour(self) -> str:
-        return self.preprocessing.colour
 
 
 def input_stem(path: str | Path) -> str:
@@ -213,7 +174,7 @@ def output_paths(out_dir: str | Path, stem: str, data_format: str = "tiff") -> d
     return {**masks, "overlay": out_dir / f"{stem}_overlay.png"}
 
 
-def check_channels(path: str | Path, model: PredictionModel, shape=None) -> None:
+def check_channels(path: str | Path, model: Segmenter, shape=None) -> None:
     """Refuse an image whose channels the model cannot take, from its header alone (or from
     ``shape``, one plane's, e.g. a page of a stack)."""
     if shape is None:
@@ -363,7 +324,7 @@ def plan_planes(
     return {path: PredictInput(path, True) if path in unnamed else windows[path] for path in files}
 
 
-def read_stack(item: PredictInput, model: PredictionModel) -> list[np.ndarray]:
+def read_stack(item: PredictInput, model: Segmenter) -> list[np.ndarray]:
     """The planes of a multi-page input, checked: more than one, each of channels the model
     takes. A single image is refused: a focal-context model needs the planes around it."""
     planes = read_planes(item.path)
@@ -380,7 +341,7 @@ def read_stack(item: PredictInput, model: PredictionModel) -> list[np.ndarray]:
     return planes
 
 
-def container_channel(info: StackInfo, model: PredictionModel, data_cfg: dict | None) -> int:
+def container_channel(info: StackInfo, model: Segmenter, data_cfg: dict | None) -> int:
     """The channel of a container scene that ``model`` segments: the one ``data.channels``
     maps to a modality the model was trained on (channel names matched first, then
     indices from 0, as :meth:`protoseg.stacks.Stack.channel_index` does; a model of
@@ -437,7 +398,7 @@ def container_channel(info: StackInfo, model: PredictionModel, data_cfg: dict | 
 
 
 def read_container(
-    stack: Stack, item: PredictInput, model: PredictionModel, data_cfg: dict | None, read=True
+    stack: Stack, item: PredictInput, model: Segmenter, data_cfg: dict | None, read=True
 ) -> tuple[list[np.ndarray], StackInfo, int]:
     """The Z planes of one scene and time point of a container (``stack``, opened) in the
     channel the model takes (:func:`container_channel`), checked as :func:`read_stack`
@@ -533,338 +494,283 @@ def write_ome_zarr(
         )
 
 
-def label_instances(
-    binary: np.ndarray, method: str = "cc", min_distance: int = 10, min_area: int = 0
-) -> np.ndarray:
-    """Instance labels (uint16, 0 = background) of a binary cell mask.
+@dataclass(frozen=True)
+class Predicted:
+    """One input's cells: a page per plane (one page for a single plane)."""
 
-    ``cc``: connected components (touching cells stay one object). ``watershed``: cells
-    are split at the necks between them: seeds at the maxima of the distance to the
-    background at least ``min_distance`` pixels apart, flooded over the inverted
-    distance within the mask. Objects smaller than ``min_area`` pixels are dropped.
-    """
-    if method not in INSTANCE_METHODS:
-        raise ValueError(
-            f"unknown instance method '{method}'; use one of {', '.join(INSTANCE_METHODS)}"
-        )
-    binary = np.asarray(binary, dtype=bool)
-    if min_area > 0:
-        binary = remove_small_objects(binary, max_size=min_area - 1)
-    components = connected_components(binary, connectivity=1)
-    if method == "watershed" and components.max() > 0:
-        distance = ndi.distance_transform_edt(binary)
-        peaks = peak_local_max(
-            distance,
-            min_distance=max(1, int(min_distance)),
-            labels=components,
-            exclude_border=False,
-        )
-        markers = np.zeros(binary.shape, dtype=np.int32)
-        markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-        # A component without a peak (e.g. a thin sliver) keeps one seed of its own.
-        unseeded = np.setdiff1d(np.unique(components[binary]), np.unique(components[markers > 0]))
-        for index, component in enumerate(unseeded, start=len(peaks) + 1):
-            ys, xs = np.nonzero(components == component)
-            markers[ys[0], xs[0]] = index
-        components = watershed(-distance, markers, mask=binary)
-    labels, _, _ = relabel_sequential(components.astype(np.int64))
-    if labels.max() > np.iinfo(np.uint16).max:
-        raise ValueError(f"{labels.max()} instances do not fit uint16 labels")
-    return labels.astype(np.uint16)
+    planes: list[np.ndarray]  # the raw planes, as read
+    binary: np.ndarray  # bool (P, H, W)
+    labels: np.ndarray  # uint16 (P, H, W)
+    overlay: np.ndarray  # RGB, the planes side by side
+    pages: list  # the plane's z (per-plane files) or number from 1 (stacks)
+    described: dict  # a container's scene, time point and channel
+    pixel_size: float | None
+    plane_spacing: float | None = None
 
 
-def overlay_outlines(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """The image (8-bit RGB) with each instance's outline drawn in yellow."""
-    return outline(display_rgb(image), labels, OUTLINE_COLOUR)
-
-
-def instance_colours(count: int, seed: int = 0) -> np.ndarray:
-    """``count`` bright, distinct-looking RGB colours (uint8), the same for the same seed."""
-    from matplotlib.colors import hsv_to_rgb
-
-    rng = np.random.default_rng(seed)
-    hsv = np.stack(
-        [rng.permutation(np.linspace(0, 1, count, endpoint=False)) if count else np.zeros(0)]
-        + [rng.uniform(0.6, 1.0, count), rng.uniform(0.8, 1.0, count)],
-        axis=1,
-    )
-    return (hsv_to_rgb(hsv) * 255).astype(np.uint8).reshape(count, 3)
-
-
-def overlay_instances(image: np.ndarray, labels: np.ndarray, alpha: float = 0.35) -> np.ndarray:
-    """The image (8-bit RGB) with each instance tinted and outlined in its own colour, so
-    that touching cells the network separated are told apart."""
-    overlay = display_rgb(image).astype(np.float32)
-    labels = np.asarray(labels)
-    colours = np.vstack([np.zeros((1, 3), np.uint8), instance_colours(int(labels.max()))])
-    painted = colours[labels].astype(np.float32)
-    inside = labels > 0
-    overlay[inside] = (1 - alpha) * overlay[inside] + alpha * painted[inside]
-    return outline(overlay, labels, painted).astype(np.uint8)
-
-
-def own_instances(outputs: np.ndarray, own: dict, threshold: float, min_area: int = 0):
-    """A model's own instance labels (uint16) from its outputs (1 + K, H, W): the seeded
-    watershed with its stored settings; ``min_area`` drops smaller objects on top."""
-    from protoseg.instances import segment
-
-    settings = dict(own["settings"])
-    settings["min_size"] = max(int(settings["min_size"]), int(min_area))
-    labels = segment(outputs, own["mode"], threshold, settings)
-    if labels.max() > np.iinfo(np.uint16).max:
-        raise ValueError(f"{labels.max()} instances do not fit uint16 labels")
-    return labels.astype(np.uint16)
-
-
-def load_prediction_model(model_path: str | Path, device: str = "cpu") -> PredictionModel:
-    """Read a ``model.pt`` written by the training stage, with its training geometry."""
-    from protoseg import model as model_module
-
-    network, meta = model_module.load_model(model_path, device=device)
-    return prediction_model_from_meta(network, meta, name=str(model_path))
-
-
-def prediction_model_from_meta(network, meta: dict, name: str = "model") -> PredictionModel:
-    """What prediction needs from a model file's metadata: the data set record (its
-    preprocessing and geometry) and the threshold."""
-    if not isinstance(meta.get("dataset"), dict) or "preprocessing" not in meta["dataset"]:
-        raise InputError(
-            name,
-            "model file records no training geometry (written by an older protoseg?); retrain it",
-        )
-    record = DatasetRecord.from_dict(meta["dataset"], name)
-    architecture = getattr(network, "architecture", {}) or {}
-    if architecture.get("in_channels", record.channels) != record.channels:
-        raise InputError(
-            name,
-            f"network takes {architecture['in_channels']} channel(s) but its data set had {record.channels}",
-        )
-    stored = meta.get("threshold") or {"value": 0.5, "source": "default"}
-    from protoseg.instances import model_instances
-
-    return PredictionModel(
-        network=network,
-        preprocessing=record.preprocessing,
-        threshold=float(stored["value"]),
-        threshold_source=str(stored["source"]),
-        name=name,
-        context_planes=record.context_planes,
-        instances=model_instances(meta, int(architecture.get("out_channels", 1)), name),
-        modalities=tuple(record.modalities),
-    )
-
-
-def predict_files(
-    model: PredictionModel,
-    images: list[str | Path],
+def check_inputs(
+    inputs: list[PredictInput],
+    files: list[Path],
+    segmenter: Segmenter,
+    data_cfg: dict | None,
     out_dir: str | Path,
-    *,
-    batch_size: int = 4,
-    data_cfg: dict | None = None,
-    progress: bool = True,
-    **settings,
-) -> pd.DataFrame:
-    """Segment each image file; write its outputs (:func:`output_paths`) and a summary.
-
-    Every image is checked for channels the model takes before any is predicted, so a
-    bad input stops the run before anything is written. ``tile`` defaults to the model's
-    (training size or patch); ``overlap`` is the share of a tile its neighbour covers;
-    ``threshold`` None uses the model's. ``instances``: ``auto`` (the model's own
-    instances where it has instance outputs, else connected components), ``model``, ``cc``
-    or ``watershed``. ``data_cfg`` (the config's ``data`` section): how per-plane files of
-    focal stacks are named, for a focal-context model (:func:`plan_inputs`; a stack's
-    missing plane and a single image are refused before anything is predicted); which
-    channel of a container the model segments (``data.channels``,
-    :func:`container_channel`); ``data.pixel_size`` for files that state none. Returns
-    the summary table (one row per image, or per plane of a stack: image, height, width,
-    cells, cell_fraction, threshold, instances, outputs; ``plane`` for a focal-context
-    model or a stack of several planes: the file's z or the plane's number, 1 = first;
-    ``scene``, ``time`` and ``channel`` for a container; ``pixel_size_um`` with
-    ``format`` ome-zarr), also written to ``out_dir/predictions.csv``.
-    ``settings``: keys of the config's ``predict`` section (``tile``, ``overlap``,
-    ``threshold``, ``instances``, ``min_distance``, ``min_area``, ``device``,
-    ``precision``, ``format``: ``tiff`` or ``ome-zarr``, :func:`output_paths`); those
-    left out take the schema's defaults.
-    """
-    if settings.get("tile") is not None:
-        settings["tile"] = list(settings["tile"])  # the schema's array
-    settings = complete_section("predict", settings)
-    tile = tuple(settings["tile"]) if settings["tile"] else None
-    overlap, threshold, instances = (
-        settings["overlap"],
-        settings["threshold"],
-        settings["instances"],
-    )
-    min_distance, min_area = settings["min_distance"], settings["min_area"]
-    data_format = settings["format"]
-    device = resolve_device(settings["device"], key="predict.device")
-    precision = resolve_precision(settings["precision"], device, key="predict.precision")
-    if instances not in PREDICT_INSTANCES:
-        raise ValueError(
-            f"unknown instance method '{instances}'; use one of {', '.join(PREDICT_INSTANCES)}"
-        )
-    if instances == "model" and model.instances is None:
-        raise InputError(
-            model.name,
-            "instances 'model' needs a model with instance outputs (model.instances "
-            "boundaries or distances); this one predicts foreground only (use cc or watershed)",
-        )
-    own = model.instances if instances in ("auto", "model") else None
-    method = own["mode"] if own else ("cc" if instances == "auto" else instances)
-    if threshold is None:
-        threshold = model.threshold
-        log.info("threshold %.2f (%s) from %s", threshold, model.threshold_source, model.name)
-    if not 0 < threshold < 1:
-        raise ValueError(f"threshold must lie between 0 and 1, got {threshold}")
-    files = image_files(images)
-    inputs = plan_inputs(files, model.context_planes, data_cfg, model.name)
+    data_format: str,
+) -> None:
+    """Refuse, before anything is predicted, an input the model cannot take: channels, a
+    container's channel, a stack of one plane, a missing pixel size for a model that works
+    in micrometres, or an output that would overwrite an input."""
     configured = configured_pixel_size((data_cfg or {}).get("pixel_size"), PIXEL_SIZE_KEY)
-    # A model that works in micrometres (dataset.cell_diameter_um) rescales each image by
-    # its pixel size: every input must have one, checked before anything is predicted.
-    in_micrometres = model.preprocessing.pixel_size is not None
+    in_micrometres = segmenter.preprocessing.pixel_size is not None
     for item in inputs:
         if item.container:
             _, info, _ = read_container(
-                open_stack(item.path, item.container), item, model, data_cfg, read=False
+                open_stack(item.path, item.container), item, segmenter, data_cfg, read=False
             )
             pixel_size_um(info, configured, needed=in_micrometres, key=PIXEL_SIZE_KEY)
         else:
             if item.stack:
-                read_stack(item, model)  # read again when predicted: stacks are not all held
+                read_stack(item, segmenter)  # read again when predicted: stacks are not all held
             else:
-                check_channels(item.path, model)
+                check_channels(item.path, segmenter)
             if in_micrometres and configured is None:
                 raise InputError(
                     item.path,
-                    f"states no pixel size and {PIXEL_SIZE_KEY} is not set, but {model.name} "
-                    f"works at {model.preprocessing.pixel_size:.4g} um per pixel "
-                    "(dataset.cell_diameter_um): set data.pixel_size (--config) or give the "
-                    "images as OME-TIFF with their pixel size",
+                    f"states no pixel size and {PIXEL_SIZE_KEY} is not set, but "
+                    f"{segmenter.name} works at {segmenter.preprocessing.pixel_size:.4g} um per "
+                    "pixel (dataset.cell_diameter_um): set data.pixel_size (--config) or give "
+                    "the images as OME-TIFF with their pixel size",
                 )
         target = output_paths(out_dir, item.stem, data_format).get("zarr")
         if target is not None and any(target.resolve() == path.resolve() for path in files):
             raise InputError(
                 item.path, f"would be overwritten by its output {target}: choose another --out"
             )
-    context = model.context_planes
-    prep = model.preprocessing
 
-    def segment(prepared: np.ndarray, raw: np.ndarray):
-        """Binary mask, instance labels and overlay of one plane from its prepared input."""
-        outputs = predict_prepared(
-            model.network,
-            prepared,
-            prep,
-            raw.shape[:2],
-            tile=tile,
-            overlap=overlap,
-            device=device,
-            batch_size=batch_size,
-            precision=precision,
-            all_outputs=own is not None,
-        )
-        probabilities = outputs if own is None else outputs[0]
-        binary = probabilities > threshold
-        if own is None:
-            labels = label_instances(binary, method, min_distance=min_distance, min_area=min_area)
-            return binary, labels, overlay_outlines(raw, labels)
-        labels = own_instances(outputs, own, threshold, min_area)
-        return binary, labels, overlay_instances(raw, labels)
 
-    # Raw and prepared images of recent focal windows (per-plane files of a stack come one
-    # after the other, so a window slides); a single-plane model keeps none.
-    recent: OrderedDict[Path, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+class PreparedPlanes:
+    """Raw and prepared images of the recent per-plane files: the planes of a stack come one
+    after the other, so a focal window slides over them; a single-plane model keeps none."""
 
-    def prepare(path: Path) -> tuple[np.ndarray, np.ndarray]:
-        if path in recent:
-            recent.move_to_end(path)
-            return recent[path]
+    def __init__(self, segmenter: Segmenter, pixel_size: float | None):
+        self.segmenter, self.pixel_size = segmenter, pixel_size
+        self.recent: OrderedDict[Path, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    def __call__(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        if path in self.recent:
+            self.recent.move_to_end(path)
+            return self.recent[path]
         raw = read_image(path)
-        entry = (raw, prepare_image(raw, prep, str(path), configured))
+        entry = (raw, self.segmenter.prepare(raw, str(path), self.pixel_size))
+        context = self.segmenter.context_planes
         if context:
-            recent[path] = entry
-            while len(recent) > 2 * context + 2:
-                recent.popitem(last=False)
+            self.recent[path] = entry
+            while len(self.recent) > 2 * context + 2:
+                self.recent.popitem(last=False)
         return entry
 
+
+def segment_plane(segmenter: Segmenter, prepared: np.ndarray, raw: np.ndarray):
+    """Binary mask, cells and overlay of one plane from its prepared input."""
+    result = segmenter.segment_prepared(prepared, raw.shape[:2])
+    draw = overlay_instances if segmenter.own_step is not None else overlay_outlines
+    return result.binary, result.labels, draw(raw, result.labels)
+
+
+def segment_stack(
+    segmenter: Segmenter, planes: list[np.ndarray], names: list[str], pixel_size
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`segment_plane` of every plane of a stack, each with its focal window."""
+    ready = [
+        segmenter.prepare(plane, name, pixel_size)
+        for plane, name in zip(planes, names, strict=True)
+    ]
+    results = []
+    for index in range(len(planes)):
+        window = context_window(range(len(planes)), index, segmenter.context_planes)
+        prepared = join_planes([ready[j] for j in window], [names[j] for j in window])
+        results.append(segment_plane(segmenter, prepared, planes[index]))
+    binary = np.stack([result[0] for result in results])
+    labels = np.stack([result[1] for result in results])
+    return binary, labels, side_by_side([result[2] for result in results])
+
+
+def predict_input(
+    item: PredictInput,
+    segmenter: Segmenter,
+    data_cfg: dict | None,
+    configured: float | None,
+    prepared: PreparedPlanes,
+) -> Predicted:
+    """Read one planned input and segment each of its planes."""
+    described: dict = {}
+    pixel_size, spacing = configured, None
+    if item.container:
+        planes, info, channel = read_container(
+            open_stack(item.path, item.container), item, segmenter, data_cfg
+        )
+        spacing = info.plane_spacing
+        where = f"{item.path} (scene '{info.scene_name}', time point {item.time}"
+        names = [f"{where}, z={z})" for z in range(len(planes))]
+        described = {"scene": info.scene_name, "time": item.time, "channel": info.channels[channel]}
+        pixel_size = pixel_size_um(info, configured, key=PIXEL_SIZE_KEY)
+    elif item.stack:
+        planes = read_stack(item, segmenter)
+        names = [f"{item.path} (page {page})" for page in range(1, len(planes) + 1)]
+    if item.stack:
+        binary, labels, overlay = segment_stack(segmenter, planes, names, pixel_size)
+        pages = list(range(1, len(planes) + 1))
+    else:
+        entries = [prepared(path) for path in item.window]
+        raw = entries[segmenter.context_planes][0]  # the window's middle: the file itself
+        joined = join_planes([entry[1] for entry in entries], list(item.window))
+        binary, labels, overlay = segment_plane(segmenter, joined, raw)
+        binary, labels, pages, planes = binary[None], labels[None], [item.plane], [raw]
+    return Predicted(planes, binary, labels, overlay, pages, described, pixel_size, spacing)
+
+
+def write_predicted(
+    paths: dict[str, Path], item: PredictInput, predicted: Predicted, data_format: str
+) -> None:
+    """Write one input's masks (TIFFs or an OME-Zarr) and its overlay."""
+    if data_format == "ome-zarr":
+        if predicted.pixel_size is None:
+            log.warning(
+                "%s: no pixel size (the file states none and %s is not set): %s has "
+                "its axes in pixels, not micrometres",
+                item.path,
+                PIXEL_SIZE_KEY,
+                paths["zarr"].name,
+            )
+        write_ome_zarr(
+            paths["zarr"],
+            predicted.planes,
+            predicted.binary,
+            predicted.labels,
+            predicted.pixel_size,
+            predicted.plane_spacing,
+        )
+    else:
+        # A stack's outputs hold one page per plane (never colour samples, whatever
+        # their number); a plane's, the plane alone.
+        stored = slice(None) if len(predicted.pages) > 1 else 0
+        binary = predicted.binary.astype(np.uint8)[stored]
+        write_tiff(paths["binary"], binary, photometric="minisblack")
+        write_tiff(paths["labels"], predicted.labels[stored], photometric="minisblack")
+    write_png(paths["overlay"], predicted.overlay)
+
+
+def summary_rows(
+    item: PredictInput, predicted: Predicted, paths: dict[str, Path], segmenter: Segmenter
+) -> list[dict]:
+    """The summary's rows of one input: one per plane."""
+    rows = []
+    several = segmenter.context_planes or len(predicted.pages) > 1
+    for page, binary, labels in zip(
+        predicted.pages, predicted.binary, predicted.labels, strict=True
+    ):
+        row = {
+            "image": str(item.path),
+            "height": binary.shape[0],
+            "width": binary.shape[1],
+            "cells": int(labels.max()),
+            "cell_fraction": float(binary.mean()),
+            "threshold": float(segmenter.threshold),
+            "instances": segmenter.method,
+            **{f"{kind}_path": str(target) for kind, target in paths.items()},
+            **predicted.described,
+        }
+        if several:
+            row["plane"] = page
+        row["pixel_size_um"] = predicted.pixel_size
+        rows.append(row)
+    return rows
+
+
+# The predict section's keys that a segmenter takes (the rest: device, precision, format).
+SEGMENTER_KEYS = ("tile", "overlap", "threshold", "instances", "min_distance", "min_area")
+
+
+def with_predict_settings(segmenter: Segmenter, settings: dict) -> tuple[Segmenter, str]:
+    """``segmenter`` with the ``predict`` settings given (checked against the schema, each
+    bad value named by its key) and the output format (``predict.format``)."""
+    given = dict(settings)
+    if given.get("tile") is not None:
+        given["tile"] = list(given["tile"])  # the schema's array
+    checked = complete_section("predict", given)
+    overrides = {key: checked[key] for key in SEGMENTER_KEYS if key in given}
+    if "device" in given or "precision" in given:
+        device = resolve_device(checked["device"], key="predict.device")
+        overrides["device"] = device
+        overrides["precision"] = resolve_precision(
+            checked["precision"], device, key="predict.precision"
+        )
+    return segmenter.with_settings(**overrides), checked["format"]
+
+
+def predict_files(
+    segmenter: Segmenter,
+    images: list[str | Path],
+    out_dir: str | Path,
+    *,
+    data_cfg: dict | None = None,
+    progress: bool = True,
+    **settings,
+) -> pd.DataFrame:
+    """Segment each image file with ``segmenter``; write its outputs (:func:`output_paths`)
+    and a summary.
+
+    ``settings``: keys of the config's ``predict`` section that change the segmenter's
+    (``tile``, ``overlap``, ``threshold``, ``instances``, ``min_distance``, ``min_area``,
+    ``device``, ``precision``) and ``format`` (``tiff`` or ``ome-zarr``). Every input is
+    checked (:func:`check_inputs`) before any is predicted, so a bad input stops the run
+    before anything is written. ``data_cfg`` (the config's ``data`` section): how
+    per-plane files of focal stacks are named, for a focal-context model
+    (:func:`plan_inputs`); which channel of a container the model segments
+    (``data.channels``, :func:`container_channel`); ``data.pixel_size`` for files that
+    state none. Returns the summary table (one row per image, or per plane of a stack:
+    image, height, width, cells, cell_fraction, threshold, instances, outputs; ``plane``
+    for a focal-context model or a stack of several planes: the file's z or the plane's
+    number, 1 = first; ``scene``, ``time`` and ``channel`` for a container;
+    ``pixel_size_um``), also written to ``out_dir/predictions.csv``.
+    """
+    segmenter, data_format = with_predict_settings(segmenter, settings)
+    log.info("%s", segmenter.describe())
+    files = image_files(images)
+    inputs = plan_inputs(files, segmenter.context_planes, data_cfg, segmenter.name)
+    check_inputs(inputs, files, segmenter, data_cfg, out_dir, data_format)
+    configured = configured_pixel_size((data_cfg or {}).get("pixel_size"), PIXEL_SIZE_KEY)
+    prepared = PreparedPlanes(segmenter, configured)
     rows = []
     for item in tqdm(inputs, desc="predict", unit="image", disable=not progress):
+        predicted = predict_input(item, segmenter, data_cfg, configured, prepared)
         paths = output_paths(out_dir, item.stem, data_format)
-        described: dict = {}  # a container's scene, time point and channel
-        pixel_size, spacing = configured, None
-        if item.container:
-            planes, info, channel = read_container(
-                open_stack(item.path, item.container), item, model, data_cfg
-            )
-            spacing = info.plane_spacing
-            where = f"{item.path} (scene '{info.scene_name}', time point {item.time}"
-            names = [f"{where}, z={z})" for z in range(len(planes))]
-            described = {
-                "scene": info.scene_name,
-                "time": item.time,
-                "channel": info.channels[channel],
-            }
-            pixel_size = pixel_size_um(info, configured, key=PIXEL_SIZE_KEY)
-        elif item.stack:
-            planes = read_stack(item, model)
-            names = [f"{item.path} (page {page})" for page in range(1, len(planes) + 1)]
-        if item.stack:
-            ready = [
-                prepare_image(plane, prep, name, pixel_size)
-                for plane, name in zip(planes, names, strict=True)
-            ]
-            results = []
-            for index in range(len(planes)):
-                window = context_window(range(len(planes)), index, context)
-                prepared = join_planes([ready[j] for j in window], [names[j] for j in window])
-                results.append(segment(prepared, planes[index]))
-            binary = np.stack([result[0] for result in results])
-            labels = np.stack([result[1] for result in results])
-            overlay = side_by_side([result[2] for result in results])
-            pages = list(range(1, len(planes) + 1))
-        else:
-            entries = [prepare(path) for path in item.window]
-            raw = entries[context][0]  # the window's middle: the file itself
-            prepared = join_planes([entry[1] for entry in entries], list(item.window))
-            binary, labels, overlay = segment(prepared, raw)
-            binary, labels, pages, planes = binary[None], labels[None], [item.plane], [raw]
-        if data_format == "ome-zarr":
-            if pixel_size is None:
-                log.warning(
-                    "%s: no pixel size (the file states none and %s is not set): %s has "
-                    "its axes in pixels, not micrometres",
-                    item.path,
-                    PIXEL_SIZE_KEY,
-                    paths["zarr"].name,
-                )
-            write_ome_zarr(paths["zarr"], planes, binary, labels, pixel_size, spacing)
-        else:
-            # A stack's outputs hold one page per plane (never colour samples, whatever
-            # their number); a plane's, the plane alone.
-            stored = slice(None) if len(pages) > 1 else 0
-            write_tiff(paths["binary"], binary.astype(np.uint8)[stored], photometric="minisblack")
-            write_tiff(paths["labels"], labels[stored], photometric="minisblack")
-        write_png(paths["overlay"], overlay)
-        for page, plane_binary, plane_labels in zip(pages, binary, labels, strict=True):
-            row = {
-                "image": str(item.path),
-                "height": plane_binary.shape[0],
-                "width": plane_binary.shape[1],
-                "cells": int(plane_labels.max()),
-                "cell_fraction": float(plane_binary.mean()),
-                "threshold": float(threshold),
-                "instances": method,
-                **{f"{kind}_path": str(target) for kind, target in paths.items()},
-                **described,
-            }
-            if context or len(pages) > 1:
-                row["plane"] = page
-            row["pixel_size_um"] = pixel_size
-            rows.append(row)
-        log.info("%s: %d cells", item.stem, int(sum(plane.max() for plane in labels)))
+        write_predicted(paths, item, predicted, data_format)
+        rows.extend(summary_rows(item, predicted, paths, segmenter))
+        log.info("%s: %d cells", item.stem, int(sum(plane.max() for plane in predicted.labels)))
     summary = pd.DataFrame(rows)
     write_csv(Path(out_dir) / SUMMARY_NAME, summary)
     return summary
+
+
+def predict_model_files(
+    model_path: str | Path,
+    images: list[str | Path],
+    out_dir: str | Path,
+    *,
+    data_cfg: dict | None = None,
+    progress: bool = True,
+    names: dict | None = None,
+    **settings,
+) -> pd.DataFrame:
+    """:func:`predict_files` with the segmenter of a ``model.pt`` on the device and in the
+    precision ``settings`` ask for (keys of the config's ``predict`` section, those left
+    out taking the schema's defaults); ``names``: what messages call the device and
+    precision settings (default ``predict.device``, ``predict.precision``)."""
+    placement = {key: settings.pop(key) for key in ("device", "precision") if key in settings}
+    segmenter, _ = Segmenter.from_file(model_path, "predict", names=names, **placement)
+    return predict_files(
+        segmenter, images, out_dir, data_cfg=data_cfg, progress=progress, **settings
+    )
 
 
 def side_by_side(images: list[np.ndarray], gap: int = 4) -> np.ndarray:

@@ -17,6 +17,7 @@ from skimage.segmentation import find_boundaries
 
 from protoseg.transforms import display_rgb
 
+OUTLINE_COLOUR = (255, 220, 0)  # predictions: yellow reads on bright-field and fluorescence
 PLANE_COLOUR = (255, 120, 0)  # orange: the plane's own mask
 STATE_COLOUR = (255, 0, 255)  # magenta: the merged state mask
 BACKGROUND = (32, 32, 32)
@@ -149,3 +150,34 @@ def overlay_grid(
         legend = f"{title}   {legend}"
     _text(canvas, legend, (ROW_LABEL, height - 7))
     return canvas
+
+
+# ---------------------------------------------------------------- prediction overlays
+def overlay_outlines(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The image (8-bit RGB) with each instance's outline drawn in yellow."""
+    return outline(display_rgb(image), labels, OUTLINE_COLOUR)
+
+
+def instance_colours(count: int, seed: int = 0) -> np.ndarray:
+    """``count`` bright, distinct-looking RGB colours (uint8), the same for the same seed."""
+    from matplotlib.colors import hsv_to_rgb
+
+    rng = np.random.default_rng(seed)
+    hsv = np.stack(
+        [rng.permutation(np.linspace(0, 1, count, endpoint=False)) if count else np.zeros(0)]
+        + [rng.uniform(0.6, 1.0, count), rng.uniform(0.8, 1.0, count)],
+        axis=1,
+    )
+    return (hsv_to_rgb(hsv) * 255).astype(np.uint8).reshape(count, 3)
+
+
+def overlay_instances(image: np.ndarray, labels: np.ndarray, alpha: float = 0.35) -> np.ndarray:
+    """The image (8-bit RGB) with each instance tinted and outlined in its own colour, so
+    that touching cells the network separated are told apart."""
+    overlay = display_rgb(image).astype(np.float32)
+    labels = np.asarray(labels)
+    colours = np.vstack([np.zeros((1, 3), np.uint8), instance_colours(int(labels.max()))])
+    painted = colours[labels].astype(np.float32)
+    inside = labels > 0
+    overlay[inside] = (1 - alpha) * overlay[inside] + alpha * painted[inside]
+    return outline(overlay, labels, painted).astype(np.uint8)

@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from protoseg.errors import InputError
-from protoseg.io import IMAGE_SUFFIXES, TIFF_SUFFIXES
+from protoseg.formats import IMAGE_SUFFIXES, TIFF_SUFFIXES
 
 # format name -> (bioio plugin distribution, its module, what to call the format in messages)
 PLUGINS = {

@@ -66,12 +66,12 @@ from protoseg.config import complete_section
 from protoseg.config_checks import check_threshold_setting
 from protoseg.device import autocast_dtype, resolve_device, resolve_precision
 from protoseg.errors import ConfigError, InputError, ProtosegError
-from protoseg.evaluate import TruthReader, predict_sample, threshold_counts
-from protoseg.inference import to_original_size
+from protoseg.evaluate import TruthReader, threshold_counts
 from protoseg.io import atomic_path, save_figure, write_csv
 from protoseg.losses import InstanceOutputLoss, get_loss
 from protoseg.model import architecture_from_config, build_model, count_parameters, save_model
 from protoseg.sampling import PatchSampler
+from protoseg.segmenter import Segmenter
 from protoseg.transforms import Augmentation
 
 log = logging.getLogger(__name__)
@@ -592,16 +592,22 @@ class Trainer:
         row["seconds"] = time.perf_counter() - started
         return row
 
+    def segmenter(self) -> Segmenter:
+        """The network as evaluation will use it: the same sliding window and precision."""
+        return Segmenter(
+            self.model,
+            self.record,
+            name=self.name,
+            device=str(self.device),
+            precision=self.precision,
+            tile=self.window["tile"],
+            overlap=self.window["overlap"],
+            batch_size=int(self.settings["batch_size"]),
+        )
+
     def validate(self) -> dict:
         """Pooled validation F1 at the best threshold of the grid, and at 0.5."""
-        counts = threshold_counts(
-            self.model,
-            self.validation_split,
-            **self.window,
-            device=str(self.device),
-            batch_size=int(self.settings["batch_size"]),
-            precision=self.precision,
-        )
+        counts = threshold_counts(self.segmenter(), self.validation_split)
         self.model.train()
         threshold, f1 = counts.best()
         return {
@@ -710,14 +716,7 @@ class Trainer:
                 self.name,
             )
             return {"value": 0.5, "source": "default (no validation split)"}
-        counts = threshold_counts(
-            self.model,
-            self.validation_split,
-            **self.window,
-            device=str(self.device),
-            batch_size=int(self.settings["batch_size"]),
-            precision=self.precision,
-        )
+        counts = threshold_counts(self.segmenter(), self.validation_split)
         value, f1 = counts.best()
         log.info(
             "%s: threshold %.2f chosen on %d validation images (pooled F1 %.4f there)",
@@ -767,21 +766,13 @@ class Trainer:
                 "source": "default (no validation split)",
             }
         truth = TruthReader(self.validation_split, self.resolution, "labels")
+        segmenter = self.segmenter()
 
         def validation_images():
             for index in range(len(self.validation_split)):
-                outputs = predict_sample(
-                    self.model,
-                    self.validation_split,
-                    index,
-                    **self.window,
-                    device=str(self.device),
-                    batch_size=int(self.settings["batch_size"]),
-                    precision=self.precision,
-                    all_outputs=True,
-                )
+                outputs = segmenter.sample_outputs(self.validation_split, index)
                 _, labels = truth(index)
-                yield to_original_size(outputs, *labels.shape), labels
+                yield segmenter.at_size(outputs, labels.shape), labels
 
         chosen = instance_outputs.choose_settings(mode, threshold, validation_images())
         log.info(

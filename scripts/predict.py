@@ -7,28 +7,24 @@ log = log_to_file(snakemake.log[0])
 
 import torch  # noqa: E402 - after the log is set up
 
-from protoseg.device import resolve_device, resolve_precision  # noqa: E402
-from protoseg.predict import load_prediction_model, predict_files  # noqa: E402
+from protoseg.predict import predict_model_files  # noqa: E402
 
 torch.set_num_threads(max(1, snakemake.threads))
 params = snakemake.params
-device = resolve_device(params.device, key="predict.device")
-precision = resolve_precision(params.precision, device, key="predict.precision")
-model = load_prediction_model(snakemake.input.model, device=device)
-summary = predict_files(
-    model,
+summary = predict_model_files(
+    snakemake.input.model,
     list(snakemake.input.images),
     params.out_dir,
-    tile=tuple(params.tile) if params.tile else None,
+    data_cfg=dict(params.data),
+    tile=list(params.tile) if params.tile else None,
     overlap=params.overlap,
     threshold=params.threshold,
     instances=params.instances,
     min_distance=params.min_distance,
     min_area=params.min_area,
-    device=device,
-    precision=precision,
+    device=params.device,
+    precision=params.precision,
     format=params.format,
-    data_cfg=dict(params.data),
 )
 log.info(
     "%s: %d images, %d cells in all", snakemake.input.model, len(summary), summary["cells"].sum()

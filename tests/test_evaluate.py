@@ -8,6 +8,7 @@ from skimage.draw import disk
 
 from protoseg import evaluate, metrics
 from protoseg.config import section_defaults
+from protoseg.segmenter import Segmenter
 
 torch.set_num_threads(1)
 
@@ -226,16 +227,22 @@ def test_scores_at_the_original_resolution_use_the_original_masks(tmp_path):
         progress=False,
     )
     split = open_split(tmp_path / "ds", "test")
-    model = ThresholdModel()
-    # The rest of the evaluate section as the schema completes it, on this CPU in float32.
+    # The evaluate section as the schema completes it, on this CPU in float32.
     window = section_defaults("evaluate", device="cpu", precision="fp32")
-    for key in ("threshold", "resolution"):
-        del window[key]
+    segmenter = Segmenter(
+        ThresholdModel(),
+        split.record,
+        threshold=0.5,
+        tile=window["tile"],
+        overlap=window["overlap"],
+        batch_size=window["batch_size"],
+    )
+    scoring = {"instances": window["instances"], "overlay_state": window["overlay_state"]}
     training, _ = evaluate.evaluate_split(
-        model, split, threshold=0.5, resolution="training", progress=False, **window
+        segmenter, split, resolution="training", progress=False, **scoring
     )
     original, _ = evaluate.evaluate_split(
-        model, split, threshold=0.5, resolution="original", progress=False, **window
+        segmenter, split, resolution="original", progress=False, **scoring
     )
     assert int(training[["tp", "fp", "fn", "tn"]].sum(axis=1).iloc[0]) == 20 * 30
     assert int(original[["tp", "fp", "fn", "tn"]].sum(axis=1).iloc[0]) == 60 * 90
@@ -245,7 +252,9 @@ def test_scores_at_the_original_resolution_use_the_original_masks(tmp_path):
 
 
 def test_model_threshold_prefers_the_config_then_the_model():
+    from protoseg.segmenter import stored_threshold
+
     stored = {"threshold": {"value": 0.83, "source": "validation"}}
-    assert evaluate.model_threshold(stored, None) == (0.83, "validation")
-    assert evaluate.model_threshold(stored, 0.4) == (0.4, "config")
-    assert evaluate.model_threshold({}, None) == (0.5, "default")
+    assert stored_threshold(stored, None) == (0.83, "validation")
+    assert stored_threshold(stored, 0.4) == (0.4, "config")
+    assert stored_threshold({}, None) == (0.5, "default")

@@ -323,14 +323,13 @@ TRAIN_CFG = {
 def test_watershed_settings_are_chosen_on_validation_images_only(tmp_path, monkeypatch):
     directory = make_pairs(tmp_path)
     seen = []
-    original = training.predict_sample
+    original = training.Segmenter.sample_outputs
 
-    def recording(model, split, index, **kwargs):
-        if kwargs.get("all_outputs"):
-            seen.append(split.split)
-        return original(model, split, index, **kwargs)
+    def recording(segmenter, split, index):
+        seen.append(split.split)
+        return original(segmenter, split, index)
 
-    monkeypatch.setattr(training, "predict_sample", recording)
+    monkeypatch.setattr(training.Segmenter, "sample_outputs", recording)
     train_model(
         directory,
         tmp_path / "m",
@@ -345,24 +344,16 @@ def test_watershed_settings_are_chosen_on_validation_images_only(tmp_path, monke
     stored = meta["instances"]
     assert stored["mode"] == "boundaries" and stored["source"] == "validation"
     # The stored settings are the grid's best on the validation images for this model.
-    from protoseg.evaluate import TruthReader, predict_sample
+    from protoseg.evaluate import TruthReader
     from protoseg.inference import to_original_size
+    from protoseg.segmenter import Segmenter
 
     validation = open_split(directory, "validation")
     truth = TruthReader(validation, "original", "labels")
+    segmenter = Segmenter(model, validation.record, overlap=0.5, batch_size=2)
     pairs = []
     for index in range(len(validation)):
-        outputs = predict_sample(
-            model,
-            validation,
-            index,
-            tile=None,
-            overlap=0.5,
-            device="cpu",
-            batch_size=2,
-            precision="fp32",
-            all_outputs=True,
-        )
+        outputs = segmenter.sample_outputs(validation, index)
         labels = truth(index)[1]
         pairs.append((to_original_size(outputs, *labels.shape), labels))
     expected = instances.choose_settings("boundaries", meta["threshold"]["value"], pairs)
@@ -443,11 +434,12 @@ def test_binary_models_tables_have_no_watershed_columns():
 
 
 def test_predict_writes_the_models_own_instances(distance_model, tmp_path):
-    from protoseg.predict import load_prediction_model, predict_files
+    from protoseg.predict import predict_files
+    from protoseg.segmenter import Segmenter
 
     directory, model_path = distance_model
-    model = load_prediction_model(model_path)
-    assert model.instances["mode"] == "distances"
+    model, _ = Segmenter.from_file(model_path)
+    assert model.own["mode"] == "distances"
     image_path = open_split(directory, "test").manifest["image"].iloc[0]
     summary = predict_files(model, [image_path], tmp_path / "out", progress=False)
     assert summary["instances"].iloc[0] == "distances"
@@ -460,7 +452,8 @@ def test_predict_writes_the_models_own_instances(distance_model, tmp_path):
 
 
 def test_predict_model_instances_need_a_model_that_has_them(tmp_path):
-    from protoseg.predict import predict_files, prediction_model_from_meta
+    from protoseg.predict import predict_files
+    from protoseg.segmenter import Segmenter
     from protoseg.transforms import Preprocessing
 
     network = UNet(3, 1, depth=1, base_channels=2)
@@ -476,8 +469,8 @@ def test_predict_model_instances_need_a_model_that_has_them(tmp_path):
         "shard_size": 1,
         "has_instances": False,
     }
-    model = prediction_model_from_meta(network, {"dataset": record}, name="binary.pt")
-    assert model.instances is None
+    model = Segmenter.from_meta(network, {"dataset": record}, name="binary.pt")
+    assert model.own is None
     image = tmp_path / "a.tif"
     tifffile.imwrite(image, np.zeros((16, 16, 3), np.uint8))
     with pytest.raises(InputError, match="instance outputs"):

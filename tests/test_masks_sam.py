@@ -17,7 +17,7 @@ import torch
 from protoseg.config import section_defaults
 from protoseg.device import resolve_device
 from protoseg.errors import ConfigError, InputError
-from protoseg.masks import make_plane_mask, make_state_masks, sam
+from protoseg.masks import make_plane_mask, make_state_masks, prompts, sam
 
 torch.set_num_threads(1)
 
@@ -311,7 +311,7 @@ def test_prompts_for_missing_plane_stop_before_work(vit_t_checkpoint, tmp_path, 
     prompts_csv = tmp_path / "prompts.csv"
     prompts_csv.write_text(PROMPTS + "s1,16,d,point,3,3,1,,,,\n")
     monkeypatch.setattr(
-        sam, "segment_prompted", lambda *a, **k: pytest.fail("segmentation started")
+        prompts, "segment_prompted", lambda *a, **k: pytest.fail("segmentation started")
     )
     image = tmp_path / "z18.tif"
     tifffile.imwrite(image, random_image())

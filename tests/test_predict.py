@@ -14,6 +14,7 @@ from skimage.draw import disk
 from protoseg import predict
 from protoseg.errors import ConfigError, InputError
 from protoseg.io import read_image
+from protoseg.segmenter import Segmenter, binary_instances
 
 torch.set_num_threads(1)
 
@@ -73,7 +74,7 @@ def record_meta(
 
 def make_model(train_size=(32, 32), scale=0.5, in_channels=3, colour="rgb", **kwargs):
     meta = record_meta("patches", train_size, scale, colour, **kwargs)
-    return predict.prediction_model_from_meta(BrightIsCell(in_channels).eval(), meta, name="bright")
+    return Segmenter.from_meta(BrightIsCell(in_channels).eval(), meta, name="bright")
 
 
 def disc_image(
@@ -124,7 +125,7 @@ def test_bad_inputs_are_named(tmp_path, setup, message):
 # ---------------------------------------------------------------- scale
 def test_resize_geometry_resizes_each_image_to_the_training_size(tmp_path):
     meta = record_meta("resize", (32, 32))
-    model = predict.prediction_model_from_meta(BrightIsCell().eval(), meta)
+    model = Segmenter.from_meta(BrightIsCell().eval(), meta)
     assert model.preprocessing.geometry == "resize" and model.in_channels == 3
     for name, shape in (("small.tif", (48, 40)), ("large.tif", (128, 96))):
         image, _ = disc_image(shape=shape, centres=((shape[0] // 2, shape[1] // 2),), radius=12)
@@ -136,9 +137,7 @@ def test_resize_geometry_resizes_each_image_to_the_training_size(tmp_path):
 
 def test_model_meta_without_geometry_is_refused():
     with pytest.raises(InputError, match="old.pt.*no training geometry"):
-        predict.prediction_model_from_meta(
-            BrightIsCell(), {"dataset": {"size": [8, 8]}}, name="old.pt"
-        )
+        Segmenter.from_meta(BrightIsCell(), {"dataset": {"size": [8, 8]}}, name="old.pt")
 
 
 def test_model_sees_the_image_at_training_scale_in_training_sized_tiles(tmp_path):
@@ -269,13 +268,13 @@ def two_touching_discs(shape=(60, 90)):
 
 
 def test_connected_components_keep_touching_cells_together():
-    labels = predict.label_instances(two_touching_discs(), "cc")
+    labels = binary_instances(two_touching_discs(), "cc")
     assert labels.dtype == np.uint16 and labels.max() == 1
 
 
 def test_watershed_splits_touching_cells_at_the_neck():
     binary = two_touching_discs()
-    labels = predict.label_instances(binary, "watershed", min_distance=10)
+    labels = binary_instances(binary, "watershed", min_distance=10)
     assert labels.max() == 2
     assert ((labels > 0) == binary).all()  # every cell pixel kept, nothing added
     assert labels[30, 25] != labels[30, 63]  # the two centres are in different cells
@@ -284,9 +283,9 @@ def test_watershed_splits_touching_cells_at_the_neck():
 def test_watershed_keeps_tiny_objects_and_min_area_drops_them():
     binary = two_touching_discs()
     binary[2:4, 2:4] = True  # a 4-pixel speck
-    assert predict.label_instances(binary, "watershed", min_distance=10).max() == 3
-    assert predict.label_instances(binary, "cc", min_area=10).max() == 1
-    assert predict.label_instances(np.zeros((8, 8), bool), "watershed").max() == 0
+    assert binary_instances(binary, "watershed", min_distance=10).max() == 3
+    assert binary_instances(binary, "cc", min_area=10).max() == 1
+    assert binary_instances(np.zeros((8, 8), bool), "watershed").max() == 0
 
 
 def test_overlap_is_a_share_of_the_tile(tmp_path):
@@ -310,9 +309,7 @@ class CornerRecorder(BrightIsCell):
 def context_model(context_planes=1, colour="grey"):
     channels = (1 if colour == "grey" else 3) * (2 * context_planes + 1)
     meta = record_meta("patches", (32, 32), 1.0, colour, context_planes=context_planes)
-    return predict.prediction_model_from_meta(
-        CornerRecorder(channels).eval(), meta, name="bf_z1.pt"
-    )
+    return Segmenter.from_meta(CornerRecorder(channels).eval(), meta, name="bf_z1.pt")
 
 
 def stack_data_cfg(planes=(12, 14, 16)):
@@ -342,9 +339,9 @@ def test_context_model_counts_its_input_channels():
 
     single_plane = build_model({"depth": 1, "base_channels": 2}, in_channels=3)
     with pytest.raises(InputError, match="x.pt.*network takes 3 channel.*data set had 9"):
-        predict.prediction_model_from_meta(single_plane, meta, name="x.pt")
+        Segmenter.from_meta(single_plane, meta, name="x.pt")
     context = build_model({"depth": 1, "base_channels": 2}, in_channels=9)
-    assert predict.prediction_model_from_meta(context, meta).in_channels == 9
+    assert Segmenter.from_meta(context, meta).in_channels == 9
 
 
 def test_context_model_sees_each_named_plane_with_its_neighbours(tmp_path):

@@ -427,9 +427,11 @@ def micrometre_model(pixel_size: float):
     (dataset.cell_diameter_um / target_diameter)."""
     from dataclasses import replace
 
+    from protoseg.segmenter import Segmenter
+
     model = make_model(in_channels=1, colour="grey", scale=1.0)
     prep = replace(model.preprocessing, scale=None, pixel_size=pixel_size)
-    return replace(model, preprocessing=prep)
+    return Segmenter(model.network, replace(model.record, preprocessing=prep), name=model.name)
 
 
 def test_a_micrometre_model_sees_two_magnifications_at_one_scale(stack, tmp_path):

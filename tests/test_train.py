@@ -265,12 +265,13 @@ def test_batch_norm_recalibration_sets_population_statistics():
 def test_threshold_is_chosen_on_validation_images_only(dataset_dir, tmp_path, monkeypatch):
     from protoseg.dataset import open_split
     from protoseg.evaluate import threshold_counts
+    from protoseg.segmenter import Segmenter
 
     splits_seen = []
 
-    def recording(model, split, **kwargs):
+    def recording(segmenter, split):
         splits_seen.append(split.split)
-        return threshold_counts(model, split, **kwargs)
+        return threshold_counts(segmenter, split)
 
     monkeypatch.setattr(training, "threshold_counts", recording)
     train_model(
@@ -285,7 +286,8 @@ def test_threshold_is_chosen_on_validation_images_only(dataset_dir, tmp_path, mo
     model, meta = load_model(tmp_path / "m" / "model.pt")
     assert meta["threshold"]["source"] == "validation"
     # The stored threshold is the best of the grid on the validation images, for this model.
-    counts = threshold_counts(model, open_split(dataset_dir, "validation"), overlap=0.5)
+    validation = open_split(dataset_dir, "validation")
+    counts = threshold_counts(Segmenter(model, validation.record, overlap=0.5), validation)
     assert meta["threshold"]["value"] == counts.best()[0]
 
 

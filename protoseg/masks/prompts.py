@@ -247,9 +247,54 @@ def combine_object_masks(masks: list[np.ndarray], shape: tuple[int, int]) -> np.
     return lookup[labels]
 
 
+# ---------------------------------------------------------------- SAM, one object at a time
+def segment_object(predictor, prompts: ObjectPrompts, image_embeddings) -> np.ndarray:
+    """Binary mask of one prompted object (micro-sam's prompt-based segmentation)."""
+    from micro_sam import prompt_based_segmentation as pbs
+
+    has_points = len(prompts.points) > 0
+    if prompts.box is not None and has_points:
+        mask = pbs.segment_from_box_and_points(
+            predictor,
+            prompts.box,
+            prompts.points,
+            prompts.labels,
+            image_embeddings=image_embeddings,
+        )
+    elif prompts.box is not None:
+        mask = pbs.segment_from_box(predictor, prompts.box, image_embeddings=image_embeddings)
+    else:
+        mask = pbs.segment_from_points(
+            predictor, prompts.points, prompts.labels, image_embeddings=image_embeddings
+        )
+    return np.asarray(mask).squeeze().astype(bool)
+
+
+def segment_prompted(
+    image: np.ndarray,
+    objects: list[ObjectPrompts],
+    settings: sam.SamSettings,
+    embeddings: Path | None = None,
+) -> np.ndarray:
+    """One plane's prompted objects, each segmented by SAM, combined into uint16 labels."""
+    predictor, _ = sam.load_predictor(settings)
+    image_embeddings = sam.compute_embeddings(predictor, np.asarray(image), embeddings, settings)
+    masks = []
+    for prompts in objects:
+        mask = segment_object(predictor, prompts, image_embeddings)
+        if not mask.any():
+            log.warning(
+                "object %s (CSV lines %s): SAM returned an empty mask",
+                prompts.object_id,
+                list(prompts.lines),
+            )
+        masks.append(mask)
+    return combine_object_masks(masks, image.shape[:2])
+
+
 @register_method("sam-prompted")
 class SamPromptedMethod(sam.SamMethod):
-    """Each prompted object of a plane segmented by SAM (:func:`sam.segment_prompted`)."""
+    """Each prompted object of a plane segmented by SAM (:func:`segment_prompted`)."""
 
     @property
     def prompts_path(self) -> Path:
@@ -301,4 +346,4 @@ class SamPromptedMethod(sam.SamMethod):
             log.warning("%s z%s: no prompts in %s for this plane", state, z, self.prompts_path)
             return np.zeros(image.shape[:2], dtype=np.uint16)
         check_inside(self.plane_prompts(state, z), self.prompts_path, image.shape[:2])
-        return sam.segment_prompted(image, objects, self.settings, self.embeddings(state, z))
+        return segment_prompted(image, objects, self.settings, self.embeddings(state, z))

@@ -1,5 +1,6 @@
 """micro-sam for the mask methods ``sam-auto`` (AMG or AIS, registered here) and
-``sam-prompted`` (points, boxes; registered in :mod:`protoseg.masks.prompts`).
+``sam-prompted`` (points, boxes; registered in :mod:`protoseg.masks.prompts`, which builds
+on this module and never the other way round).
 
 Both run on one plane at a time, read the config's ``masks.sam`` section
 (:func:`settings_from_config`) and share, through :class:`SamMethod`:
@@ -26,7 +27,6 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,9 +34,6 @@ from protoseg.device import resolve_device
 from protoseg.errors import ConfigError
 from protoseg.masks import MaskMethod, register_method
 from protoseg.masks.imported import relabel_mask
-
-if TYPE_CHECKING:  # prompts imports this module (its method is a SamMethod)
-    from protoseg.masks.prompts import ObjectPrompts
 
 log = logging.getLogger(__name__)
 
@@ -347,52 +344,6 @@ def segment_auto(
         **{size_key: settings.min_size},
     )
     return relabel_mask(np.asarray(instances).astype(np.int64, copy=False), "sam-auto result")
-
-
-def segment_object(predictor, prompts: ObjectPrompts, image_embeddings) -> np.ndarray:
-    """Binary mask of one prompted object (micro-sam's prompt-based segmentation)."""
-    from micro_sam import prompt_based_segmentation as pbs
-
-    has_points = len(prompts.points) > 0
-    if prompts.box is not None and has_points:
-        mask = pbs.segment_from_box_and_points(
-            predictor,
-            prompts.box,
-            prompts.points,
-            prompts.labels,
-            image_embeddings=image_embeddings,
-        )
-    elif prompts.box is not None:
-        mask = pbs.segment_from_box(predictor, prompts.box, image_embeddings=image_embeddings)
-    else:
-        mask = pbs.segment_from_points(
-            predictor, prompts.points, prompts.labels, image_embeddings=image_embeddings
-        )
-    return np.asarray(mask).squeeze().astype(bool)
-
-
-def segment_prompted(
-    image: np.ndarray,
-    objects: list[ObjectPrompts],
-    settings: SamSettings,
-    embeddings: Path | None = None,
-) -> np.ndarray:
-    """One plane's prompted objects, each segmented by SAM, combined into uint16 labels."""
-    from protoseg.masks.prompts import combine_object_masks
-
-    predictor, _ = load_predictor(settings)
-    image_embeddings = compute_embeddings(predictor, np.asarray(image), embeddings, settings)
-    masks = []
-    for prompts in objects:
-        mask = segment_object(predictor, prompts, image_embeddings)
-        if not mask.any():
-            log.warning(
-                "object %s (CSV lines %s): SAM returned an empty mask",
-                prompts.object_id,
-                list(prompts.lines),
-            )
-        masks.append(mask)
-    return combine_object_masks(masks, image.shape[:2])
 
 
 # ---------------------------------------------------------------- the methods
