@@ -25,9 +25,8 @@ import torch
 import yaml
 
 from protoseg.dataset import open_split, read_record
-from protoseg.evaluate import predict_sample
 from protoseg.io import read_image
-from protoseg.model import load_model
+from protoseg.segmenter import Segmenter
 from protoseg.train import Trainer
 from protoseg.transforms import prepare_image
 
@@ -63,24 +62,23 @@ def main(config_path, variants, loss, rounds) -> None:
         )
     models, splits = {}, {}
     for variant in variants:
-        models[variant] = load_model(f"results/models/{variant}-{loss}/model.pt")
+        models[variant] = Segmenter.from_file(
+            f"results/models/{variant}-{loss}/model.pt",
+            "evaluate",
+            tile=config["evaluate"]["tile"],
+            overlap=config["evaluate"]["overlap"],
+            device="cpu",
+            batch_size=8,
+        )
         splits[variant] = open_split(f"results/datasets/{variant}", "test")
     count = min(len(splits[variants[0]]), 8)
     network = {variant: [] for variant in variants}
     for index in range(count):
         for variant in variants:
-            model, meta = models[variant]
+            segmenter, meta = models[variant]
+            segmenter = segmenter.with_settings(precision=meta["precision"])
             c0, w0 = time.process_time(), time.perf_counter()
-            predict_sample(
-                model,
-                splits[variant],
-                index,
-                tile=config["evaluate"]["tile"],
-                overlap=config["evaluate"]["overlap"],
-                device="cpu",
-                batch_size=8,
-                precision=meta["precision"],
-            )
+            segmenter.sample_outputs(splits[variant], index)
             network[variant].append((time.process_time() - c0, time.perf_counter() - w0))
     prep = read_record(f"results/datasets/{variants[0]}").preprocessing
     raw_files = list(splits[variants[0]].manifest["image"][:count])

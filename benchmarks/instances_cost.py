@@ -25,11 +25,10 @@ import torch
 import yaml
 
 from protoseg.dataset import open_split
-from protoseg.evaluate import TruthReader, predict_sample
-from protoseg.inference import to_original_size
-from protoseg.instances import MODES, model_instances, segment
+from protoseg.evaluate import TruthReader
+from protoseg.instances import MODES
 from protoseg.metrics import instances_from_binary
-from protoseg.model import load_model
+from protoseg.segmenter import Segmenter
 from protoseg.train import Trainer
 
 
@@ -67,33 +66,28 @@ def main(config_path, dataset_dir, pattern, model_name, rounds, samples=None) ->
     models = {}
     for mode in MODES:
         path = pathlib.Path(pattern.format(mode=mode)) / model_name / "model.pt"
-        model, meta = load_model(path)
-        models[mode] = (model, meta, model_instances(meta, model.architecture["out_channels"]))
+        segmenter, meta = Segmenter.from_file(
+            path,
+            "evaluate",
+            tile=config["evaluate"]["tile"],
+            overlap=config["evaluate"]["overlap"],
+            device="cpu",
+            batch_size=8,
+        )
+        models[mode] = segmenter.with_settings(precision=meta["precision"])
     totals = {mode: np.zeros(4) for mode in MODES}
     count = min(len(split), 8)
     for index in range(count):
         binary, _ = truth(index)
         for mode in MODES:
-            model, meta, own = models[mode]
+            segmenter = models[mode]
             c0, w0 = time.process_time(), time.perf_counter()
-            outputs = predict_sample(
-                model,
-                split,
-                index,
-                tile=config["evaluate"]["tile"],
-                overlap=config["evaluate"]["overlap"],
-                device="cpu",
-                batch_size=8,
-                precision=meta["precision"],
-                all_outputs=own is not None,
-            )
-            outputs = to_original_size(outputs, *binary.shape)
+            outputs = segmenter.at_size(segmenter.sample_outputs(split, index), binary.shape)
             c1, w1 = time.process_time(), time.perf_counter()
-            threshold = meta["threshold"]["value"]
-            if own is None:
-                instances_from_binary(outputs > threshold)
+            if segmenter.own_step is None:
+                instances_from_binary(outputs[0] > segmenter.threshold)
             else:
-                segment(outputs, own["mode"], threshold, own["settings"])
+                segmenter.cells(outputs)
             c2, w2 = time.process_time(), time.perf_counter()
             totals[mode] += (c1 - c0, w1 - w0, c2 - c1, w2 - w1)
     for mode in MODES:

@@ -5,10 +5,10 @@
   tiles, blended with Gaussian weights (nnU-Net's: sigma = tile / 8, so a tile's centre
   counts most and its border, where the network lacks context, least), padding images
   smaller than a tile by mirroring;
-- :func:`predict_image` prepares a raw image as the training images were
-  (:func:`protoseg.transforms.prepare_image`), runs the sliding window and brings the
-  probabilities back to the image's own size; :func:`predict_prepared` does the same for an
-  input prepared already (a focal-context model's window of planes).
+- :func:`to_original_size` brings outputs at the training scale back to an image's size.
+
+:class:`protoseg.segmenter.Segmenter` puts these together with preprocessing, the
+threshold and the instance step: stages call it, not this module.
 
 For the study's ``resize`` geometry the input is exactly one tile, so the sliding window is
 a plain forward pass. Precision (fp32, bf16, fp16 autocast, with channels_last for the
@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from protoseg.transforms import Preprocessing, prepare_image, resize
+from protoseg.transforms import resize
 
 log = logging.getLogger(__name__)
 
@@ -203,67 +203,3 @@ def to_original_size(probabilities: np.ndarray, height: int, width: int) -> np.n
     if probabilities.ndim == 3:
         return np.stack([resize(channel, (height, width)) for channel in probabilities])
     return resize(probabilities, (height, width))
-
-
-def predict_image(
-    model,
-    raw: np.ndarray,
-    prep: Preprocessing,
-    *,
-    tile: Sequence[int] | None = None,
-    overlap: float = 0.5,
-    device: str = "cpu",
-    batch_size: int = 4,
-    precision: str = "fp32",
-    source: object = "image",
-    all_outputs: bool = False,
-) -> np.ndarray:
-    """Cell probabilities (H, W) of one raw image at the image's own size (with
-    ``all_outputs``: every output channel, (K, H, W)).
-
-    The image is prepared as the model's training data was, predicted by
-    :func:`sliding_window` at the training scale (``tile`` defaults to the model's), and the
-    result resized back with linear interpolation.
-    """
-    height, width = np.asarray(raw).shape[:2]
-    return predict_prepared(
-        model,
-        prepare_image(raw, prep, source),
-        prep,
-        (height, width),
-        tile=tile,
-        overlap=overlap,
-        device=device,
-        batch_size=batch_size,
-        precision=precision,
-        all_outputs=all_outputs,
-    )
-
-
-def predict_prepared(
-    model,
-    prepared: np.ndarray,
-    prep: Preprocessing,
-    size: Sequence[int],
-    *,
-    tile: Sequence[int] | None = None,
-    overlap: float = 0.5,
-    device: str = "cpu",
-    batch_size: int = 4,
-    precision: str = "fp32",
-    all_outputs: bool = False,
-) -> np.ndarray:
-    """:func:`predict_image` of an input already prepared (C, H, W) at the training scale,
-    e.g. a focal window of several planes (:func:`protoseg.transforms.prepare_stack`),
-    brought back to ``size`` = (height, width) of the raw image."""
-    probabilities = sliding_window(
-        model,
-        prepared,
-        tuple(tile) if tile is not None else prep.tile,
-        overlap,
-        device=device,
-        batch_size=batch_size,
-        precision=precision,
-        all_outputs=all_outputs,
-    )
-    return to_original_size(probabilities, int(size[0]), int(size[1]))

@@ -17,8 +17,8 @@ from protoseg import export
 from protoseg.cli import main
 from protoseg.dataset import DatasetRecord
 from protoseg.errors import InputError
-from protoseg.inference import predict_image
 from protoseg.model import UNet, load_model, save_model
+from protoseg.segmenter import Segmenter
 from protoseg.transforms import Preprocessing
 
 torch.set_num_threads(1)
@@ -193,8 +193,8 @@ def test_the_package_predicts_what_protoseg_predicts(grey_package):
     network, meta = load_model(model)
     crop = tifffile.imread(image)[16:80, 8:72]  # the centre 64 x 64 of the 96 x 80 image
     np.testing.assert_array_equal(test_input[0, 0], crop.astype(np.float32))
-    prep = Preprocessing.from_dict(meta["dataset"]["preprocessing"])
-    ours = predict_image(network, crop, prep, tile=(64, 64), all_outputs=True)
+    segmenter = Segmenter.from_meta(network, meta, tile=(64, 64))
+    ours = segmenter.outputs(segmenter.prepare(crop), crop.shape)
     assert ours.std() > 0.05  # the output depends on the input, so equality means something
     np.testing.assert_allclose(np.load(out / "test_output.npy")[0], ours, atol=1e-6)
     for weights in ("pytorch_state_dict", "torchscript"):

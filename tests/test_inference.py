@@ -5,10 +5,29 @@ import pytest
 import torch
 
 from protoseg import inference
+from protoseg.dataset import DatasetRecord
 from protoseg.device import cpu_has_native_bf16
-from protoseg.transforms import Preprocessing
+from protoseg.segmenter import Segmenter
+from protoseg.transforms import Preprocessing, prepare_image
 
 torch.set_num_threads(1)
+
+
+def record_of(prep: Preprocessing) -> DatasetRecord:
+    """The data set record of a model trained with ``prep`` on bright-field images."""
+    return DatasetRecord.from_dict(
+        {
+            "variant": "brightfield",
+            "modalities": ["brightfield"],
+            "preprocessing": prep.to_dict(),
+            "patch_size": list(prep.tile) if prep.geometry == "patches" else None,
+            "mask_source": "state",
+            "split": {},
+            "samples": {},
+            "shard_size": 1,
+            "has_instances": False,
+        }
+    )
 
 
 def _conv_model(kernel: int, layers: int = 1, channels: int = 3) -> torch.nn.Module:
@@ -100,7 +119,7 @@ def test_predict_image_returns_probabilities_at_the_raw_size():
     model = _conv_model(3)
     image = (np.random.default_rng(2).random((50, 70, 3)) * 255).astype(np.uint8)
     prep = Preprocessing("patches", "rgb", "dtype", (1.0, 99.8), None, 0.5, (16, 16))
-    probabilities = inference.predict_image(model, image, prep, overlap=0.25)
+    probabilities = Segmenter(model, record_of(prep), overlap=0.25).probabilities(image)
     assert probabilities.shape == (50, 70)
     assert 0 <= probabilities.min() and probabilities.max() <= 1
 
@@ -109,8 +128,8 @@ def test_resize_geometry_is_one_tile_the_size_of_the_training_images():
     model = _conv_model(1)
     image = (np.random.default_rng(2).random((40, 60, 3)) * 255).astype(np.uint8)
     prep = Preprocessing("resize", "rgb", "dtype", (1.0, 99.8), (16, 16), None, (16, 16))
-    whole = inference.predict_probabilities(model, inference.prepare_image(image, prep)[None])[0]
-    probabilities = inference.predict_image(model, image, prep)
+    whole = inference.predict_probabilities(model, prepare_image(image, prep)[None])[0]
+    probabilities = Segmenter(model, record_of(prep)).probabilities(image)
     np.testing.assert_allclose(probabilities, inference.to_original_size(whole, 40, 60), atol=1e-6)
 
 
