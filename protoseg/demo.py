@@ -310,15 +310,34 @@ def _sample_depths(rng, n: int, params: DemoParams, planes: list[int]) -> np.nda
 def place_objects(
     rng: np.random.Generator, height: int, width: int, planes: list[int], params: DemoParams
 ) -> list[Blob]:
-    """Living cells (some overlapping in pairs at different depths), dead cells, debris."""
+    """Living cells (some overlapping in pairs at different depths), dead cells, debris.
+
+    The random draws happen in one fixed order (pairs, single cells, dead cells, debris), so
+    a seed always gives the same state."""
+    placed: list[tuple[float, float, float]] = []  # (y, x, reach) of everything so far
+    n_cells = int(rng.integers(params.cells[0], params.cells[1] + 1))
+    cells = _place_pairs(rng, height, width, planes, params, n_cells, placed)
+    cells += _place_single_cells(rng, height, width, planes, params, n_cells, len(cells), placed)
+    if len(cells) < n_cells:
+        log.warning(
+            "placed %d of %d cells: the image is too crowded for more (lower demo.cells "
+            "or demo.cell_radius)",
+            len(cells),
+            n_cells,
+        )
+    for label, cell in enumerate(cells, start=1):
+        cell.label = label
+    others = _place_dead_cells(rng, height, width, planes, params, placed)
+    others += _place_debris(rng, height, width, planes, params, placed)
+    return cells + others
+
+
+def _place_pairs(rng, height, width, planes, params, n_cells, placed) -> list[Blob]:
+    """Overlapping pairs: a large cell partly covers a small one lying at another depth."""
     r_low, r_high = params.cell_radius
     r_mid = 0.5 * (r_low + r_high)
-    placed: list[tuple[float, float, float]] = []  # (y, x, reach) of everything so far
     cells: list[Blob] = []
-
-    n_cells = int(rng.integers(params.cells[0], params.cells[1] + 1))
     n_pairs = min(int(rng.integers(params.overlaps[0], params.overlaps[1] + 1)), n_cells // 2)
-    # Overlapping pairs: a large cell partly covers a small one lying at another depth.
     for _ in range(n_pairs):
         big_r = rng.uniform(max(r_mid, r_low), r_high)
         small_r = rng.uniform(r_low, max(r_low, min(r_mid, 0.7 * big_r)))
@@ -341,10 +360,16 @@ def place_objects(
                 cells.append(_living_cell(rng, sy, sx, small_r, small_depth))
                 placed.append((y, x, pair_reach + big_r * 0.1))
                 break
+    return cells
 
-    # Single cells: anywhere, partly outside the image allowed, not touching others.
-    depths = _sample_depths(rng, n_cells, params, planes)
-    for index in range(n_cells - len(cells)):
+
+def _place_single_cells(rng, height, width, planes, params, n_cells, paired, placed) -> list[Blob]:
+    """Single cells, to make ``n_cells`` with the ``paired`` ones: anywhere, partly outside
+    the image allowed, not touching others."""
+    r_low, r_high = params.cell_radius
+    cells: list[Blob] = []
+    depths = _sample_depths(rng, n_cells, params, planes)  # one per cell, as always drawn
+    for index in range(n_cells - paired):
         radius = rng.uniform(r_low, r_high)
         for _attempt in range(60):
             y, x = (
@@ -355,25 +380,20 @@ def place_objects(
                 cells.append(_living_cell(rng, y, x, radius, depths[index]))
                 placed.append((y, x, radius * 1.1))
                 break
-    if len(cells) < n_cells:
-        log.warning(
-            "placed %d of %d cells: the image is too crowded for more (lower demo.cells "
-            "or demo.cell_radius)",
-            len(cells),
-            n_cells,
-        )
-    for label, cell in enumerate(cells, start=1):
-        cell.label = label
+    return cells
 
-    others: list[Blob] = []
-    # Dead cells: shrunken, crenated, pigmented, no rim.
+
+def _place_dead_cells(rng, height, width, planes, params, placed) -> list[Blob]:
+    """Dead cells: shrunken, crenated, pigmented, no rim."""
+    r_low = params.cell_radius[0]
+    dead: list[Blob] = []
     for _ in range(int(rng.integers(params.dead_cells[0], params.dead_cells[1] + 1))):
         radius = rng.uniform(0.35, 0.7) * r_low
         for _attempt in range(40):
             y, x = rng.uniform(radius, height - radius), rng.uniform(radius, width - radius)
             if _fits(y, x, radius * 1.3, placed, gap=2):
                 elongation = rng.uniform(1.0, 1.5)
-                others.append(
+                dead.append(
                     Blob(
                         kind="dead",
                         centre_y=y,
@@ -388,7 +408,13 @@ def place_objects(
                 )
                 placed.append((y, x, radius * 1.3))
                 break
-    # Debris: small dark fragments of one to four irregular pieces, mostly apart from cells.
+    return dead
+
+
+def _place_debris(rng, height, width, planes, params, placed) -> list[Blob]:
+    """Debris: small dark fragments of one to four irregular pieces, mostly apart from cells."""
+    r_mid = 0.5 * sum(params.cell_radius)
+    debris: list[Blob] = []
     for _ in range(int(rng.integers(params.debris[0], params.debris[1] + 1))):
         size = rng.uniform(0.06, 0.22) * r_mid
         y, x = rng.uniform(0, height), rng.uniform(0, width)
@@ -416,9 +442,9 @@ def place_objects(
         head.extras = rest
         head.depth = float(_sample_depths(rng, 1, params, planes)[0])
         head.brightness = float(rng.uniform(0.6, 1.0))
-        others.append(head)
+        debris.append(head)
         placed.append((y, x, size * 2.5))
-    return cells + others
+    return debris
 
 
 # ---------------------------------------------------------------- drawing

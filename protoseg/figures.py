@@ -59,40 +59,55 @@ def metrics_vs_z(
     for row_index, variant in enumerate(variants):
         modalities = (variant_modalities or {}).get(variant)
         reference = study.comparable_table(variant, modalities, planes, losses)
-        for column_index, (name, title) in enumerate(PANEL_METRICS.items()):
+        for column_index, name in enumerate(PANEL_METRICS):
             ax = axes[row_index, column_index]
-            for loss in losses:
-                model_rows = rows[(rows["variant"] == variant) & (rows["loss"] == loss)].set_index(
-                    "z"
-                )
-                values = model_rows.reindex(labels)[name].to_numpy(dtype=float)
-                ax.plot(
-                    range(len(labels)), values, marker="o", color=colours[loss], label=loss.upper()
-                )
-                if (
-                    reference is not None
-                    and name in study.METRICS
-                    and loss in reference.columns.get_level_values(0)
-                ):
-                    study_values = reference[(loss, name)].reindex(labels).to_numpy(dtype=float)
-                    ax.plot(
-                        range(len(labels)),
-                        study_values,
-                        linestyle="--",
-                        marker="x",
-                        color=colours[loss],
-                        alpha=0.7,
-                    )
-                    any_study = True
-            ax.set_xticks(range(len(labels)), labels)
-            ax.set_ylim(0, 1.02)
-            ax.grid(alpha=0.3)
-            if row_index == 0:
-                ax.set_title(title)
-            if column_index == 0:
-                ax.set_ylabel(f"variant {variant}\nscore")
-            if row_index == len(variants) - 1:
-                ax.set_xlabel("focal plane")
+            variant_rows = rows[rows["variant"] == variant]
+            any_study |= _plot_metric(ax, variant_rows, reference, name, labels, losses, colours)
+            _label_panel(ax, variant, name, row_index, column_index, len(variants), labels)
+    _legend(figure, losses, colours, any_study)
+    figure.tight_layout(rect=(0, 0.06, 1, 1))
+    return figure
+
+
+def _plot_metric(ax, rows, reference, name, labels, losses, colours) -> bool:
+    """One panel's lines: each loss's scores per plane, and the study's where they compare
+    (returns whether any of the study's lines was drawn)."""
+    drawn = False
+    for loss in losses:
+        model_rows = rows[rows["loss"] == loss].set_index("z")
+        values = model_rows.reindex(labels)[name].to_numpy(dtype=float)
+        ax.plot(range(len(labels)), values, marker="o", color=colours[loss], label=loss.upper())
+        if (
+            reference is not None
+            and name in study.METRICS
+            and loss in reference.columns.get_level_values(0)
+        ):
+            study_values = reference[(loss, name)].reindex(labels).to_numpy(dtype=float)
+            ax.plot(
+                range(len(labels)),
+                study_values,
+                linestyle="--",
+                marker="x",
+                color=colours[loss],
+                alpha=0.7,
+            )
+            drawn = True
+    return drawn
+
+
+def _label_panel(ax, variant, name, row_index, column_index, rows, labels) -> None:
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    if row_index == 0:
+        ax.set_title(PANEL_METRICS[name])
+    if column_index == 0:
+        ax.set_ylabel(f"variant {variant}\nscore")
+    if row_index == rows - 1:
+        ax.set_xlabel("focal plane")
+
+
+def _legend(figure, losses, colours, any_study: bool) -> None:
     handles = [
         Line2D([], [], color=colours[loss], marker="o", label=f"{loss.upper()} (this run)")
         for loss in losses
@@ -118,8 +133,6 @@ def metrics_vs_z(
         frameon=False,
         bbox_to_anchor=(0.5, -0.02),
     )
-    figure.tight_layout(rect=(0, 0.06, 1, 1))
-    return figure
 
 
 def context_groups(

@@ -356,6 +356,26 @@ class Trainer:
         self.dataset_dir, self.model_dir = Path(dataset_dir), Path(model_dir)
         self.name = name or self.model_dir.name
         self.loss_name, self.model_cfg, self.progress = loss, dict(model_cfg), progress
+        self._read_settings(train_cfg, model_cfg, inference)
+        self.loss_fn = get_loss(loss)
+        self._open_data(dataset_dir)
+        self.extra_loss = InstanceOutputLoss(self.instances) if self.instances != "none" else None
+        self.architecture = architecture_from_config(model_cfg, self.record.channels)
+        self.fingerprint = _fingerprint(
+            self.architecture, self.settings, loss, self.info, _dataset_stamp(dataset_dir)
+        )
+        self.seed = int(self.settings["seed"])
+        seed_everything(self.seed)
+        self._build_network(model_cfg)
+        self._build_loader()
+        self.epochs = int(self.settings["epochs"])
+        self.optimizer, self.scheduler = self._optimiser()
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.history: list[dict] = []
+        self.best: dict | None = None  # epoch, val_f1, weights of the best validated epoch
+
+    def _read_settings(self, train_cfg: dict, model_cfg: dict, inference: dict | None) -> None:
+        """Training settings, instance mode, device and precision, validation's window."""
         # The sliding window of validation: evaluation's, so the threshold fits it.
         inference = complete_section("evaluate", inference)
         self.window = {"tile": inference["tile"], "overlap": float(inference["overlap"])}
@@ -376,8 +396,9 @@ class Trainer:
             # Fixed input sizes: let cuDNN pick the fastest convolutions (GPU runs are not
             # bitwise reproducible anyway; the CPU path is).
             torch.backends.cudnn.benchmark = True
-        self.loss_fn = get_loss(loss)
 
+    def _open_data(self, dataset_dir) -> None:
+        """The data set's record and its train and validation splits, checked."""
         self.info = datasets.read_info(dataset_dir)
         self.record = datasets.DatasetRecord.from_dict(
             self.info, Path(dataset_dir) / datasets.INFO_NAME
@@ -387,7 +408,7 @@ class Trainer:
         if len(self.train_split) == 0:
             raise ConfigError("split.test", f"{dataset_dir}: the train split is empty")
         has_validation = len(self.validation_split) > 0
-        check_threshold_setting(settings["threshold"], has_validation)
+        check_threshold_setting(self.settings["threshold"], has_validation)
         self.validating = has_validation
         if self.instances != "none" and not self.record.has_instances:
             raise InputError(
@@ -395,24 +416,21 @@ class Trainer:
                 f"model.instances is '{self.instances}' but this data set stores no instance "
                 "labels (built for a binary model); rebuild it with model.instances set",
             )
-        self.extra_loss = InstanceOutputLoss(self.instances) if self.instances != "none" else None
-        self.architecture = architecture_from_config(model_cfg, self.record.channels)
-        self.fingerprint = _fingerprint(
-            self.architecture, settings, loss, self.info, _dataset_stamp(dataset_dir)
-        )
 
-        self.seed = int(settings["seed"])
-        seed_everything(self.seed)
+    def _build_network(self, model_cfg: dict) -> None:
         self.model = build_model(model_cfg, self.record.channels).to(self.device)
         if self.precision != "fp32":
             self.model = self.model.to(memory_format=torch.channels_last)
         # torch.compile wraps the network for the training steps only; weights, checkpoints
         # and inference use the plain module (its state_dict has no wrapper prefix).
-        self.forward = torch.compile(self.model) if settings["compile"] else self.model
+        self.forward = torch.compile(self.model) if self.settings["compile"] else self.model
+
+    def _build_loader(self) -> None:
+        """Random patches (patches geometry) or the shuffled stored samples (resize)."""
         self.shuffle_generator = torch.Generator().manual_seed(self.seed)
         self.augment_generator = torch.Generator().manual_seed(self.seed + 1)
-        batch_size, workers = int(settings["batch_size"]), int(settings["workers"])
-        self.augment = settings["augment"]
+        batch_size, workers = int(self.settings["batch_size"]), int(self.settings["workers"])
+        self.augment = self.settings["augment"]
         if self.record.geometry == "patches":
             self.sampler = self._patch_sampler(Augmentation.from_config(self.augment))
             self.loader = make_loader(self.sampler, batch_size, False, None, workers, self.device)
@@ -427,11 +445,6 @@ class Trainer:
                 self.device,
             )
         self.steps_per_epoch = len(self.loader)
-        self.epochs = int(settings["epochs"])
-        self.optimizer, self.scheduler = self._optimiser()
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.history: list[dict] = []
-        self.best: dict | None = None  # epoch, val_f1, weights of the best validated epoch
 
     def _patch_sampler(
         self, augmentation: Augmentation, foreground_share=None, targets: bool = True
