@@ -40,6 +40,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/predict.smk"
+include: "workflow/rules/export.smk"
 # Last: its rule waits for every other result.
 include: "workflow/rules/warnings.smk"
 

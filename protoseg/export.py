@@ -15,7 +15,10 @@ What the description says, from the model file's record of its training data
 
 * input ``raw``: (batch, channel, y, x), 3 channels (red, green, blue) for a model trained in
   ``rgb`` colour, 1 for ``grey``; y and x any multiple of 2^depth (the U-Net halves the size
-  depth times), or exactly the training size for a ``resize`` model (see below);
+  depth times); a ``resize`` model (the study's geometry) takes whole images, of its training
+  images' size where they had one, and resizes them inside the network
+  (:class:`protoseg.model.ResizingUNet`: to the training size, the U-Net, the sigmoid, back
+  to the input's size, as ``protoseg predict`` does);
 * preprocessing = protoseg's normalisation: ``dtype`` -> ``scale_linear`` by 1/255 (uint8
   input) or 1/65535 (uint16), or ``clip`` to [0, 1] (float input); ``percentile`` ->
   ``scale_range`` with the model's percentiles over channel, y and x jointly (per image,
@@ -29,11 +32,10 @@ What the description says, from the model file's record of its training data
 Refused, with an :class:`~protoseg.errors.InputError` naming the model file and saying what
 the package cannot express: a focal-context model (its input is 2k + 1 planes stacked as
 channels, which no consumer assembles), a ``patches`` model trained at a rescale factor
-other than 1 (bioimage.io preprocessing cannot resize, so cells would reach the network at
-the wrong size), a ``resize`` model whose training images were resized (the same reason; one
-whose images already had the training size is exported with that fixed input size), and
-percentile bounds the spec's ``scale_range`` does not take. A ``dtype``-normalised model must
-be told its images' dtype (``--image`` or ``--input-dtype``): ``model.pt`` does not record it.
+other than 1 (bioimage.io preprocessing cannot resize, and a tiling consumer would rescale
+each tile on its own), and percentile bounds the spec's ``scale_range`` does not take. A
+``dtype``-normalised model takes the dtype its training images had (``model.pt`` records
+it); ``--image`` or ``--input-dtype`` override it.
 
 The package is tested before it is put in place with bioimageio.core's own test
 (:func:`test_package`: the description validated, each weight format run on the test
@@ -64,6 +66,10 @@ OUTPUT_ID = "probabilities"
 # normalisation (integer / its dtype's maximum; floats are clipped to [0, 1]).
 DTYPE_GAIN = {"uint8": 1 / 255, "uint16": 1 / 65535, "float32": None}
 INPUT_DTYPES = tuple(DTYPE_GAIN)
+# The package dtype of training images stored as other floats (protoseg reads them as is).
+DTYPE_NAMES = {"float64": "float32", "float16": "float32"}
+# The smallest whole image a resizing network takes (it resizes anything to its size).
+MIN_RESIZED_INPUT = 16
 LICENSE = "CC-BY-4.0"
 STUDY = (
     'Munteanu, A. M. "Automatic segmentation of microscopic cell images". TScIT 41, '
@@ -94,44 +100,50 @@ class ExportPlan:
     architecture: dict
     preprocessing: object  # protoseg.transforms.Preprocessing
     input_dtype: str  # the input tensor's dtype (raw intensities)
-    fixed_size: tuple[int, int] | None  # resize geometry: the one input size
+    fixed_size: tuple[int, int] | None  # the one input size, where there is one
     outputs: tuple[str, ...]  # output channel names
     threshold: float
     threshold_source: str
     instances: dict | None
+    # resize geometry whose images were resized: the network resizes each whole input to
+    # this size and its probabilities back (protoseg.model.ResizingUNet).
+    resize_to: tuple[int, int] | None = None
     segmenter: object = field(default=None, compare=False, repr=False)  # protoseg's own path
 
     @property
     def step(self) -> int:
-        """Input sizes must be multiples of this (the U-Net halves the size depth times)."""
-        return 2 ** int(self.architecture["depth"])
+        """Input sizes must be multiples of this (the U-Net halves the size depth times;
+        a resizing network takes any size)."""
+        return 1 if self.resize_to else 2 ** int(self.architecture["depth"])
 
     @property
     def halo(self) -> int:
         """Pixels a consumer that tiles should drop at each tile border: at least
         :data:`HALO`, and a multiple of 2^depth, so the padding a consumer adds keeps the
-        max-pooling grid where it was (an unaligned shift changes every output)."""
-        return self.step * math.ceil(HALO / self.step)
+        max-pooling grid where it was (an unaligned shift changes every output). None for a
+        resizing network: it takes whole images."""
+        return 0 if self.resize_to else self.step * math.ceil(HALO / self.step)
 
     @property
     def min_size(self) -> int:
+        if self.resize_to:
+            return MIN_RESIZED_INPUT
         return 2 * self.halo + self.step  # something left once both halos are dropped
 
+    @property
+    def network_class(self) -> str:
+        """The class in :mod:`protoseg.model` the package's weights belong to."""
+        return "ResizingUNet" if self.resize_to else "UNet"
 
-def plan_export(
-    model_path: str | Path, network, meta: dict, input_dtype: str | None = None
-) -> ExportPlan:
-    """Check that the package can express the model (:class:`InputError` naming the file
-    and everything it cannot) and what it will say. ``input_dtype``: the dtype of the
-    images a ``dtype``-normalised model was trained on (uint8, uint16, float32)."""
-    from protoseg.instances import EXTRA_OUTPUTS
-    from protoseg.segmenter import Segmenter
+    @property
+    def network_arguments(self) -> dict:
+        if self.resize_to:
+            return {"size": list(self.resize_to), **self.architecture}
+        return dict(self.architecture)
 
-    # On the CPU in float32, where the test output is made: cuDNN's TF32 convolutions on a
-    # GPU could differ by more than bioimage.io's test tolerance.
-    model = Segmenter.from_meta(network, meta, name=str(model_path), device="cpu")
-    prep = model.preprocessing
-    record = meta["dataset"]
+
+def refusals(prep, record: dict) -> list[str]:
+    """Why a package cannot express a model (empty when it can)."""
     problems = []
     context = int(record.get("context_planes") or 0)
     if context:
@@ -140,7 +152,6 @@ def plan_export(
             f"(context_planes {context}); a bioimage.io input is one image, and no consumer "
             "assembles neighbouring planes"
         )
-    fixed_size = None
     if prep.geometry == "patches" and prep.pixel_size is not None:
         problems.append(
             f"it rescales each image by its own pixel size to {prep.pixel_size:.4g} um per "
@@ -155,17 +166,6 @@ def plan_export(
             "see cells at the wrong size (train at dataset.scale 1, or rescale the images "
             "to the training scale first)"
         )
-    if prep.geometry == "resize":
-        sources = {tuple(int(v) for v in size) for size in record.get("source_sizes") or []}
-        size = tuple(int(v) for v in prep.size)
-        if sources and sources <= {size}:
-            fixed_size = size  # no image was resized: the network at its one input size
-        else:
-            seen = ", ".join(f"{h}x{w}" for h, w in sorted(sources)) or "not recorded"
-            problems.append(
-                f"it resizes every whole image to {size[0]}x{size[1]} (dataset.geometry "
-                f"resize; training images {seen}); bioimage.io preprocessing cannot resize"
-            )
     if prep.normalise == "percentile":
         low, high = (float(v) for v in prep.percentiles)
         if not (0 <= low < 100 and 1 < high <= 100):
@@ -173,37 +173,94 @@ def plan_export(
                 f"its percentiles {low:g}..{high:g}: bioimage.io's scale_range takes a low "
                 "percentile in [0, 100) and a high one in (1, 100]"
             )
+    return problems
+
+
+def resize_geometry(prep, record: dict) -> tuple[tuple | None, tuple | None]:
+    """(fixed input size, size the network resizes to) of a model: a ``resize`` model whose
+    training images all had the training size takes exactly that size as it is; one whose
+    images were resized resizes each input inside the network (:class:`ResizingUNet`),
+    taking the training images' size where they had one, else any size."""
+    if prep.geometry != "resize":
+        return None, None
+    sources = {tuple(int(v) for v in size) for size in record.get("source_sizes") or []}
+    size = tuple(int(v) for v in prep.size)
+    if sources and sources <= {size}:
+        return size, None  # no image was resized: the network at its one input size
+    return (next(iter(sources)) if len(sources) == 1 else None), size
+
+
+def package_dtype(model_path, prep, record: dict, input_dtype: str | None) -> str:
+    """The package's input dtype: ``input_dtype`` (--input-dtype, --image) where given, else
+    float32 for percentile normalisation (the dtype's scale does not matter), else the one
+    dtype of the training images that ``model.pt`` records."""
+    if input_dtype is not None:
+        dtype = input_dtype
+    elif prep.normalise == "percentile":
+        dtype = "float32"
+    else:
+        recorded = sorted({DTYPE_NAMES.get(d, d) for d in record.get("source_dtypes") or []})
+        if len(recorded) != 1:
+            seen = ", ".join(record.get("source_dtypes") or []) or "not recorded"
+            raise InputError(
+                model_path,
+                "normalises images by their dtype's maximum (dataset.normalise dtype), and "
+                f"the training images' dtype is not one ({seen}): give an image like them "
+                f"(--image) or their dtype (--input-dtype {'|'.join(INPUT_DTYPES)})",
+            )
+        dtype = recorded[0]
+    if dtype not in DTYPE_GAIN:
+        raise InputError(model_path, f"input dtype {dtype} is not one of {', '.join(INPUT_DTYPES)}")
+    return dtype
+
+
+def plan_export(
+    model_path: str | Path, network, meta: dict, input_dtype: str | None = None
+) -> ExportPlan:
+    """Check that the package can express the model (:class:`InputError` naming the file
+    and everything it cannot) and what it will say. ``input_dtype``: the dtype of the
+    images a ``dtype``-normalised model takes (uint8, uint16, float32); by default the one
+    its training images had, as ``model.pt`` records it."""
+    from protoseg.instances import EXTRA_OUTPUTS
+    from protoseg.segmenter import Segmenter
+
+    # On the CPU in float32, where the test output is made: cuDNN's TF32 convolutions on a
+    # GPU could differ by more than bioimage.io's test tolerance.
+    model = Segmenter.from_meta(network, meta, name=str(model_path), device="cpu")
+    prep, record = model.preprocessing, meta["dataset"]
+    problems = refusals(prep, record)
     if problems:
         raise InputError(
             model_path,
             "cannot be exported as a bioimage.io model: " + "; ".join(problems),
         )
-    if prep.normalise == "percentile":
-        dtype = "float32"  # percentiles make the dtype's scale irrelevant
-    elif input_dtype is None:
-        raise InputError(
-            model_path,
-            "normalises images by their dtype's maximum (dataset.normalise dtype), and "
-            "model.pt does not record the training images' dtype: give an image like them "
-            f"(--image) or their dtype (--input-dtype {'|'.join(INPUT_DTYPES)})",
-        )
-    else:
-        dtype = input_dtype
-    if dtype not in DTYPE_GAIN:
-        raise InputError(model_path, f"input dtype {dtype} is not one of {', '.join(INPUT_DTYPES)}")
+    fixed_size, resize_to = resize_geometry(prep, record)
     mode = (model.own or {}).get("mode", "none")
     return ExportPlan(
         name=str(meta.get("name") or Path(model_path).parent.name or "model"),
         architecture=dict(network.architecture),
         preprocessing=prep,
-        input_dtype=dtype,
+        input_dtype=package_dtype(model_path, prep, record, input_dtype),
         fixed_size=fixed_size,
         outputs=("foreground", *EXTRA_OUTPUTS[mode]),
         threshold=model.threshold,
         threshold_source=model.threshold_source,
         instances=model.own,
+        resize_to=resize_to,
         segmenter=model,
     )
+
+
+def exported_network(plan: ExportPlan, network):
+    """The module whose weights the package holds: the U-Net, or the U-Net inside the
+    resizing network of a ``resize`` model whose images were resized."""
+    if not plan.resize_to:
+        return network
+    from protoseg.model import ResizingUNet
+
+    wrapper = ResizingUNet(**plan.network_arguments)
+    wrapper.unet.load_state_dict(network.state_dict())
+    return wrapper.eval()
 
 
 def image_dtype(image: np.ndarray, source: object = "image") -> str:
@@ -218,18 +275,26 @@ def image_dtype(image: np.ndarray, source: object = "image") -> str:
 
 # ---------------------------------------------------------------- the test image
 def synthetic_image(plan: ExportPlan) -> np.ndarray:
-    """A bright-field plane of protoseg's demo generator (uint8 RGB), at the model's input
-    size (fixed) or its tile, for a package exported without an image of its own."""
+    """A bright-field plane of protoseg's demo generator (RGB, in the package's input dtype:
+    uint8 scaled to its range), at the model's input size (fixed) or its tile, for a
+    package exported without an image of its own."""
     from protoseg.demo import make_state
 
     if plan.fixed_size is not None:
         height, width = plan.fixed_size
+    elif plan.resize_to:
+        height, width = DEMO_SIZE  # a whole field, as the model's training images were
     else:  # the demo's own size (its cell count fits it), or a tile if larger
         height, width = (
             max(int(t), d) for t, d in zip(plan.preprocessing.tile, DEMO_SIZE, strict=True)
         )
     sample = make_state(np.random.default_rng(0), int(height), int(width), [0])
-    return sample.brightfield[0]
+    image = sample.brightfield[0]
+    if plan.input_dtype == "uint16":
+        return image.astype(np.uint16) * 257  # 255 -> 65535: the same intensities
+    if plan.input_dtype == "float32":
+        return image.astype(np.float32) / 255
+    return image
 
 
 def test_image(plan: ExportPlan, image: np.ndarray, source: object = "image") -> np.ndarray:
@@ -257,6 +322,14 @@ def test_image(plan: ExportPlan, image: np.ndarray, source: object = "image") ->
                 f"{plan.fixed_size[1]} images (its training images' size)",
             )
         return image
+    if plan.resize_to:  # the whole image: the network resizes it, as protoseg did
+        if min(height, width) < plan.min_size:
+            raise InputError(
+                source,
+                f"is {height}x{width}; the package takes whole images of at least "
+                f"{plan.min_size}x{plan.min_size} pixels",
+            )
+        return image
     tile = plan.preprocessing.tile
     sizes = [
         min(length, int(limit)) // plan.step * plan.step
@@ -274,8 +347,11 @@ def test_image(plan: ExportPlan, image: np.ndarray, source: object = "image") ->
 
 def protoseg_prediction(plan: ExportPlan, image: np.ndarray) -> np.ndarray:
     """protoseg's own outputs (K, H, W) of a test image, as ``protoseg predict`` makes them
-    (:class:`protoseg.segmenter.Segmenter`, float32) with the image as one tile."""
-    segmenter = plan.segmenter.with_settings(tile=image.shape[:2])
+    (:class:`protoseg.segmenter.Segmenter`, float32 on the CPU): a ``patches`` model's with
+    the image as one tile, a ``resize`` model's of the image resized whole."""
+    segmenter = plan.segmenter
+    if plan.preprocessing.geometry == "patches":
+        segmenter = segmenter.with_settings(tile=image.shape[:2])
     return segmenter.outputs(segmenter.prepare(image), image.shape[:2])
 
 
@@ -340,22 +416,8 @@ def _space_size(plan: ExportPlan, axis: int):
     return ParameterizedSize(min=plan.min_size, step=plan.step)
 
 
-def describe(
-    plan: ExportPlan,
-    folder: Path,
-    *,
-    name: str | None = None,
-    authors: Sequence[str] = (),
-    cite: Sequence[tuple[str, str]] = (),
-    license: str = LICENSE,
-    meta: dict | None = None,
-):
-    """The bioimage.io model description of the files in ``folder`` (test tensors, state
-    dict, cover, README), with the state-dict weights only."""
-    import torch
+def _input_descr(plan: ExportPlan, folder: Path):
     from bioimageio.spec.model.v0_5 import (
-        ArchitectureFromLibraryDescr,
-        Author,
         AxisId,
         BatchAxis,
         ChannelAxis,
@@ -363,27 +425,17 @@ def describe(
         Identifier,
         InputTensorDescr,
         IntervalOrRatioDataDescr,
-        ModelDescr,
-        OutputTensorDescr,
-        PytorchStateDictWeightsDescr,
-        SigmoidDescr,
-        SizeReference,
         SpaceInputAxis,
-        SpaceOutputAxisWithHalo,
         TensorId,
-        Version,
-        WeightsDescr,
     )
 
-    import protoseg
-
-    meta = meta or {}
     colour = plan.preprocessing.colour
-    inputs = InputTensorDescr(
+    whole = "; a whole image, resized inside the network" if plan.resize_to else ""
+    return InputTensorDescr(
         id=TensorId(INPUT_ID),
         description=(
             f"{'Colour (RGB)' if colour == 'rgb' else 'Greyscale'} image, raw intensities "
-            f"({plan.input_dtype}), at the pixel size of the training images"
+            f"({plan.input_dtype}), at the pixel size of the training images{whole}"
         ),
         axes=[
             BatchAxis(),
@@ -396,7 +448,31 @@ def describe(
         data=IntervalOrRatioDataDescr(type=plan.input_dtype),
         preprocessing=_preprocessing(plan),
     )
-    outputs = OutputTensorDescr(
+
+
+def _output_descr(plan: ExportPlan, folder: Path):
+    from bioimageio.spec.model.v0_5 import (
+        AxisId,
+        BatchAxis,
+        ChannelAxis,
+        FileDescr,
+        Identifier,
+        IntervalOrRatioDataDescr,
+        OutputTensorDescr,
+        SigmoidDescr,
+        SizeReference,
+        SpaceOutputAxis,
+        SpaceOutputAxisWithHalo,
+        TensorId,
+    )
+
+    def space(axis: str):
+        size = SizeReference(tensor_id=TensorId(INPUT_ID), axis_id=AxisId(axis))
+        if plan.halo:
+            return SpaceOutputAxisWithHalo(id=AxisId(axis), size=size, halo=plan.halo)
+        return SpaceOutputAxis(id=AxisId(axis), size=size)
+
+    return OutputTensorDescr(
         id=TensorId(OUTPUT_ID),
         description=(
             "Probability of each pixel (sigmoid of the network's logits): "
@@ -406,37 +482,81 @@ def describe(
         axes=[
             BatchAxis(),
             ChannelAxis(channel_names=[Identifier(c) for c in plan.outputs]),
-            *(
-                SpaceOutputAxisWithHalo(
-                    id=AxisId(axis),
-                    size=SizeReference(tensor_id=TensorId(INPUT_ID), axis_id=AxisId(axis)),
-                    halo=plan.halo,
-                )
-                for axis in ("y", "x")
-            ),
+            space("y"),
+            space("x"),
         ],
         test_tensor=FileDescr(source=folder / "test_output.npy"),
         sample_tensor=FileDescr(source=folder / "sample_output.tif"),
         data=IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
-        postprocessing=[SigmoidDescr()],
+        # A resizing network gives probabilities itself: it resizes them, not the logits,
+        # as protoseg does.
+        postprocessing=[] if plan.resize_to else [SigmoidDescr()],
     )
-    weights = WeightsDescr(
+
+
+def _weights_descr(plan: ExportPlan, folder: Path):
+    import torch
+    from bioimageio.spec.model.v0_5 import (
+        ArchitectureFromLibraryDescr,
+        Identifier,
+        PytorchStateDictWeightsDescr,
+        Version,
+        WeightsDescr,
+    )
+
+    return WeightsDescr(
         pytorch_state_dict=PytorchStateDictWeightsDescr(
             source=folder / "weights_state_dict.pt",
             architecture=ArchitectureFromLibraryDescr(
-                callable=Identifier("UNet"),
+                callable=Identifier(plan.network_class),
                 import_from="protoseg.model",
-                kwargs=dict(plan.architecture),
+                kwargs=plan.network_arguments,
             ),
             pytorch_version=Version(torch.__version__.split("+")[0]),
         )
     )
+
+
+def _protoseg_config(plan: ExportPlan, meta: dict) -> dict:
+    import protoseg
+
+    return {
+        "version": protoseg.__version__,
+        "name": plan.name,
+        "threshold": plan.threshold,
+        "threshold_source": plan.threshold_source,
+        "instances": plan.instances,
+        "preprocessing": plan.preprocessing.to_dict(),
+        "resize_to": list(plan.resize_to) if plan.resize_to else None,
+        "loss": meta.get("loss"),
+        "epochs": meta.get("epochs"),
+        "epoch_kept": meta.get("epoch_kept"),
+        "variant": meta.get("dataset", {}).get("variant"),
+    }
+
+
+def describe(
+    plan: ExportPlan,
+    folder: Path,
+    *,
+    name: str | None = None,
+    authors: Sequence[str] = (),
+    cite: Sequence[tuple[str, str]] = (),
+    license: str = LICENSE,
+    meta: dict | None = None,
+):
+    """The bioimage.io model description of the files in ``folder`` (test tensors, state
+    dict, cover, README), with the state-dict weights only."""
+    from bioimageio.spec.model.v0_5 import Author, FileDescr, ModelDescr
+
+    meta = meta or {}
+    modalities = ", ".join(meta.get("dataset", {}).get("modalities", []))
     return ModelDescr(
         name=name or f"protoseg {plan.name} U-Net",
         description=(
-            f"protoseg U-Net '{plan.name}' ({', '.join(meta.get('dataset', {}).get('modalities', []))} "
-            f"images, {meta.get('loss', 'unknown')} loss): probability that a pixel belongs to "
-            "a cell (plant protoplasts photographed at several focal planes)"
+            f"protoseg U-Net '{plan.name}' ({modalities} images, {meta.get('loss', 'unknown')} "
+            "loss): probability that a pixel belongs to a cell (plant protoplasts "
+            "photographed at several focal planes)"
         ),
         authors=[Author(name=author) for author in authors],
         cite=[_cite_entry(text, reference) for text, reference in citations(cite)],
@@ -444,23 +564,10 @@ def describe(
         documentation=FileDescr(source=folder / "README.md"),
         covers=[FileDescr(source=folder / "cover.png")],
         tags=list(TAGS),
-        inputs=[inputs],
-        outputs=[outputs],
-        weights=weights,
-        config={
-            "protoseg": {
-                "version": protoseg.__version__,
-                "name": plan.name,
-                "threshold": plan.threshold,
-                "threshold_source": plan.threshold_source,
-                "instances": plan.instances,
-                "preprocessing": plan.preprocessing.to_dict(),
-                "loss": meta.get("loss"),
-                "epochs": meta.get("epochs"),
-                "epoch_kept": meta.get("epoch_kept"),
-                "variant": meta.get("dataset", {}).get("variant"),
-            }
-        },
+        inputs=[_input_descr(plan, folder)],
+        outputs=[_output_descr(plan, folder)],
+        weights=_weights_descr(plan, folder),
+        config={"protoseg": _protoseg_config(plan, meta)},
     )
 
 
@@ -472,43 +579,52 @@ THRESHOLD_SOURCES = {
 }
 
 
-def readme(plan: ExportPlan, meta: dict, cite: Sequence[tuple[str, str]] = ()) -> str:
-    """The package's documentation: what the model expects, gives and was trained on."""
-    import protoseg
-
+def _normalisation_text(plan: ExportPlan) -> str:
     prep = plan.preprocessing
-    dataset = meta.get("dataset", {})
     if prep.normalise == "percentile":
         low, high = prep.percentiles
-        normalisation = (
+        return (
             f"per image, the percentiles {low:g} and {high:g} of all channels together go to "
             "0 and 1 (preprocessing `scale_range`, not clipped)"
         )
-    elif DTYPE_GAIN[plan.input_dtype] is None:
-        normalisation = "float intensities clipped to [0, 1] (preprocessing `clip`)"
-    else:
-        maximum = round(1 / DTYPE_GAIN[plan.input_dtype])
-        normalisation = (
-            f"{plan.input_dtype} intensities divided by {maximum}, the dtype's maximum, never "
-            "the image's own (preprocessing `scale_linear`)"
+    if DTYPE_GAIN[plan.input_dtype] is None:
+        return "float intensities clipped to [0, 1] (preprocessing `clip`)"
+    maximum = round(1 / DTYPE_GAIN[plan.input_dtype])
+    return (
+        f"{plan.input_dtype} intensities divided by {maximum}, the dtype's maximum, never "
+        "the image's own (preprocessing `scale_linear`)"
+    )
+
+
+def _size_text(plan: ExportPlan) -> str:
+    prep = plan.preprocessing
+    if plan.resize_to:
+        takes = (
+            f"exactly {plan.fixed_size[0]} x {plan.fixed_size[1]} pixels, the size of its "
+            "training images"
+            if plan.fixed_size is not None
+            else f"any size from {plan.min_size} x {plan.min_size} pixels"
+        )
+        return (
+            f"{takes}. Give it whole fields of view, never tiles: the network resizes each "
+            f"input to {plan.resize_to[0]} x {plan.resize_to[1]} (bilinear), as protoseg's "
+            "`resize` geometry (the study's) resized every training image, and resizes its "
+            "probabilities back to the input's size"
         )
     if plan.fixed_size is not None:
-        size = (
+        return (
             f"exactly {plan.fixed_size[0]} x {plan.fixed_size[1]} pixels, the size of its "
             "training images (protoseg's `resize` geometry, where nothing was resized)"
         )
-    else:
-        size = (
-            f"any multiple of {plan.step} pixels from {plan.min_size} on; a consumer tiles "
-            f"larger images and drops {plan.halo} pixels (the halo) at each tile border "
-            f"(protoseg itself blends tiles of {prep.tile[0]} x {prep.tile[1]} with Gaussian "
-            "weights)"
-        )
-    channels = (
-        "three channels, red, green, blue"
-        if prep.colour == "rgb"
-        else "one channel (the luminance of a colour image)"
+    return (
+        f"any multiple of {plan.step} pixels from {plan.min_size} on; a consumer tiles "
+        f"larger images and drops {plan.halo} pixels (the halo) at each tile border "
+        f"(protoseg itself blends tiles of {prep.tile[0]} x {prep.tile[1]} with Gaussian "
+        "weights)"
     )
+
+
+def _outputs_text(plan: ExportPlan) -> str:
     source = THRESHOLD_SOURCES.get(plan.threshold_source, plan.threshold_source)
     outputs = [
         "- `foreground`: probability that the pixel belongs to a cell; cells are "
@@ -532,6 +648,11 @@ def readme(plan: ExportPlan, meta: dict, cite: Sequence[tuple[str, str]] = ()) -
             f"chosen on its validation images: {settings} (also in `config.protoseg`). The "
             "package gives the probabilities; the watershed is not part of it."
         )
+    return "\n".join(outputs)
+
+
+def _training_text(plan: ExportPlan, meta: dict) -> str:
+    dataset = meta.get("dataset", {})
     training = [
         f"data set variant `{dataset.get('variant', '?')}` "
         f"({', '.join(dataset.get('modalities', [])) or '?'} images)",
@@ -542,6 +663,19 @@ def readme(plan: ExportPlan, meta: dict, cite: Sequence[tuple[str, str]] = ()) -
         f"U-Net depth {plan.architecture['depth']}, {plan.architecture['base_channels']} "
         "base channels",
     ]
+    return "; ".join(part for part in training if part)
+
+
+def readme(plan: ExportPlan, meta: dict, cite: Sequence[tuple[str, str]] = ()) -> str:
+    """The package's documentation: what the model expects, gives and was trained on."""
+    import protoseg
+
+    prep = plan.preprocessing
+    channels = (
+        "three channels, red, green, blue"
+        if prep.colour == "rgb"
+        else "one channel (the luminance of a colour image)"
+    )
     references = "\n".join(
         f"- {text} {'doi:' if ref.startswith('10.') else ''}{ref}" for text, ref in citations(cite)
     )
@@ -549,26 +683,26 @@ def readme(plan: ExportPlan, meta: dict, cite: Sequence[tuple[str, str]] = ()) -
 
 A U-Net (Ronneberger et al. 2015) trained by protoseg to segment plant protoplasts
 photographed at several focal planes: the probability that each pixel belongs to a cell.
-Trained on: {"; ".join(part for part in training if part)}.
+Trained on: {_training_text(plan, meta)}.
 
 ## Input
 
-`{INPUT_ID}`: (batch, channel, y, x), {channels}; {size}. The pixel size must be that of the
-training images: protoseg trained this model at the images' own resolution.
+`{INPUT_ID}`: (batch, channel, y, x), {channels}; {_size_text(plan)}. The pixel size must be
+that of the training images.
 
-Normalisation: {normalisation}.
+Normalisation: {_normalisation_text(plan)}.
 
 ## Output
 
 `{OUTPUT_ID}`: (batch, channel, y, x), the input's size, float32 in [0, 1] (postprocessing
 `sigmoid` of the network's logits):
 
-{chr(10).join(outputs)}
+{_outputs_text(plan)}
 
 ## Validation
 
 `test_input.npy` is an image as the input takes it; `test_output.npy` is what protoseg's own
-prediction (`protoseg predict`, the image as one tile, float32 on the CPU) gives for it.
+prediction (`protoseg predict`, float32 on the CPU) gives for it.
 bioimageio.core's test (`bioimageio test rdf.yaml`) runs both weight formats on the test
 input and compares their output with it; protoseg ran that test on this package before
 writing it. The model's scores on its test split are in `results/metrics/` and
@@ -656,9 +790,9 @@ def export_model(
             # the test tensors (.npy) and the same as TIFF, the 'sample' people look at
             np.save(staging / f"test_{kind}.npy", np.ascontiguousarray(tensor))
             write_tiff(staging / f"sample_{kind}.tif", np.ascontiguousarray(tensor))
+        weights = exported_network(plan, network).state_dict()
         torch.save(
-            {k: v.detach().cpu() for k, v in network.state_dict().items()},
-            staging / "weights_state_dict.pt",
+            {k: v.detach().cpu() for k, v in weights.items()}, staging / "weights_state_dict.pt"
         )
         write_png(staging / "cover.png", cover(test_raw, probabilities, plan.threshold))
         write_text(staging / "README.md", readme(plan, meta, cite))
@@ -749,3 +883,59 @@ def test_package(folder: str | Path, devices: Sequence[str] | None = None):
     if isinstance(description, InvalidDescr):
         return description.validation_summary
     return test_model(description, devices=list(devices) if devices else None)
+
+
+# ---------------------------------------------------------------- what a consumer gets
+def package_outputs(
+    folder: str | Path, tensor: np.ndarray, weight_format: str = "torchscript"
+) -> np.ndarray:
+    """What a consumer of the package gets for one input ``tensor`` (1, C, H, W) in the
+    package's input dtype: bioimageio.core runs the package (its preprocessing, the weights,
+    its postprocessing) on it whole, offline. Returns (K, H, W) float32."""
+    from bioimageio.core import create_prediction_pipeline, predict
+    from bioimageio.spec import load_description
+
+    known = {url: None for url in package_urls(folder)}
+    description = load_description(
+        description_file(folder), perform_io_checks=True, known_files=known
+    )
+    with create_prediction_pipeline(
+        description, weight_format=weight_format, devices=["cpu"]
+    ) as pipeline:
+        sample = predict(model=pipeline, inputs={INPUT_ID: tensor})
+    return np.asarray(sample.members[OUTPUT_ID].data.to_numpy()[0], dtype=np.float32)
+
+
+def compare_with_protoseg(
+    folder: str | Path,
+    model_path: str | Path,
+    images: Sequence[str | Path],
+    weight_format: str = "torchscript",
+) -> list[dict]:
+    """The package's cells against protoseg's own on each image: the share of pixels whose
+    cell or background call differs (foreground above the model's threshold), and the
+    largest difference in probability. Each image is given as the package takes it
+    (:func:`test_image`: a ``resize`` model's whole image, a ``patches`` model's centre
+    crop, which protoseg then predicts as one tile)."""
+    from protoseg.model import load_model
+
+    network, meta = load_model(model_path, device="cpu")
+    plan = plan_export(model_path, network, meta)
+    rows = []
+    for path in images:
+        image = test_image(plan, read_image(path), path)
+        ours = protoseg_prediction(plan, image)
+        tensor = np.moveaxis(np.atleast_3d(image), -1, 0)[None].astype(plan.input_dtype)
+        theirs = package_outputs(folder, tensor, weight_format)
+        differ = (ours[0] > plan.threshold) != (theirs[0] > plan.threshold)
+        rows.append(
+            {
+                "image": str(path),
+                "height": image.shape[0],
+                "width": image.shape[1],
+                "pixels_differing": float(differ.mean()),
+                "max_probability_difference": float(np.abs(ours - theirs).max()),
+                "cell_fraction": float((ours[0] > plan.threshold).mean()),
+            }
+        )
+    return rows

@@ -117,6 +117,30 @@ class UNet(nn.Module):
         return self.head(x)
 
 
+class ResizingUNet(nn.Module):
+    """The study's ``resize`` geometry inside one network, for export: the input (any size)
+    is resized to the training ``size``, the U-Net's probabilities (sigmoid of its logits)
+    are resized back to the input's size. Both resizes are bilinear with half-pixel centres,
+    as protoseg's own (OpenCV's linear) resizes of the image and of the probabilities, so a
+    consumer that gives it a whole image gets what ``protoseg predict`` gets.
+
+    Its ``unet`` holds the trained U-Net's weights (state-dict keys ``unet.*``)."""
+
+    def __init__(self, size: list[int], **architecture):
+        super().__init__()
+        self.size = [int(size[0]), int(size[1])]
+        self.unet = UNet(**architecture)
+        self.architecture = {"size": list(self.size), **self.unet.architecture}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = int(x.shape[-2]), int(x.shape[-1])
+        inside = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
+        probabilities = torch.sigmoid(self.unet(inside))
+        return F.interpolate(
+            probabilities, size=[height, width], mode="bilinear", align_corners=False
+        )
+
+
 def architecture_from_config(model_cfg: dict, in_channels: int) -> dict:
     """The U-Net's constructor arguments from config ``model`` and the data's channels."""
     from protoseg.config import complete_section

@@ -44,6 +44,7 @@ def meta_for(
     sources=((96, 80),),
     context_planes=None,
     instances=None,
+    dtypes=(),
 ):
     """Model meta as training writes it: the data set record, a threshold, instances."""
     size = tuple(tile) if geometry == "resize" else None
@@ -62,6 +63,7 @@ def meta_for(
         has_instances=True,
         context_planes=context_planes or 0,
         source_sizes=tuple(sources),
+        source_dtypes=tuple(dtypes),
     ).to_dict()
     meta = {
         "name": "bf-bce",
@@ -272,10 +274,6 @@ def test_instance_outputs_are_named_and_a_fixed_size_model_keeps_its_size(tmp_pa
     [
         ({"context_planes": 1}, r"focal window of 3 planes.*context_planes 1"),
         ({"scale": 0.5}, r"rescaled by 0\.5.*cannot resize"),
-        (
-            {"geometry": "resize", "tile": (32, 32), "sources": ((96, 80),)},
-            r"resizes every whole image to 32x32.*training images 96x80.*cannot resize",
-        ),
         ({"context_planes": 2, "scale": 2.0}, r"context_planes 2.*; it sees every image rescaled"),
     ],
 )
@@ -287,6 +285,81 @@ def test_models_the_package_cannot_express_are_refused(tmp_path, meta_kwargs, me
         export.export_model(model, tmp_path / "package", test=False)
     assert str(caught.value).startswith(f"{model}: cannot be exported as a bioimage.io model")
     assert not (tmp_path / "package").exists()
+
+
+# ---------------------------------------------------------------- the study's resize models
+@pytest.mark.slow
+def test_a_resize_model_exports_with_the_resize_inside_the_network(tmp_path, no_network):
+    """The study's geometry: 96 x 80 fields resized to 32 x 32 for the U-Net. The package
+    takes the field's size, resizes inside the network, and its cells agree with
+    protoseg's own on three images, through both weight formats."""
+    model = saved_model(
+        tmp_path / "model.pt",
+        geometry="resize",
+        tile=(32, 32),
+        sources=((96, 80),),
+        normalise="dtype",
+        dtypes=("uint16",),
+    )
+    out = export.export_model(model, tmp_path / "package")  # no flags: dtype from model.pt
+    rdf = yaml.safe_load((out / "rdf.yaml").read_text())
+    [raw], [probabilities] = rdf["inputs"], rdf["outputs"]
+    assert raw["data"]["type"] == "uint16"
+    assert [axis["size"] for axis in raw["axes"][2:]] == [96, 80]
+    weights = rdf["weights"]["pytorch_state_dict"]["architecture"]
+    assert weights["callable"] == "ResizingUNet" and weights["kwargs"]["size"] == [32, 32]
+    # The network gives (and resizes) probabilities itself: no sigmoid after it.
+    assert "sigmoid" not in [step["id"] for step in probabilities.get("postprocessing", [])]
+    assert np.load(out / "test_output.npy").shape == (1, 1, 96, 80)
+    assert "never tiles" in (out / "README.md").read_text()
+    images = []
+    for index, dtype_scale in enumerate((1, 2, 3)):
+        path = tmp_path / f"field{index}.tif"
+        tifffile.imwrite(path, (cells_image() // dtype_scale).astype(np.uint16))
+        images.append(path)
+    for weight_format in ("pytorch_state_dict", "torchscript"):
+        rows = export.compare_with_protoseg(out, model, images, weight_format)
+        assert len(rows) == 3
+        for row in rows:
+            assert (row["height"], row["width"]) == (96, 80)
+            assert 0.02 < row["cell_fraction"] < 0.98  # a mask worth comparing
+            assert row["pixels_differing"] < 0.01, (weight_format, row)
+    assert no_network == []
+
+
+@pytest.mark.slow
+def test_a_resize_model_of_several_image_sizes_takes_any_size(tmp_path):
+    model = saved_model(
+        tmp_path / "model.pt",
+        geometry="resize",
+        tile=(32, 32),
+        sources=((96, 80), (64, 72)),
+        normalise="percentile",
+    )
+    out = export.export_model(model, tmp_path / "package")
+    rdf = yaml.safe_load((out / "rdf.yaml").read_text())
+    sizes = [axis["size"] for axis in rdf["inputs"][0]["axes"][2:]]
+    assert sizes == [{"min": 16, "step": 1}] * 2
+    images = []
+    for shape in ((96, 80), (64, 72), (50, 90)):
+        path = tmp_path / f"field{shape[0]}x{shape[1]}.tif"
+        tifffile.imwrite(path, cells_image(shape))
+        images.append(path)
+    rows = export.compare_with_protoseg(out, model, images)
+    assert [(row["height"], row["width"]) for row in rows] == [(96, 80), (64, 72), (50, 90)]
+    assert all(row["pixels_differing"] < 0.01 for row in rows), rows
+
+
+def test_a_dtype_model_takes_the_dtype_its_training_images_had(tmp_path):
+    network = random_unet()
+    plan = export.plan_export("m.pt", network, meta_for(normalise="dtype", dtypes=("uint8",)))
+    assert plan.input_dtype == "uint8"
+    overridden = export.plan_export(
+        "m.pt", network, meta_for(normalise="dtype", dtypes=("uint8",)), "uint16"
+    )
+    assert overridden.input_dtype == "uint16"  # --input-dtype and --image still decide
+    with pytest.raises(InputError, match=r"m\.pt.*not one \(uint16, uint8\).*--input-dtype"):
+        export.plan_export("m.pt", network, meta_for(normalise="dtype", dtypes=("uint16", "uint8")))
 
 
 def test_a_dtype_model_needs_the_dtype_of_its_images(tmp_path, capsys):
