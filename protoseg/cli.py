@@ -189,6 +189,13 @@ def add_predict_command(commands) -> None:
         "CZI, LIF) or folders of them",
     )
     predict.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
+    add_predict_window_options(predict)
+    add_predict_run_options(predict)
+    predict.set_defaults(run=run_predict)
+
+
+def add_predict_window_options(predict) -> None:
+    """How ``protoseg predict`` cuts, thresholds and splits the prediction into cells."""
     predict.add_argument(
         "--tile",
         type=_tile,
@@ -233,6 +240,10 @@ def add_predict_command(commands) -> None:
         help="drop objects smaller than this many pixels "
         f"(default: {PREDICT_DEFAULTS['min_area']}; 0 keeps all)",
     )
+
+
+def add_predict_run_options(predict) -> None:
+    """Where and in what precision ``protoseg predict`` runs, what it writes, its config."""
     predict.add_argument(
         "--device",
         choices=["auto", "cuda", "mps", "cpu"],
@@ -264,7 +275,6 @@ def add_predict_command(commands) -> None:
         "data.pixel_size the pixel size of files that state none",
     )
     predict.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
-    predict.set_defaults(run=run_predict)
 
 
 def add_export_command(commands) -> None:
