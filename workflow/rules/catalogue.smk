@@ -1,22 +1,15 @@
-from protoseg.masks import method_inputs
+from protoseg.masks.imported import mask_pairs
 
 CATALOGUE = f"{RESULTS}/catalogue.csv"
-
-
-def imported_mask_pairs():
-    """(image, imported mask) of every plane the masks are made of, with masks.method
-    `import`: the catalogue checks each mask against its image before any mask job."""
-    masks_cfg = config["masks"]
-    if masks_cfg["method"] != "import":
-        return []
-    pairs = []
-    for state in STATES:
-        images = state_images(state, masks_cfg["modality"])
-        pairs += zip(images, method_inputs(masks_cfg, state, PLANES, images))
-    return pairs
-
-
-MASK_PAIRS = imported_mask_pairs()
+# (image, imported mask) of every plane masks are made of, with masks.method `import`: the
+# catalogue checks each mask against its image, before any mask job.
+MASK_PAIRS = [
+    pair
+    for state in STATES
+    for pair in mask_pairs(
+        config["masks"], state, PLANES, state_images(state, config["masks"]["modality"])
+    )
+]
 
 
 rule catalogue:
