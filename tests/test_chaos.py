@@ -169,7 +169,6 @@ def pending_stage(target: str, workdir: Path, expected: dict[str, list[str]]) ->
 def kill_during(workdir: Path, stage: str, delay: float, timeout: float = 600) -> dict:
     """Start `snakemake`, wait for a job of ``stage`` to start, then ``delay`` seconds,
     then kill -9 Snakemake and every process of its session. Returns what was hit."""
-    started = time.time()
     process = subprocess.Popen(
         snakemake(workdir),
         env=ENV,
@@ -177,14 +176,14 @@ def kill_during(workdir: Path, stage: str, delay: float, timeout: float = 600) -
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    logs = workdir / "logs" / stage
     record = {"target": stage, "delay": round(delay, 2), "hit": [], "finished_first": False}
     try:
         deadline = time.monotonic() + timeout
+        # A job of the stage has started: Snakemake marked its outputs incomplete.
         while process.poll() is None and time.monotonic() < deadline:
-            if any(p.stat().st_mtime >= started for p in logs.glob("*.log")):
+            if stage in {stage_of(output) for output in running_outputs(workdir)}:
                 break
-            time.sleep(0.05)
+            time.sleep(0.02)
         end = time.monotonic() + delay
         while process.poll() is None and time.monotonic() < end:
             time.sleep(0.02)
@@ -274,19 +273,38 @@ def timing_only(first: Path, second: Path) -> bool:
     for record in (a, b):
         for row in record.get("history", []):
             row.pop("seconds", None)
-    return _same(a, b)
+    return differences(a, b) == []
 
 
-def _same(a, b) -> bool:
+def differences(a, b, where: str = "") -> list[str]:
+    """Where two loaded checkpoints differ (key paths)."""
     import torch
 
     if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return a == b
+        same = isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+        return [] if same else [where]
+    if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
+        return [d for key in a for d in differences(a[key], b[key], f"{where}/{key}")]
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
+        return [
+            d
+            for i, (x, y) in enumerate(zip(a, b, strict=True))
+            for d in differences(x, y, f"{where}[{i}]")
+        ]
+    try:
+        return [] if bool(a == b) else [where]
+    except (TypeError, ValueError):
+        return [where]
+
+
+def checkpoint_differences(first: Path, second: Path) -> list[str]:
+    import torch
+
+    a, b = (torch.load(path, map_location="cpu", weights_only=False) for path in (first, second))
+    for record in (a, b):
+        for row in record.get("history", []):
+            row.pop("seconds", None)
+    return differences(a, b)
 
 
 def compare(reference: Path, workdir: Path) -> dict:
@@ -306,6 +324,14 @@ def compare(reference: Path, workdir: Path) -> dict:
         "differ_must": [name for name in differ if any(m in name for m in MUST_MATCH)],
         "differ_timing_only": timing,
         "differ_other": [name for name in other if name not in timing],
+        "checkpoint_keys": sorted(
+            {
+                key
+                for name in other
+                if name.endswith(".pt") and name not in timing
+                for key in checkpoint_differences(reference / name, workdir / name)
+            }
+        ),
         "compared": len(ours & theirs),
     }
 
