@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import filecmp
+import json
+import math
 import os
 import random
 import shutil
@@ -24,6 +26,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from protoseg.locks import lock_files
@@ -115,12 +118,13 @@ def stage_durations(workdir: Path) -> dict[str, float]:
     return durations
 
 
-def running_outputs(workdir: Path) -> list[str]:
-    """Outputs Snakemake had marked incomplete (jobs running) when the run was killed."""
+def running_outputs(workdir: Path, since: float = 0) -> list[str]:
+    """Outputs Snakemake marked incomplete (jobs running) since ``since`` (a killed run's
+    markers stay until their jobs run again)."""
     folder = workdir / ".snakemake" / "incomplete"
     found = []
     for path in folder.rglob("*") if folder.is_dir() else []:
-        if path.is_file():
+        if path.is_file() and path.stat().st_mtime >= since:
             encoded = "".join(path.relative_to(folder).parts)
             try:
                 found.append(base64.urlsafe_b64decode(encoded + "==").decode())
@@ -169,6 +173,7 @@ def pending_stage(target: str, workdir: Path, expected: dict[str, list[str]]) ->
 def kill_during(workdir: Path, stage: str, delay: float, timeout: float = 600) -> dict:
     """Start `snakemake`, wait for a job of ``stage`` to start, then ``delay`` seconds,
     then kill -9 Snakemake and every process of its session. Returns what was hit."""
+    started = time.time()
     process = subprocess.Popen(
         snakemake(workdir),
         env=ENV,
@@ -181,14 +186,14 @@ def kill_during(workdir: Path, stage: str, delay: float, timeout: float = 600) -
         deadline = time.monotonic() + timeout
         # A job of the stage has started: Snakemake marked its outputs incomplete.
         while process.poll() is None and time.monotonic() < deadline:
-            if stage in {stage_of(output) for output in running_outputs(workdir)}:
+            if stage in {stage_of(output) for output in running_outputs(workdir, started)}:
                 break
             time.sleep(0.02)
         end = time.monotonic() + delay
         while process.poll() is None and time.monotonic() < end:
             time.sleep(0.02)
         if process.poll() is None:
-            record["hit"] = running_outputs(workdir)
+            record["hit"] = running_outputs(workdir, started)
             os.killpg(process.pid, signal.SIGKILL)
         else:
             record["finished_first"] = True
@@ -259,21 +264,17 @@ def unreadable_checkpoints(workdir: Path) -> list[str]:
 
 
 def timing_only(first: Path, second: Path) -> bool:
-    """Whether two training records differ only in wall-clock seconds per epoch (the
-    history's ``seconds``, also inside each checkpoint)."""
+    """Whether two training records differ only in what records a run, not its results:
+    the wall-clock seconds per epoch (the history's ``seconds``, also inside each
+    checkpoint) and a checkpoint's stamp of the data set's file times."""
     import pandas as pd
-    import torch
 
     if first.name == "history.csv":
         a, b = (pd.read_csv(path).drop(columns="seconds") for path in (first, second))
         return a.equals(b)
     if first.suffix != ".pt":
         return False
-    a, b = (torch.load(path, map_location="cpu", weights_only=False) for path in (first, second))
-    for record in (a, b):
-        for row in record.get("history", []):
-            row.pop("seconds", None)
-    return differences(a, b) == []
+    return checkpoint_differences(first, second) == []
 
 
 def differences(a, b, where: str = "") -> list[str]:
@@ -291,10 +292,11 @@ def differences(a, b, where: str = "") -> list[str]:
             for i, (x, y) in enumerate(zip(a, b, strict=True))
             for d in differences(x, y, f"{where}[{i}]")
         ]
-    try:
-        return [] if bool(a == b) else [where]
-    except (TypeError, ValueError):
-        return [where]
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return [] if np.array_equal(a, b, equal_nan=a.dtype.kind == "f") else [where]
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return []
+    return [] if a == b else [where]
 
 
 def checkpoint_differences(first: Path, second: Path) -> list[str]:
@@ -304,6 +306,11 @@ def checkpoint_differences(first: Path, second: Path) -> list[str]:
     for record in (a, b):
         for row in record.get("history", []):
             row.pop("seconds", None)
+        if "fingerprint" in record:
+            # The data set's files by name, size and mtime: a rebuilt data set's stamp differs.
+            fingerprint = json.loads(record["fingerprint"])
+            fingerprint["files"] = [entry[:2] for entry in fingerprint.get("files", [])]
+            record["fingerprint"] = fingerprint
     return differences(a, b)
 
 
