@@ -4,11 +4,21 @@
 #   snakemake --cores all                         # the demo, end to end
 #   snakemake --cores all --configfile config/paper.yaml
 #   snakemake --report results/report.html
+import sys
+
 from snakemake.utils import min_version
 
+from protoseg.locks import lock_advice, record_owner
 from protoseg.logs import summarise_warnings
 
 min_version("9.0")
+
+# A lock left by a run killed hard (kill -9, power cut): one line on whether its run is
+# gone (then the exact command that removes it) or still alive (then leave it alone).
+if workflow.is_main_process and "--unlock" not in sys.argv:
+    LOCK_ADVICE = lock_advice(".", sys.argv)
+    if LOCK_ADVICE:
+        print(LOCK_ADVICE, file=sys.stderr)
 
 
 # The demo config is the default. A --configfile replaces it whole instead of being laid
@@ -49,6 +59,11 @@ rule all:
     default_target: True
     input:
         all_targets,
+
+
+# Who holds the lock (inside it, so it goes with it): what lock_advice reads.
+onstart:
+    record_owner()
 
 
 # Warnings sit in the job logs; print them when a run ends, however it ends.

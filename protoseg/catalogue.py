@@ -20,11 +20,18 @@ the run there, with a message naming the file:
   :data:`FLOAT_TOLERANCE`): later steps take a float image as already scaled to
   [0, 1], while unsigned integers are divided by their type's maximum (uint8 by 255,
   uint16 by 65535);
-* images of one state with different heights and widths.
+* images of one state with different heights and widths;
+* imported masks (``masks.method: import``) that cannot be label planes of their images:
+  colour, float, negative, of another size (:func:`check_mask_pairs`), the same checks the
+  masks job makes, before any mask is made.
+
+A blank image (every pixel 0) passes, with one warning naming every blank image: its mask
+will be empty.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import string
@@ -37,6 +44,7 @@ from tqdm import tqdm
 from protoseg.config import complete_section
 from protoseg.errors import ConfigError, InputError
 from protoseg.io import IMAGE_SUFFIXES, read_image_axes
+from protoseg.masks.imported import load_imported_mask
 from protoseg.stacks import (
     SUFFIX_FORMATS,
     PlaneAddress,
@@ -45,6 +53,8 @@ from protoseg.stacks import (
     pixel_size_um,
     resolve_format,
 )
+
+log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- names (parse time)
 STUDY_PATTERN = r"^day(?P<day>\d+)t(?P<time>\d+)c(?P<channel>\d+)xy(?P<xy>\d+)z(?P<z>\d+)\.tiff?$"
@@ -390,21 +400,38 @@ def read_sample_sheet(sheet: str | Path, data_cfg: dict, raw_dir: str | Path) ->
     return _finish_records(rows, data_cfg, sheet)
 
 
-def check_complete(records: pd.DataFrame, data_cfg: dict, source: str | Path) -> None:
-    """Every state must have every configured plane in every configured channel."""
+def missing_planes(records: pd.DataFrame, data_cfg: dict) -> list[dict]:
+    """Per state and channel whose images lack configured planes: ``state``, ``channel``,
+    ``modality``, the ``missing`` planes and an ``example`` file of the state."""
     planes = sorted(int(z) for z in data_cfg["planes"])
+    gaps = []
     for state, group in records.groupby("state", sort=True):
         present = set(zip(group["channel"], group["z"], strict=True))
         for channel, modality in data_cfg["channels"].items():
             missing = [z for z in planes if (str(channel), z) not in present]
             if missing:
-                example = group["path"].iloc[0]
-                raise InputError(
-                    source,
-                    f"state {state} has no image of channel {channel} ({modality}) at plane(s) "
-                    + ", ".join(f"z{z}" for z in missing)
-                    + f" (it has e.g. {example})",
+                gaps.append(
+                    {
+                        "state": state,
+                        "channel": channel,
+                        "modality": modality,
+                        "missing": missing,
+                        "example": group["path"].iloc[0],
+                    }
                 )
+    return gaps
+
+
+def check_complete(records: pd.DataFrame, data_cfg: dict, source: str | Path) -> None:
+    """Every state must have every configured plane in every configured channel."""
+    for gap in missing_planes(records, data_cfg)[:1]:
+        raise InputError(
+            source,
+            f"state {gap['state']} has no image of channel {gap['channel']} ({gap['modality']}) "
+            "at plane(s) "
+            + ", ".join(f"z{z}" for z in gap["missing"])
+            + f" (it has e.g. {gap['example']})",
+        )
 
 
 def records_from_config(data_cfg: dict, raw_dir: str | Path) -> pd.DataFrame:
@@ -601,21 +628,63 @@ def check_pixels(path: str | Path, image: np.ndarray) -> None:
         )
 
 
-def describe_image(path: str | Path) -> dict:
-    """Height, width, channels and dtype of one image, after every check of one file."""
+def _read_and_describe(path: str | Path) -> tuple[dict, bool]:
+    """:func:`describe_image`'s description, and whether the image is blank (all 0)."""
     image, axes = read_image_axes(path)
     height, width, channels = plane_layout(path, image.shape, axes)
     check_pixels(path, image)
-    return {"height": height, "width": width, "channels": channels, "dtype": str(image.dtype)}
+    shape = {"height": height, "width": width, "channels": channels, "dtype": str(image.dtype)}
+    return shape, not image.any()
+
+
+def describe_image(path: str | Path) -> dict:
+    """Height, width, channels and dtype of one image, after every check of one file."""
+    return _read_and_describe(path)[0]
 
 
 def describe_images(records: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
-    """Add height, width, channels and dtype, read and checked from each file."""
-    shapes = [
-        describe_image(path)
-        for path in tqdm(records["path"], desc="catalogue", unit="image", disable=not progress)
-    ]
+    """Add height, width, channels and dtype, read and checked from each file; warn once
+    about the blank ones (:func:`warn_blank`)."""
+    shapes, blank = [], []
+    for path in tqdm(records["path"], desc="catalogue", unit="image", disable=not progress):
+        shape, is_blank = _read_and_describe(path)
+        shapes.append(shape)
+        if is_blank:
+            blank.append(str(path))
+    warn_blank(blank)
     return pd.concat([records.reset_index(drop=True), pd.DataFrame(shapes)], axis=1)
+
+
+def warn_blank(paths: list[str], shown: int = 5) -> None:
+    """One warning naming the blank images (every pixel 0): an empty plane or a failed
+    acquisition. They pass (a plane can be empty), but their masks will hold no cell."""
+    if not paths:
+        return
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    log.warning(
+        "%d blank image(s), every pixel 0: %s%s; their masks will hold no cell "
+        "(an empty plane, or a failed acquisition?)",
+        len(paths),
+        ", ".join(paths[:shown]),
+        more,
+    )
+
+
+def check_mask_pairs(catalogue: pd.DataFrame, mask_pairs: list[tuple[str, str]]) -> None:
+    """Each imported mask against the image it belongs to (``(image, mask)`` paths, as the
+    masks rule pairs them): found, one integer label plane (not colour, not float, no
+    negative labels) of the image's height and width. The first that is not raises
+    :class:`InputError` naming the mask, with the masks job's own message."""
+    sizes = dict(
+        zip(
+            catalogue["path"].map(str),
+            zip(catalogue["height"], catalogue["width"], strict=True),
+            strict=True,
+        )
+    )
+    for image, mask in mask_pairs:
+        if str(image) in sizes:  # else the masks job checks it against the image it reads
+            load_imported_mask(mask, sizes[str(image)])
 
 
 def check_shapes(catalogue: pd.DataFrame) -> None:
@@ -635,9 +704,14 @@ def check_shapes(catalogue: pd.DataFrame) -> None:
 
 
 def build_catalogue(
-    paths: list[str | Path], raw_dir: str | Path, data_cfg: dict, progress: bool = True
+    paths: list[str | Path],
+    raw_dir: str | Path,
+    data_cfg: dict,
+    progress: bool = True,
+    mask_pairs: list[tuple[str, str]] = (),
 ) -> pd.DataFrame:
-    """Parse, open and check every image; return the catalogue table."""
+    """Parse, open and check every image, and the imported masks of ``mask_pairs``
+    (:func:`check_mask_pairs`); return the catalogue table."""
     if not paths:
         raise InputError(raw_dir, "no images found (check data.raw_dir and data.pattern)")
     if data_cfg.get("sample_sheet"):
@@ -651,5 +725,6 @@ def build_catalogue(
     check_complete(records, data_cfg, data_cfg.get("sample_sheet") or raw_dir)
     catalogue = describe_images(records, progress=progress)
     check_shapes(catalogue)
+    check_mask_pairs(catalogue, mask_pairs)
     ordered = [c for c in STANDARD_COLUMNS if c in catalogue.columns]
     return catalogue[ordered + [c for c in catalogue.columns if c not in ordered]]

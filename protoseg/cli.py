@@ -1,5 +1,6 @@
-"""The ``protoseg`` command: predict with a trained model, open the annotator.
+"""The ``protoseg`` command: check a config, predict with a trained model, open the annotator.
 
+    protoseg check config/config.yaml my-data.yaml
     protoseg predict results/models/all-bce/model.pt new_images/ --out segmented/
     protoseg predict results/models/brightfield_z1-bce/model.pt stacks/ -o out/ -c config/config.yaml
     protoseg annotate day1t1xy10 --config config/config.yaml [--plan]
@@ -128,14 +129,48 @@ def run_annotate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- check
+def run_check(args: argparse.Namespace) -> int:
+    from protoseg.check import check_configs
+
+    return check_configs(args.configs)
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="protoseg",
-        description="protoseg: predict with a trained model, open the annotator.",
+        description="protoseg: check a config, predict with a trained model, export it, "
+        "open the annotator.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_check_command(commands)
+    add_predict_command(commands)
+    add_export_command(commands)
+    add_annotate_command(commands)
+    return parser
 
+
+def add_check_command(commands) -> None:
+    check = commands.add_parser(
+        "check",
+        help="say whether a config is ready to run, and what is wrong",
+        description="Read config files as Snakemake does (later ones over earlier ones) and "
+        "say in plain lines what is wrong and what was found: YAML syntax (file, line, "
+        "column, cause), schema errors by key, the data folder and pattern (images, states, "
+        "planes, channels, what is missing), pixel sizes, SAM weights, the splits, a stale "
+        "lock. Exit status 0 when the run can start.",
+    )
+    check.add_argument(
+        "configs",
+        metavar="CONFIG",
+        nargs="*",
+        help="config file(s), later ones overriding earlier ones (default: config/config.yaml)",
+    )
+    check.set_defaults(run=run_check)
+
+
+def add_predict_command(commands) -> None:
     predict = commands.add_parser(
         "predict",
         help="segment new images with a trained model",
@@ -154,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
         "CZI, LIF) or folders of them",
     )
     predict.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
+    add_predict_window_options(predict)
+    add_predict_run_options(predict)
+    predict.set_defaults(run=run_predict)
+
+
+def add_predict_window_options(predict) -> None:
+    """How ``protoseg predict`` cuts, thresholds and splits the prediction into cells."""
     predict.add_argument(
         "--tile",
         type=_tile,
@@ -198,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="drop objects smaller than this many pixels "
         f"(default: {PREDICT_DEFAULTS['min_area']}; 0 keeps all)",
     )
+
+
+def add_predict_run_options(predict) -> None:
+    """Where and in what precision ``protoseg predict`` runs, what it writes, its config."""
     predict.add_argument(
         "--device",
         choices=["auto", "cuda", "mps", "cpu"],
@@ -229,8 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
         "data.pixel_size the pixel size of files that state none",
     )
     predict.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
-    predict.set_defaults(run=run_predict)
 
+
+def add_export_command(commands) -> None:
     export = commands.add_parser(
         "export",
         help="write a trained model as a bioimage.io model package",
@@ -280,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--quiet", "-q", action="store_true", help="no summary line")
     export.set_defaults(run=run_export)
 
+
+def add_annotate_command(commands) -> None:
     annotate = commands.add_parser(
         "annotate",
         help="open micro-sam's napari annotator on a state's planes",
@@ -313,7 +362,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="print image, embedding and commit path per plane and exit (no napari needed)",
     )
     annotate.set_defaults(run=run_annotate)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

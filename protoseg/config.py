@@ -51,18 +51,30 @@ def validate(config: dict, schema: dict | None = None, *, require: bool = True) 
     'bcee' is not one of ['bce', 'mse', 'dice', 'bce+dice']``. ``require=False`` lets
     required keys be absent (a section completed for a library call that does not use them).
     """
+    errors = schema_errors(config, schema, require=require)
+    if errors:
+        raise errors[0]
+    return config
+
+
+def schema_errors(
+    config: dict, schema: dict | None = None, *, require: bool = True
+) -> list[ConfigError]:
+    """Every problem the schema finds in ``config`` (filling in its defaults, in place), one
+    :class:`ConfigError` per problem naming its key, ordered by key."""
     validator = _validator_with_defaults(schema if schema is not None else _schema())
     errors = [
         error for error in validator.iter_errors(config) if require or error.validator != "required"
     ]
-    if errors:
-        error = sorted(errors, key=lambda error: [str(part) for part in error.absolute_path])[0]
+    found = []
+    for error in sorted(errors, key=lambda error: [str(part) for part in error.absolute_path]):
         path = list(error.absolute_path)
         while path and isinstance(path[-1], int):  # an item of a list: name the list's key
             path.pop()
-        key = ".".join(str(part) for part in path) or "<top level>"
-        raise ConfigError(key, error.message)
-    return config
+        found.append(
+            ConfigError(".".join(str(part) for part in path) or "<top level>", error.message)
+        )
+    return found
 
 
 def complete_section(name: str, values: dict | None = None) -> dict:
@@ -87,10 +99,10 @@ def section_defaults(name: str, **values) -> dict:
     return complete_section(name, values)
 
 
-def _deep_update(base: dict, update: dict) -> dict:
+def deep_update(base: dict, update: dict) -> dict:
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_update(base[key], value)
+            deep_update(base[key], value)
         else:
             base[key] = value
     return base
@@ -112,5 +124,5 @@ def load_config(paths: Sequence[str | Path]) -> dict:
             raise InputError(path, f"not valid YAML: {error}") from error
         if not isinstance(loaded, dict):
             raise InputError(path, "a config file must hold a mapping of keys")
-        _deep_update(config, loaded)
+        deep_update(config, loaded)
     return validate(config)

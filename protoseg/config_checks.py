@@ -12,7 +12,8 @@ before any job starts, ``snakemake -n`` included. Each raises
   methods and geometries are the schema's enums); ``train.lr_min <= train.lr_max``;
   ``train.watershed`` settings must be in range and of ``model.instances``' mode; a
   variant's ``context_planes`` needs a stack of more than one plane in ``data.planes`` (a
-  window wider than the stack only warns: its ends repeat).
+  window wider than the stack only warns: its ends repeat); a SAM method's weights must be
+  on this machine or downloads allowed (:func:`check_mask_method`).
 * :func:`check_split` (config and records): ``split.key`` must be a column of the
   records, every ``split.test`` and ``split.validation`` value must match an image, the
   two must not share a value, and some images must be left for training.
@@ -30,6 +31,7 @@ import pandas as pd
 from protoseg.catalogue import parse_value
 from protoseg.config import complete_section
 from protoseg.errors import ConfigError
+from protoseg.masks import get_method
 
 # Catalogue columns read from the pixels, so unknown when the workflow is parsed.
 CATALOGUE_ONLY_COLUMNS = ("height", "width", "channels", "dtype")
@@ -52,6 +54,19 @@ def check_config(config: dict) -> None:
 
     mode = check_mode(complete_section("model", config.get("model"))["instances"])
     check_setting(train["watershed"], mode)
+    check_mask_method(config["masks"])
+
+
+def check_mask_method(masks_cfg: dict) -> None:
+    """A SAM method (``sam-auto``, ``sam-prompted``) needs its weights: a
+    ``masks.sam.checkpoint`` that exists, or the named model in micro-sam's cache, or
+    ``masks.sam.download: true``. Checked here, when the workflow is parsed, as the masks
+    job checks it again before any work; the device is left to the job (a cluster node's)."""
+    if not get_method(masks_cfg["method"]).uses_sam:
+        return
+    from protoseg.masks.sam import check_model, settings_from_config
+
+    check_model(settings_from_config(masks_cfg["sam"]))
 
 
 def check_modality(key: str, modality: str, known: Iterable[str]) -> None:

@@ -32,6 +32,10 @@ WRITE_FAILURE_TEXTS = (
     "PytorchStreamWriter failed",
     "file write failed",
     "No space left",
+    # torch.save closing its zip after a failed write: "[enforce fail at
+    # inline_container.cc:672] . unexpected pos 983104 vs 982992".
+    "enforce fail at inline_container",
+    "unexpected pos",
 )
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 # Less free space than this after a failed write: the disk is full, whatever the error said.
@@ -148,8 +152,12 @@ def is_write_failure(error: BaseException, path: Path, tmp: Path) -> bool:
             return True
         names = {str(tmp), str(path), str(tmp.parent), str(path.parent)}
         return error.filename is None or str(error.filename) in names
-    return isinstance(error, RuntimeError) and any(
-        text in str(error) for text in WRITE_FAILURE_TEXTS
+    # torch.save raises a second error while closing the file after the first failed write:
+    # every error of the chain counts.
+    chain = [error, error.__context__, error.__cause__]
+    return any(
+        isinstance(link, RuntimeError) and any(text in str(link) for text in WRITE_FAILURE_TEXTS)
+        for link in chain
     )
 
 

@@ -20,6 +20,7 @@ connected components.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -28,6 +29,8 @@ import pandas as pd
 from protoseg import metrics, study
 from protoseg.errors import InputError
 from protoseg.study import OVERALL, row_label
+
+log = logging.getLogger(__name__)
 
 PIXEL_METRICS = ("accuracy", "f1", "iou")
 INSTANCE_METRICS = ("sa50", "msa", "matched_f1")
@@ -132,6 +135,7 @@ def summary(
     reduction, n_images, accuracy, f1, iou, sa50, msa, matched_f1)."""
     frames = []
     for (variant, loss), per_image in per_image_by_model.items():
+        warn_without_cells(per_image, f"{variant}-{loss}", planes)
         pixel = pixel_summary(per_image, planes)
         instance = instance_summary(per_image, planes).drop(columns="n_images")
         merged = pixel.merge(instance, on=["z", "reduction"], how="left")
@@ -141,6 +145,34 @@ def summary(
         merged.insert(0, "variant", variant)
         frames.append(merged)
     return pd.concat(frames, ignore_index=True)
+
+
+def warn_without_cells(per_image: pd.DataFrame, model: str, planes: Sequence[int]) -> None:
+    """Say why F1 and IoU are 0 when the test split's masks hold no cell (no foreground
+    pixel): nothing to find, not a model that failed. Names the split's states, or the
+    planes whose masks are all empty."""
+    truth = per_image["tp"] + per_image["fn"]
+    if not truth.any():
+        states = sorted(map(str, per_image["state"].unique())) if "state" in per_image else []
+        log.warning(
+            "%s: the masks of the test split (%d image(s)%s) hold no cell, so its F1 and IoU "
+            "are 0 by definition, not by the model's fault; check the masks of these states "
+            "(results/masks/states/) or choose another split.test",
+            model,
+            len(per_image),
+            f" of state(s) {', '.join(states)}" if states else "",
+        )
+        return
+    z = per_image["z"].astype(int)
+    rows = {int(plane): z == int(plane) for plane in planes}
+    empty = [f"z{plane}" for plane, row in rows.items() if row.any() and not truth[row].any()]
+    if empty:
+        log.warning(
+            "%s: the test split's masks hold no cell on plane(s) %s, whose F1 and IoU are "
+            "therefore 0",
+            model,
+            ", ".join(empty),
+        )
 
 
 PROVENANCE_COLUMNS = ("geometry", "resolution", "threshold", "threshold_source", "context_planes")

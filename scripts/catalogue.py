@@ -7,6 +7,9 @@ from protoseg.logs import log_to_file
 snakemake = globals()["snakemake"]  # injected by Snakemake; named here for linters
 log = log_to_file(snakemake.log[0])
 
-catalogue = build_catalogue(snakemake.input.images, snakemake.params.raw_dir, snakemake.params.data)
+params = snakemake.params
+catalogue = build_catalogue(
+    snakemake.input.images, params.raw_dir, params.data, mask_pairs=params.mask_pairs
+)
 write_csv(snakemake.output[0], catalogue)
 log.info("catalogued %d images of %d states", len(catalogue), catalogue["state"].nunique())

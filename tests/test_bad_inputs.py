@@ -468,6 +468,11 @@ def test_kill_9_during_mask_generation_then_unlock_and_resume(tmp_path):
     blocked = run(*masks)
     assert blocked.returncode != 0
     assert "--unlock" in blocked.stdout + blocked.stderr  # Snakemake's own advice
+    # protoseg's one line: the killed run is gone, and the exact command (issue 23).
+    assert "protoseg: stale lock in " in blocked.stderr
+    assert f"`snakemake --snakefile {REPO / 'Snakefile'} --directory {tmp_path} --unlock`" in (
+        blocked.stderr
+    )
     assert run("--unlock").returncode == 0
     resumed = run(*masks)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -511,7 +516,9 @@ def test_warnings_are_summarised_when_the_run_ends(tmp_path):
     write_project(tmp_path, folder_config(tmp_path / "raw"))
     result = run_snakemake(tmp_path, "results/masks/planes/day1t1xy1/z12.tif")
     output = result.stdout + result.stderr
-    assert "protoseg: 2 warnings in the logs of this run" in output
+    # The catalogue names the blank images first (issue 23), then the masks job its empty mask.
+    assert "protoseg: 3 warnings in the logs of this run" in output
+    assert "[catalogue] 8 blank image(s), every pixel 0: " in output
     assert "[masks] day1t1xy1 z12: the classical mask has no cells" in output
     assert "logs/masks/day1t1xy1.log" in output
 

@@ -90,6 +90,30 @@ def test_torch_save_on_a_full_disk_names_the_file(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_torch_save_closing_after_a_failed_write_names_the_file(tmp_path, monkeypatch):
+    """torch.save on a full disk raises twice: the failed write, then, closing its zip,
+    "[enforce fail at inline_container.cc:672] . unexpected pos": the second is what escapes."""
+    torch = pytest.importorskip("torch")
+
+    def failing_save(obj, path, *args, **kwargs):
+        try:
+            raise RuntimeError("basic_ios::clear: iostream error")
+        finally:
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"
+            )
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    target = tmp_path / "checkpoints" / "epoch-003.pt"
+    with pytest.raises(OutputError) as caught:
+        with io.atomic_path(target) as tmp:
+            torch.save({"weights": 1}, tmp)
+    message = str(caught.value)
+    assert message.startswith(f"{target}: could not write it")
+    assert "disk is full" in message
+    assert list(target.parent.iterdir()) == []
+
+
 def test_other_errors_inside_a_write_keep_their_own_message(tmp_path):
     with pytest.raises(RuntimeError, match="loss became nan"):
         with io.atomic_path(tmp_path / "a.pt"):

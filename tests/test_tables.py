@@ -195,3 +195,31 @@ def test_provenance_says_how_many_neighbouring_planes_a_context_model_saw():
     }
     assert "focal context: 2 neighbouring plane(s) on each side" in lines["bf_z2"]
     assert "focal context" not in lines["bf"]
+
+
+def test_a_test_split_without_cells_says_why_its_f1_is_zero(caplog):
+    per_image = fake_per_image(STUDY_PLANES, seed=3)
+    per_image[["tp", "fn"]] = 0  # no true foreground pixel in any test image
+    with caplog.at_level("WARNING", logger="protoseg.tables"):
+        tables.summary({("all", "bce"): per_image}, STUDY_PLANES)
+    message = caplog.records[-1].getMessage()
+    assert message.startswith("all-bce: the masks of the test split")
+    assert "hold no cell" in message and "F1 and IoU are 0 by definition" in message
+    assert "day1t1xy10" in message or "state(s)" in message
+
+
+def test_a_plane_without_cells_is_named(caplog):
+    per_image = fake_per_image(STUDY_PLANES, seed=4)
+    per_image.loc[per_image["z"] == STUDY_PLANES[0], ["tp", "fn"]] = 0
+    with caplog.at_level("WARNING", logger="protoseg.tables"):
+        tables.summary({("all", "mse"): per_image}, STUDY_PLANES)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"all-mse: the test split's masks hold no cell on plane(s) z{STUDY_PLANES[0]}, whose "
+        "F1 and IoU are therefore 0"
+    ]
+
+
+def test_masks_with_cells_give_no_warning(caplog):
+    with caplog.at_level("WARNING", logger="protoseg.tables"):
+        build()
+    assert caplog.records == []

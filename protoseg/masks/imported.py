@@ -144,6 +144,20 @@ def load_imported_mask(path: str | Path, shape: tuple[int, ...]) -> np.ndarray:
     return relabel_mask(mask, path)
 
 
+def mask_pairs(
+    masks_cfg: dict, state: str, planes: Sequence[int], image_paths: Sequence[str | Path]
+) -> list[tuple[str, str]]:
+    """(image, imported mask) of each plane of ``state`` when ``masks.method`` is
+    ``import`` (else none): what the catalogue job checks before any mask job."""
+    if masks_cfg["method"] != "import":
+        return []
+    settings = settings_from_config(masks_cfg["import"])
+    return [
+        (str(image), str(import_path(settings.dir, settings.template, state, z, image)))
+        for z, image in zip(planes, image_paths, strict=True)
+    ]
+
+
 @register_method("import")
 class ImportMethod(MaskMethod):
     """Each plane's mask read from ``masks.import.dir``, checked and relabelled."""

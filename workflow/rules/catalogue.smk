@@ -1,9 +1,21 @@
+from protoseg.masks.imported import mask_pairs
+
 CATALOGUE = f"{RESULTS}/catalogue.csv"
+# (image, imported mask) of every plane masks are made of, with masks.method `import`: the
+# catalogue checks each mask against its image, before any mask job.
+MASK_PAIRS = [
+    pair
+    for state in STATES
+    for pair in mask_pairs(
+        config["masks"], state, PLANES, state_images(state, config["masks"]["modality"])
+    )
+]
 
 
 rule catalogue:
     input:
         images=source_files(RECORDS["path"]),
+        masks=[mask for _, mask in MASK_PAIRS],
     output:
         CATALOGUE,
     log:
@@ -15,6 +27,7 @@ rule catalogue:
     params:
         data=config["data"],
         raw_dir=lambda wildcards: RAW_DIR,
+        mask_pairs=MASK_PAIRS,
     script:
         f"{SCRIPTS}/catalogue.py"
 
