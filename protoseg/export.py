@@ -892,17 +892,22 @@ def package_outputs(
     """What a consumer of the package gets for one input ``tensor`` (1, C, H, W) in the
     package's input dtype: bioimageio.core runs the package (its preprocessing, the weights,
     its postprocessing) on it whole, offline. Returns (K, H, W) float32."""
-    from bioimageio.core import create_prediction_pipeline, predict
+    from bioimageio.core import create_prediction_pipeline
+    from bioimageio.core.digest_spec import create_sample_for_model
     from bioimageio.spec import load_description
 
     known = {url: None for url in package_urls(folder)}
     description = load_description(
         description_file(folder), perform_io_checks=True, known_files=known
     )
+    sample = create_sample_for_model(description, inputs={INPUT_ID: tensor}, sample_id="image")
     with create_prediction_pipeline(
         description, weight_format=weight_format, devices=["cpu"]
     ) as pipeline:
-        sample = predict(model=pipeline, inputs={INPUT_ID: tensor})
+        # The whole input at once, as protoseg's own prediction of it (no tiling).
+        sample = pipeline.predict_sample_without_blocking(
+            sample, skip_input_padding=True, skip_output_cropping=True
+        )
     return np.asarray(sample.members[OUTPUT_ID].data.to_numpy()[0], dtype=np.float32)
 
 
