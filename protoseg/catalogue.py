@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import re
 import string
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,7 @@ from protoseg.stacks import (
     open_stack,
     pixel_size_um,
     resolve_format,
+    source_file,
 )
 
 # ---------------------------------------------------------------- names (parse time)
@@ -486,6 +488,91 @@ def lookup(records: pd.DataFrame, *, state: str, modality: str, z: int) -> str:
             state, f"expected one image of modality {modality} at z{z}, found {len(hit)}"
         )
     return hit["path"].iloc[0]
+
+
+class ImageIndex:
+    """The image records indexed once, for lookups in constant time (the workflow's input
+    functions run once per job, so a scan of the records per call grows with the square of
+    the study).
+
+    Keys are (state, modality, z); each path's ``file`` (the container of a plane address,
+    else the path) is kept beside it. Built by :func:`index_records`, which refuses two
+    records of one state, channel and plane, naming both files.
+    """
+
+    def __init__(self, paths: dict, files: dict, planes: Sequence[int]):
+        self._paths = paths
+        self._files = files
+        self.planes = tuple(int(z) for z in planes)
+        self._by_state: dict[tuple[str, str], list[str]] = {}
+
+    def path(self, state: str, modality: str, z: int) -> str:
+        """Path of the one image of a state, modality and plane."""
+        try:
+            return self._paths[(state, modality, int(z))]
+        except KeyError:
+            raise InputError(
+                state, f"expected one image of modality {modality} at z{z}, found 0"
+            ) from None
+
+    def state_paths(self, state: str, modality: str) -> list[str]:
+        """Paths of one state's images of one modality, in the order of ``planes``."""
+        key = (state, modality)
+        if key not in self._by_state:
+            self._by_state[key] = [self.path(state, modality, z) for z in self.planes]
+        return list(self._by_state[key])
+
+    def source_files(self, paths: Iterable[str]) -> list[str]:
+        """The files on disk behind image paths (a container once), sorted."""
+        return sorted({self._files.get(path) or source_file(path) for path in paths})
+
+    def files_of(self, states: Sequence[str], modalities: Sequence[str]) -> list[str]:
+        """The files on disk behind the images of ``states`` in ``modalities``."""
+        return self.source_files(
+            path
+            for state in states
+            for modality in modalities
+            for path in self.state_paths(state, modality)
+        )
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+
+def index_records(records: pd.DataFrame, planes: Sequence[int]) -> ImageIndex:
+    """Index image records by (state, modality, z): one pass over the table.
+
+    Two records of one state, channel and plane (or of one state, modality and plane, two
+    channels mapped to one modality) are an :class:`InputError` naming both files.
+    """
+    files = records["file"] if "file" in records else records["path"]
+    paths: dict[tuple[str, str, int], str] = {}
+    channel_of: dict[tuple[str, str, int], str] = {}
+    file_of: dict[str, str] = {}
+    for path, file, state, channel, modality, z in zip(
+        records["path"].tolist(),
+        files.tolist(),
+        records["state"].tolist(),
+        records["channel"].tolist(),
+        records["modality"].tolist(),
+        records["z"].tolist(),
+        strict=True,
+    ):
+        key = (str(state), str(modality), int(z))
+        if key in paths:
+            what = (
+                f"channel ({channel})"
+                if channel_of[key] == str(channel)
+                else f"modality ({modality}, channels {channel_of[key]} and {channel})"
+            )
+            raise InputError(
+                path,
+                f"same state ({state}), {what} and plane (z{z}) as {paths[key]}",
+            )
+        paths[key] = str(path)
+        channel_of[key] = str(channel)
+        file_of[str(path)] = str(file)
+    return ImageIndex(paths, file_of, planes)
 
 
 # ---------------------------------------------------------------- pixels (the catalogue rule)

@@ -6,12 +6,11 @@ from pathlib import Path
 from protoseg import config_checks
 from protoseg.catalogue import (
     demo_records,
-    lookup,
+    index_records,
     records_from_config,
     states_in_split,
 )
 from protoseg.config import validate
-from protoseg.stacks import source_file
 
 # Checked against workflow/schemas/config.schema.yaml, whose defaults fill in every key
 # left out (the one place defaults live), so rules and scripts read keys directly.
@@ -47,6 +46,9 @@ PLANES = [int(z) for z in config["data"]["planes"]]
 MODALITIES = sorted(set(config["data"]["channels"].values()))
 VARIANTS = list(config["dataset"]["variants"])
 LOSSES = list(config["train"]["losses"])
+# (state, modality, z) -> path, built once: input functions run once per job, and a scan
+# of the records per call made planning grow with the square of the study.
+INDEX = index_records(RECORDS, PLANES)
 
 
 def get_states():
@@ -61,17 +63,66 @@ def get_split_states(split):
 def raw_image(state, modality, z):
     """Path of the raw image of one state, modality and plane: the file, or the address of
     the plane in a microscope container (what protoseg.io.read_image reads)."""
-    return lookup(RECORDS, state=state, modality=modality, z=int(z))
+    return INDEX.path(state, modality, z)
 
 
 def state_images(state, modality):
     """Paths of one state's images of one modality, ordered by plane."""
-    return [raw_image(state, modality, z) for z in PLANES]
+    return INDEX.state_paths(state, modality)
 
 
 def source_files(images):
     """The files on disk behind raw image paths (a container once), a rule's input."""
-    return sorted({source_file(image) for image in images})
+    return INDEX.source_files(images)
+
+
+# ---------------------------------------------------------------- jobs of several states
+# A per-state stage (masks, merge) runs one job per state (`<stage>.states_per_job: 1`,
+# a rule with a {state} wildcard), or one job per batch of that many consecutive states
+# (one rule per batch, `<stage>_batch<n>`, listing its states' outputs one by one, so
+# every output stays a file of its own state). docs/large-studies.md.
+def state_jobs(stage, per_job):
+    """(rule name, states) of each rule of a per-state stage; states None: the rule has a
+    {state} wildcard."""
+    if per_job == 1:
+        return [(stage, None)]
+    starts = range(0, len(STATES), per_job)
+    width = len(str(len(starts) - 1))
+    return [
+        (f"{stage}_batch{number:0{width}d}", STATES[start : start + per_job])
+        for number, start in enumerate(starts)
+    ]
+
+
+def for_job(states, function):
+    """`function(states)` for a batch; for a per-state rule (states None), the input
+    function that gives `function([wildcards.state])`."""
+    if states is None:
+        return lambda wildcards: function([wildcards.state])
+    return function(states)
+
+
+def job_outputs(template, states, **wildcards):
+    """`template` expanded over the job's states (kept as {state} in a per-state rule)."""
+    if states is None:
+        return expand(template, **wildcards, allow_missing=True)
+    return expand(template, state=states, **wildcards)
+
+
+def job_name(rule_name, stage):
+    """Log and benchmark name of a rule's jobs: {state}, or the batch (`batch<n>`)."""
+    return "{state}" if rule_name == stage else rule_name[len(stage) + 1 :]
+
+
+def share_rule_settings(base, rule_name):
+    """Let a batch rule take the --set-resources / --set-threads given for its stage
+    (profiles/slurm names `masks`, not `masks_batch<n>`). Snakemake applies these by rule
+    name when the rule is defined; this adds the batch rule's name to them."""
+    settings = workflow.resource_settings
+    for parsed in ("_parsed_overwrite_resources", "_parsed_overwrite_threads"):
+        table = getattr(settings, parsed, None)
+        if isinstance(table, dict) and base in table and rule_name != base:
+            table[rule_name] = table[base]
 
 
 def log_path(step, name="{state}"):
