@@ -25,10 +25,12 @@ the run there, with a message naming the file:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import string
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +39,7 @@ from tqdm import tqdm
 
 from protoseg.config import complete_section
 from protoseg.errors import ConfigError, InputError
-from protoseg.io import IMAGE_SUFFIXES, read_image_axes
+from protoseg.io import IMAGE_SUFFIXES, read_image_axes, write_csv
 from protoseg.stacks import (
     SUFFIX_FORMATS,
     PlaneAddress,
@@ -696,12 +698,117 @@ def describe_image(path: str | Path) -> dict:
     return {"height": height, "width": width, "channels": channels, "dtype": str(image.dtype)}
 
 
-def describe_images(records: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
-    """Add height, width, channels and dtype, read and checked from each file."""
-    shapes = [
-        describe_image(path)
-        for path in tqdm(records["path"], desc="catalogue", unit="image", disable=not progress)
+# Columns describe_image gives each image.
+DESCRIBED = ("height", "width", "channels", "dtype")
+# Fewer images than this are described in this process (starting workers costs more).
+PARALLEL_FROM = 256
+
+
+def _describe_or_error(path: str) -> tuple[dict | None, str | None]:
+    """describe_image in a worker process: the description, or the problem (an InputError
+    does not survive pickling whole)."""
+    try:
+        return describe_image(path), None
+    except InputError as error:
+        return None, error.problem
+
+
+def file_stamp(path: str | Path) -> tuple[int, int] | None:
+    """(size, modification time in ns) of a file, None where it cannot be read."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_size, status.st_mtime_ns
+
+
+def _checks_version() -> str:
+    """Changes with this module, so a cache written by other checks is not trusted."""
+    return hashlib.sha1(Path(__file__).read_bytes()).hexdigest()[:12]
+
+
+def read_header_cache(path: str | Path | None) -> dict[str, tuple[tuple[int, int], dict]]:
+    """Earlier descriptions (:func:`write_header_cache`): image path -> (its file's size
+    and mtime then, its description). Empty when absent, unreadable or made by other
+    checks."""
+    if not path or not Path(path).is_file():
+        return {}
+    try:
+        table = pd.read_csv(path, dtype={"path": str, "dtype": str, "checks": str})
+    except (OSError, ValueError, pd.errors.ParserError):
+        return {}
+    if table.empty or set(table["checks"]) != {_checks_version()}:
+        return {}
+    return {
+        row["path"]: (
+            (int(row["size"]), int(row["mtime_ns"])),
+            {key: row[key] if key == "dtype" else int(row[key]) for key in DESCRIBED},
+        )
+        for row in table.to_dict("records")
+    }
+
+
+def write_header_cache(path: str | Path, entries: dict) -> None:
+    rows = [
+        {"path": image, "size": stamp[0], "mtime_ns": stamp[1], **described}
+        for image, (stamp, described) in entries.items()
     ]
+    table = pd.DataFrame(rows, columns=["path", "size", "mtime_ns", *DESCRIBED])
+    table["checks"] = _checks_version()
+    write_csv(path, table)
+
+
+def _described_in_workers(paths: list[str], workers: int, progress: bool) -> Iterable:
+    """(path, description, problem) of each path, in order, from ``workers`` processes."""
+    bar = tqdm(total=len(paths), desc="catalogue", unit="image", disable=not progress)
+    pool = ProcessPoolExecutor(workers) if workers > 1 and len(paths) >= PARALLEL_FROM else None
+    try:
+        if pool is None:
+            described = ((describe_image(path), None) for path in paths)
+        else:
+            chunk = max(1, min(256, len(paths) // (8 * workers)))
+            described = pool.map(_describe_or_error, paths, chunksize=chunk)
+        for path, (description, problem) in zip(paths, described, strict=True):
+            yield path, description, problem
+            bar.update()
+    finally:
+        bar.close()
+        if pool is not None:
+            # a failure stops the reading: images not yet begun are dropped
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def describe_images(
+    records: pd.DataFrame,
+    progress: bool = True,
+    workers: int = 1,
+    cache: str | Path | None = None,
+) -> pd.DataFrame:
+    """Add height, width, channels and dtype, read and checked from each file.
+
+    ``workers`` > 1 reads the files in that many processes. ``cache``: a table of earlier
+    descriptions keyed by the file's size and modification time: an image whose file has
+    not changed is not opened again; the table is rewritten with every image described
+    (also when one fails, which then raises :class:`InputError` naming it)."""
+    paths = records["path"].tolist()
+    files = (records["file"] if "file" in records else records["path"]).tolist()
+    known = read_header_cache(cache)
+    stamps = {path: file_stamp(file) for path, file in zip(paths, files, strict=True)}
+    entries = {
+        path: known[path]
+        for path in paths
+        if path in known and stamps[path] is not None and known[path][0] == stamps[path]
+    }
+    todo = [path for path in paths if path not in entries]
+    try:
+        for path, described, problem in _described_in_workers(todo, workers, progress):
+            if problem is not None:
+                raise InputError(path, problem)
+            entries[path] = (stamps[path], described)
+    finally:
+        if cache and todo:
+            write_header_cache(cache, {p: e for p, e in entries.items() if e[0] is not None})
+    shapes = [entries[path][1] for path in paths]
     return pd.concat([records.reset_index(drop=True), pd.DataFrame(shapes)], axis=1)
 
 
@@ -722,9 +829,15 @@ def check_shapes(catalogue: pd.DataFrame) -> None:
 
 
 def build_catalogue(
-    paths: list[str | Path], raw_dir: str | Path, data_cfg: dict, progress: bool = True
+    paths: list[str | Path],
+    raw_dir: str | Path,
+    data_cfg: dict,
+    progress: bool = True,
+    workers: int = 1,
+    cache: str | Path | None = None,
 ) -> pd.DataFrame:
-    """Parse, open and check every image; return the catalogue table."""
+    """Parse, open and check every image; return the catalogue table. ``workers`` and
+    ``cache``: see :func:`describe_images`."""
     if not paths:
         raise InputError(raw_dir, "no images found (check data.raw_dir and data.pattern)")
     if data_cfg.get("sample_sheet"):
@@ -736,7 +849,7 @@ def build_catalogue(
     else:
         records = parse_paths(paths, raw_dir, data_cfg)
     check_complete(records, data_cfg, data_cfg.get("sample_sheet") or raw_dir)
-    catalogue = describe_images(records, progress=progress)
+    catalogue = describe_images(records, progress=progress, workers=workers, cache=cache)
     check_shapes(catalogue)
     ordered = [c for c in STANDARD_COLUMNS if c in catalogue.columns]
     return catalogue[ordered + [c for c in catalogue.columns if c not in ordered]]

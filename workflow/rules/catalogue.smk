@@ -12,9 +12,14 @@ rule catalogue:
         benchmark_path("catalogue", "catalogue")
     conda:
         f"{ENVS}/io.yaml"
+    # Files are opened in this many processes (Snakemake lowers it to --cores).
+    threads: 4
     params:
         data=config["data"],
         raw_dir=lambda wildcards: RAW_DIR,
+        # Size and mtime of every file described, with its description: a rerun opens
+        # only the files that changed.
+        cache=f"{RESULTS}/.catalogue-cache.csv",
     script:
         f"{SCRIPTS}/catalogue.py"
 

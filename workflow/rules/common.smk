@@ -11,6 +11,7 @@ from protoseg.catalogue import (
     states_in_split,
 )
 from protoseg.config import validate
+from protoseg.masks import method_inputs
 
 # Checked against workflow/schemas/config.schema.yaml, whose defaults fill in every key
 # left out (the one place defaults live), so rules and scripts read keys directly.
@@ -76,14 +77,31 @@ def source_files(images):
     return INDEX.source_files(images)
 
 
+def state_image_lists(states, modalities):
+    """Per state, its images of `modalities`, modality by modality, each in plane order."""
+    return [[path for m in modalities for path in state_images(s, m)] for s in states]
+
+
+def mask_method_inputs(masks_cfg, states):
+    """Files masks.method reads besides the images, for `states`: the prompts CSV
+    (sam-prompted) or the states' mask files (import)."""
+    return [
+        path
+        for state in states
+        for path in method_inputs(
+            masks_cfg, state, PLANES, state_images(state, masks_cfg["modality"])
+        )
+    ]
+
+
 # ---------------------------------------------------------------- jobs of several states
 # A per-state stage (masks, merge) runs one job per state (`<stage>.states_per_job: 1`,
 # a rule with a {state} wildcard), or one job per batch of that many consecutive states
 # (one rule per batch, `<stage>_batch<n>`, listing its states' outputs one by one, so
 # every output stays a file of its own state). docs/large-studies.md.
 def state_jobs(stage, per_job):
-    """(rule name, states) of each rule of a per-state stage; states None: the rule has a
-    {state} wildcard."""
+    """(rule name, states) of each rule of a per-state stage, where states None means
+    one rule with a {state} wildcard."""
     if per_job == 1:
         return [(stage, None)]
     starts = range(0, len(STATES), per_job)
@@ -149,4 +167,9 @@ def stage_targets(stage, *paths):
 
 
 def all_targets(wildcards):
+    """Every stage's final outputs; once the warnings rule is defined (it takes all the
+    others as input), its outputs alone: the same jobs, without Snakemake resolving every
+    per-state file a second time (docs/large-studies.md)."""
+    if STAGE_TARGETS.get("warnings"):
+        return STAGE_TARGETS["warnings"]
     return [path for paths in STAGE_TARGETS.values() for path in paths]

@@ -1,22 +1,11 @@
 # Step 1: one instance mask per plane of the `masks.modality` images, one job per state
 # (the SAM model is loaded once per state, not once per plane), or per batch of
 # masks.states_per_job states (large studies). Method: masks.method.
-from protoseg.masks import get_method, method_inputs
+from protoseg.masks import get_method
 
 MASKS = config["masks"]
 PLANE_MASK = f"{RESULTS}/masks/planes/{{state}}/z{{z}}.tif"
 USES_SAM = get_method(MASKS["method"]).uses_sam
-
-
-def masks_method_inputs(states):
-    """The prompts CSV (sam-prompted) or the states' mask files (import)."""
-    return [
-        path
-        for state in states
-        for path in method_inputs(
-            MASKS, state, PLANES, state_images(state, MASKS["modality"])
-        )
-    ]
 
 
 for masks_rule, masks_states in state_jobs("masks", MASKS["states_per_job"]):
@@ -31,7 +20,9 @@ for masks_rule, masks_states in state_jobs("masks", MASKS["states_per_job"]):
                 masks_states,
                 lambda states: INDEX.files_of(states, [MASKS["modality"]]),
             ),
-            method_inputs=for_job(masks_states, masks_method_inputs),
+            method_inputs=for_job(
+                masks_states, lambda states: mask_method_inputs(MASKS, states)
+            ),
         output:
             # state by state, each in plane order
             job_outputs(PLANE_MASK, masks_states, z=PLANES),
@@ -51,7 +42,7 @@ for masks_rule, masks_states in state_jobs("masks", MASKS["states_per_job"]):
             # per state, each plane's image: its file, or its address in a container
             images=for_job(
                 masks_states,
-                lambda states: [state_images(s, MASKS["modality"]) for s in states],
+                lambda states: state_image_lists(states, [MASKS["modality"]]),
             ),
             masks=MASKS,
             planes=PLANES,

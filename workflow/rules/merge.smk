@@ -11,15 +11,6 @@ QC_MODALITIES = [config["masks"]["modality"]] + [
 ]
 
 
-def merge_images(states):
-    """The states' images, state by state, modality by modality, each in plane order
-    (files, or planes of a container)."""
-    return [
-        [path for m in QC_MODALITIES for path in state_images(state, m)]
-        for state in states
-    ]
-
-
 for merge_rule, merge_states in state_jobs("merge", config["merge"]["states_per_job"]):
     share_rule_settings("merge", merge_rule)
 
@@ -56,7 +47,9 @@ for merge_rule, merge_states in state_jobs("merge", config["merge"]["states_per_
             runtime=30 * len(merge_states or [None]),
         params:
             job_states=for_job(merge_states, list),
-            images=for_job(merge_states, merge_images),
+            images=for_job(
+                merge_states, lambda states: state_image_lists(states, QC_MODALITIES)
+            ),
             merge=config["merge"],
             planes=PLANES,
             modalities=QC_MODALITIES,
