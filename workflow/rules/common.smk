@@ -127,9 +127,13 @@ def job_outputs(template, states, **wildcards):
     return expand(template, state=states, **wildcards)
 
 
-def job_name(rule_name, stage):
-    """Log and benchmark name of a rule's jobs: {state}, or the batch (`batch<n>`)."""
-    return "{state}" if rule_name == stage else rule_name[len(stage) + 1 :]
+def job_name(rule_name, stage, per_job="{state}"):
+    """Log and benchmark name of a rule's jobs: `per_job` ({state}), or with the batch
+    (`batch<n>`, after the wildcards of `per_job` other than {state})."""
+    if rule_name == stage:
+        return per_job
+    batch = rule_name[len(stage) + 1 :]
+    return batch if per_job == "{state}" else f"{per_job}/{batch}"
 
 
 def share_rule_settings(base, rule_name):
