@@ -28,24 +28,8 @@ if PREDICT["input_dir"]:
         config["data"],
         f"a model with dataset.variants.*.context_planes {PREDICT_CONTEXT}",
     )
-    PREDICT_STEMS = list(dict.fromkeys(item.stem for item in PREDICT_PLAN))
     PREDICT_DIR = f"{RESULTS}/predictions/{{variant}}-{{loss}}"
     PREDICT_SUMMARY = f"{PREDICT_DIR}/predictions.csv"
-
-    # Per image: NAME_binary.tif and NAME_labels.tif, or the folder NAME.ome.zarr
-    # (predict.format), and NAME_overlay.png ({variant}-{loss} kept).
-    def predict_outputs(stems):
-        """(masks, overlays) of the images of `stems`, in their order."""
-        paths = [
-            predict_output_paths(PREDICT_DIR, stem, PREDICT["format"]) for stem in stems
-        ]
-        masks = [
-            directory(str(path)) if kind == "zarr" else str(path)
-            for per_image in paths
-            for kind, path in per_image.items()
-            if kind != "overlay"
-        ]
-        return masks, [str(per_image["overlay"]) for per_image in paths]
 
     # One job per model (predict.images_per_job null), or one per batch of that many
     # images, each writing its own images' outputs and a part of the summary, which the
@@ -62,11 +46,21 @@ if PREDICT["input_dir"]:
     for predict_rule, predict_files_of_job, predict_table in PREDICT_JOBS:
         share_rule_settings("predict", predict_rule)
         predict_chosen = set(predict_files_of_job)
-        predict_masks, predict_overlays = predict_outputs(
-            dict.fromkeys(
+        # Per image: NAME_binary.tif and NAME_labels.tif, or the folder NAME.ome.zarr
+        # (predict.format), and NAME_overlay.png ({variant}-{loss} kept).
+        predict_paths = [
+            predict_output_paths(PREDICT_DIR, stem, PREDICT["format"])
+            for stem in dict.fromkeys(
                 item.stem for item in PREDICT_PLAN if str(item.path) in predict_chosen
             )
-        )
+        ]
+        predict_masks = [
+            directory(str(path)) if kind == "zarr" else str(path)
+            for per_image in predict_paths
+            for kind, path in per_image.items()
+            if kind != "overlay"
+        ]
+        predict_overlays = [str(per_image["overlay"]) for per_image in predict_paths]
 
         rule:
             name:
