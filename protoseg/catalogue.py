@@ -26,7 +26,9 @@ the run there, with a message naming the file:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import pickle
 import re
 import string
 from collections.abc import Iterable, Sequence
@@ -38,8 +40,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from protoseg.config import complete_section
-from protoseg.errors import ConfigError, InputError
-from protoseg.io import IMAGE_SUFFIXES, read_image_axes, write_csv
+from protoseg.errors import ConfigError, InputError, OutputError
+from protoseg.io import IMAGE_SUFFIXES, atomic_path, read_image_axes, write_csv
 from protoseg.stacks import (
     SUFFIX_FORMATS,
     PlaneAddress,
@@ -420,6 +422,48 @@ def records_from_config(data_cfg: dict, raw_dir: str | Path) -> pd.DataFrame:
         records = scan_folder(raw_dir, data_cfg)
         source = raw_dir
     check_complete(records, data_cfg, source)
+    return records
+
+
+def records_key(data_cfg: dict, raw_dir: str | Path) -> str | None:
+    """What the records of a folder depend on: the ``data`` section, this module and the
+    files' names (and, for microscope containers, whose metadata is read, their sizes and
+    modification times). None for a sample sheet (its rows name the files)."""
+    if data_cfg.get("sample_sheet") or not Path(raw_dir).is_dir():
+        return None
+    digest = hashlib.sha1(json.dumps(data_cfg, sort_keys=True, default=str).encode())
+    digest.update(_checks_version().encode())
+    containers = reads_containers(data_cfg)
+    for path in raw_files(Path(raw_dir)):
+        digest.update(f"\n{path}".encode())
+        if containers:
+            digest.update(str(file_stamp(path)).encode())
+    return digest.hexdigest()[:20]
+
+
+def cached_records(data_cfg: dict, raw_dir: str | Path, cache_dir: str | Path) -> pd.DataFrame:
+    """:func:`records_from_config`, kept in ``cache_dir`` under :func:`records_key`: each
+    parse of the workflow (a cluster job's too) lists the folder and reads the records
+    back instead of parsing every name again. A folder whose names changed is parsed anew
+    (and every check made again); the cache keeps the newest records only."""
+    key = records_key(data_cfg, raw_dir)
+    if key is None:
+        return records_from_config(data_cfg, raw_dir)
+    cached = Path(cache_dir) / f"records-{key}.pkl"
+    if cached.is_file():
+        try:
+            return pd.read_pickle(cached)
+        except (OSError, EOFError, ValueError, pickle.UnpicklingError):
+            pass  # a damaged cache: parsed anew
+    records = records_from_config(data_cfg, raw_dir)
+    try:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        for old in Path(cache_dir).glob("records-*.pkl"):
+            old.unlink()
+        with atomic_path(cached) as tmp:
+            records.to_pickle(tmp)
+    except (OSError, OutputError):
+        pass  # a read-only folder: no cache, the same records
     return records
 
 

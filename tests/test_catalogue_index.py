@@ -175,3 +175,51 @@ def test_a_bad_file_in_a_worker_names_it_and_the_good_ones_are_cached(tmp_path, 
     with pytest.raises(InputError, match=r"p4\.tif"):
         catalogue.describe_images(table, progress=False, workers=2, cache=cache)
     assert set(pd.read_csv(cache)["path"]) == set(table["path"][:4])
+
+
+# ---------------------------------------------------------------- records cached at parse time
+DATA_CFG = {
+    "source": "folder",
+    "pattern": catalogue.STUDY_PATTERN,
+    "ignore": [],
+    "sample_sheet": None,
+    "state_format": catalogue.STUDY_STATE_FORMAT,
+    "channels": {"1": "brightfield", "2": "fluorescent"},
+    "planes": [12, 14],
+}
+
+
+def touch_states(folder, xys):
+    folder.mkdir(parents=True, exist_ok=True)
+    for xy in xys:
+        for channel in (1, 2):
+            for z in (12, 14):
+                (folder / catalogue.study_file_name(1, 1, channel, xy, z)).write_bytes(b"")
+
+
+def test_records_are_read_back_while_the_names_are_unchanged(tmp_path, monkeypatch):
+    raw, cache = tmp_path / "raw", tmp_path / "cache"
+    touch_states(raw, [1, 2])
+    first = catalogue.cached_records(DATA_CFG, raw, cache)
+    pd.testing.assert_frame_equal(first, catalogue.records_from_config(DATA_CFG, raw))
+    parsed = []
+    real = catalogue.records_from_config
+    monkeypatch.setattr(catalogue, "records_from_config", lambda *a: parsed.append(a) or real(*a))
+    pd.testing.assert_frame_equal(catalogue.cached_records(DATA_CFG, raw, cache), first)
+    assert parsed == []
+    touch_states(raw, [3])  # a new state: parsed anew
+    assert catalogue.cached_records(DATA_CFG, raw, cache)["state"].nunique() == 3
+    assert len(parsed) == 1
+    assert len(list(cache.glob("records-*.pkl"))) == 1
+    # another config (here the planes) is another key
+    with pytest.raises(InputError, match="not in data.planes"):
+        catalogue.cached_records({**DATA_CFG, "planes": [12]}, raw, cache)
+
+
+def test_a_bad_name_is_refused_every_time(tmp_path):
+    raw, cache = tmp_path / "raw", tmp_path / "cache"
+    touch_states(raw, [1])
+    (raw / "day1t1c1xy1_z12.tif").write_bytes(b"")
+    for _ in range(2):
+        with pytest.raises(InputError, match="does not match data.pattern"):
+            catalogue.cached_records(DATA_CFG, raw, cache)

@@ -5,9 +5,9 @@ from pathlib import Path
 
 from protoseg import config_checks
 from protoseg.catalogue import (
+    cached_records,
     demo_records,
     index_records,
-    records_from_config,
     states_in_split,
 )
 from protoseg.config import validate
@@ -38,7 +38,8 @@ if config["data"]["source"] == "demo":
 else:
     RAW_DIR = config["data"]["raw_dir"]
     TRUTH_DIR = config["quality"]["truth_dir"]
-    RECORDS = records_from_config(config["data"], RAW_DIR)
+    # Read back from .snakemake/protoseg/ while the folder's names are unchanged.
+    RECORDS = cached_records(config["data"], RAW_DIR, ".snakemake/protoseg")
 config_checks.check_split(config["split"], RECORDS)
 config_checks.check_pixel_sizes(config["dataset"], RECORDS)
 
