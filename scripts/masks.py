@@ -16,9 +16,11 @@ if get_method(masks_cfg["method"]).uses_sam:
 
 planes = list(snakemake.params.planes)
 outputs = list(snakemake.output)  # state by state, each in plane order
-for number, (state, images) in enumerate(
-    zip(snakemake.params.job_states, snakemake.params.images, strict=True)
-):
+if "job_states" in snakemake.params.keys():  # a batch of states (masks.states_per_job)
+    jobs = zip(snakemake.params.job_states, snakemake.params.images, strict=True)
+else:
+    jobs = [(snakemake.wildcards.state, snakemake.params.images)]
+for number, (state, images) in enumerate(jobs):
     make_state_masks(
         list(images),
         outputs[number * len(planes) : (number + 1) * len(planes)],

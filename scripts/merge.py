@@ -21,9 +21,11 @@ masks, per_z = as_list(snakemake.input.planes), as_list(snakemake.output.per_z)
 states, instances = as_list(snakemake.output.state), as_list(snakemake.output.instances)
 overlays = as_list(snakemake.output.qc)
 # Every list is state by state; the per-plane ones in plane order within a state.
-for k, (state, images) in enumerate(
-    zip(snakemake.params.job_states, snakemake.params.images, strict=True)
-):
+if "job_states" in snakemake.params.keys():  # a batch of states (merge.states_per_job)
+    jobs = zip(snakemake.params.job_states, snakemake.params.images, strict=True)
+else:
+    jobs = [(snakemake.wildcards.state, snakemake.params.images)]
+for k, (state, images) in enumerate(jobs):
     merge_state_files(
         masks[k * n : (k + 1) * n],
         planes,

@@ -121,6 +121,20 @@ def for_job(states, function):
     return function(states)
 
 
+def state_or_batch(states, function):
+    """`function(states)` (one value per state) for a batch; for a per-state rule, the
+    input function that gives the value of its {state} alone."""
+    if states is None:
+        return lambda wildcards: function([wildcards.state])[0]
+    return function(states)
+
+
+def batch_params(states):
+    """A batch's states, a parameter of batch rules only (a per-state rule's parameters
+    stay as they were, so finished outputs are not redone for changed parameters)."""
+    return {} if states is None else {"job_states": list(states)}
+
+
 def job_outputs(template, states, **wildcards):
     """`template` expanded over the job's states (kept as {state} in a per-state rule)."""
     if states is None:

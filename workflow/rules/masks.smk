@@ -38,9 +38,10 @@ for masks_rule, masks_states in state_jobs("masks", MASKS["states_per_job"]):
             mem_mb=16000 if USES_SAM else 4000,
             runtime=(240 if USES_SAM else 30) * len(masks_states or [None]),
         params:
-            job_states=for_job(masks_states, list),
-            # per state, each plane's image: its file, or its address in a container
-            images=for_job(
+            **batch_params(masks_states),
+            # each plane's image: its file, or its address in a container (a batch:
+            # a list per state)
+            images=state_or_batch(
                 masks_states,
                 lambda states: state_image_lists(states, [MASKS["modality"]]),
             ),

@@ -46,8 +46,10 @@ for merge_rule, merge_states in state_jobs("merge", config["merge"]["states_per_
             mem_mb=4000,
             runtime=30 * len(merge_states or [None]),
         params:
-            job_states=for_job(merge_states, list),
-            images=for_job(
+            **batch_params(merge_states),
+            # modality by modality, each in plane order (files, or planes of a
+            # container; a batch: a list per state)
+            images=state_or_batch(
                 merge_states, lambda states: state_image_lists(states, QC_MODALITIES)
             ),
             merge=config["merge"],
