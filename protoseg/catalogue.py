@@ -799,6 +799,7 @@ def write_header_cache(path: str | Path, entries: dict) -> None:
     ]
     table = pd.DataFrame(rows, columns=["path", "size", "mtime_ns", *DESCRIBED])
     table["checks"] = _checks_version()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_csv(path, table)
 
 

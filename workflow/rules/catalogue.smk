@@ -18,8 +18,9 @@ rule catalogue:
         data=config["data"],
         raw_dir=lambda wildcards: RAW_DIR,
         # Size and mtime of every file described, with its description: a rerun opens
-        # only the files that changed.
-        cache=f"{RESULTS}/.catalogue-cache.csv",
+        # only the files that changed (beside Snakemake's own records, not in results/,
+        # which a failed catalogue leaves empty).
+        cache=".snakemake/protoseg/catalogue-cache.csv",
     script:
         f"{SCRIPTS}/catalogue.py"
 
