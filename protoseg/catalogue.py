@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import pickle
 import re
@@ -51,6 +52,8 @@ from protoseg.stacks import (
     resolve_format,
     source_file,
 )
+
+log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- names (parse time)
 STUDY_PATTERN = r"^day(?P<day>\d+)t(?P<time>\d+)c(?P<channel>\d+)xy(?P<xy>\d+)z(?P<z>\d+)\.tiff?$"
@@ -799,8 +802,11 @@ def write_header_cache(path: str | Path, entries: dict) -> None:
     ]
     table = pd.DataFrame(rows, columns=["path", "size", "mtime_ns", *DESCRIBED])
     table["checks"] = _checks_version()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_csv(path, table)
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_csv(path, table)
+    except (OSError, OutputError) as error:  # the cache only saves time: go on without
+        log.warning("catalogue cache not written: %s", error)
 
 
 def _described_in_workers(paths: list[str], workers: int, progress: bool) -> Iterable:
