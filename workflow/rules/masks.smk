@@ -15,7 +15,8 @@ for masks_rule, masks_states in state_jobs("masks", MASKS["states_per_job"]):
         name:
             masks_rule
         input:
-            catalogue=CATALOGUE,  # the catalogue's checks (shapes, completeness) come first
+            # the catalogue's checks (shapes, completeness) come first
+            catalogue=CATALOGUE_CHECKED,
             images=for_job(
                 masks_states,
                 lambda states: INDEX.files_of(states, [MASKS["modality"]]),
@@ -47,7 +48,8 @@ for masks_rule, masks_states in state_jobs("masks", MASKS["states_per_job"]):
             ),
             masks=MASKS,
             planes=PLANES,
-            states=STATES,
+            # a function: Snakemake would fill wildcards into each item of a list, per job
+            states=lambda wildcards: STATES,
         script:
             f"{SCRIPTS}/masks.py"
 
