@@ -31,10 +31,15 @@ will be empty.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import pickle
 import re
 import string
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +47,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from protoseg.config import complete_section
-from protoseg.errors import ConfigError, InputError
-from protoseg.io import IMAGE_SUFFIXES, read_image_axes
+from protoseg.errors import ConfigError, InputError, OutputError
+from protoseg.io import IMAGE_SUFFIXES, atomic_path, read_image_axes, write_csv
 from protoseg.masks.imported import load_imported_mask
 from protoseg.stacks import (
     SUFFIX_FORMATS,
@@ -52,6 +57,7 @@ from protoseg.stacks import (
     open_stack,
     pixel_size_um,
     resolve_format,
+    source_file,
 )
 
 log = logging.getLogger(__name__)
@@ -446,6 +452,48 @@ def records_from_config(data_cfg: dict, raw_dir: str | Path) -> pd.DataFrame:
     return records
 
 
+def records_key(data_cfg: dict, raw_dir: str | Path) -> str | None:
+    """What the records of a folder depend on: the ``data`` section, this module and the
+    files' names (and, for microscope containers, whose metadata is read, their sizes and
+    modification times). None for a sample sheet (its rows name the files)."""
+    if data_cfg.get("sample_sheet") or not Path(raw_dir).is_dir():
+        return None
+    digest = hashlib.sha1(json.dumps(data_cfg, sort_keys=True, default=str).encode())
+    digest.update(_checks_version().encode())
+    containers = reads_containers(data_cfg)
+    for path in raw_files(Path(raw_dir)):
+        digest.update(f"\n{path}".encode())
+        if containers:
+            digest.update(str(file_stamp(path)).encode())
+    return digest.hexdigest()[:20]
+
+
+def cached_records(data_cfg: dict, raw_dir: str | Path, cache_dir: str | Path) -> pd.DataFrame:
+    """:func:`records_from_config`, kept in ``cache_dir`` under :func:`records_key`: each
+    parse of the workflow (a cluster job's too) lists the folder and reads the records
+    back instead of parsing every name again. A folder whose names changed is parsed anew
+    (and every check made again); the cache keeps the newest records only."""
+    key = records_key(data_cfg, raw_dir)
+    if key is None:
+        return records_from_config(data_cfg, raw_dir)
+    cached = Path(cache_dir) / f"records-{key}.pkl"
+    if cached.is_file():
+        try:
+            return pd.read_pickle(cached)
+        except (OSError, EOFError, ValueError, pickle.UnpicklingError):
+            pass  # a damaged cache: parsed anew
+    records = records_from_config(data_cfg, raw_dir)
+    try:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        for old in Path(cache_dir).glob("records-*.pkl"):
+            old.unlink()
+        with atomic_path(cached) as tmp:
+            records.to_pickle(tmp)
+    except (OSError, OutputError):
+        pass  # a read-only folder: no cache, the same records
+    return records
+
+
 def study_file_name(
     day: int, time: int, channel: int | str, xy: int, z: int, suffix: str = ".tif"
 ) -> str:
@@ -513,6 +561,91 @@ def lookup(records: pd.DataFrame, *, state: str, modality: str, z: int) -> str:
             state, f"expected one image of modality {modality} at z{z}, found {len(hit)}"
         )
     return hit["path"].iloc[0]
+
+
+class ImageIndex:
+    """The image records indexed once, for lookups in constant time (the workflow's input
+    functions run once per job, so a scan of the records per call grows with the square of
+    the study).
+
+    Keys are (state, modality, z); each path's ``file`` (the container of a plane address,
+    else the path) is kept beside it. Built by :func:`index_records`, which refuses two
+    records of one state, channel and plane, naming both files.
+    """
+
+    def __init__(self, paths: dict, files: dict, planes: Sequence[int]):
+        self._paths = paths
+        self._files = files
+        self.planes = tuple(int(z) for z in planes)
+        self._by_state: dict[tuple[str, str], list[str]] = {}
+
+    def path(self, state: str, modality: str, z: int) -> str:
+        """Path of the one image of a state, modality and plane."""
+        try:
+            return self._paths[(state, modality, int(z))]
+        except KeyError:
+            raise InputError(
+                state, f"expected one image of modality {modality} at z{z}, found 0"
+            ) from None
+
+    def state_paths(self, state: str, modality: str) -> list[str]:
+        """Paths of one state's images of one modality, in the order of ``planes``."""
+        key = (state, modality)
+        if key not in self._by_state:
+            self._by_state[key] = [self.path(state, modality, z) for z in self.planes]
+        return list(self._by_state[key])
+
+    def source_files(self, paths: Iterable[str]) -> list[str]:
+        """The files on disk behind image paths (a container once), sorted."""
+        return sorted({self._files.get(path) or source_file(path) for path in paths})
+
+    def files_of(self, states: Sequence[str], modalities: Sequence[str]) -> list[str]:
+        """The files on disk behind the images of ``states`` in ``modalities``."""
+        return self.source_files(
+            path
+            for state in states
+            for modality in modalities
+            for path in self.state_paths(state, modality)
+        )
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+
+def index_records(records: pd.DataFrame, planes: Sequence[int]) -> ImageIndex:
+    """Index image records by (state, modality, z): one pass over the table.
+
+    Two records of one state, channel and plane (or of one state, modality and plane, two
+    channels mapped to one modality) are an :class:`InputError` naming both files.
+    """
+    files = records["file"] if "file" in records else records["path"]
+    paths: dict[tuple[str, str, int], str] = {}
+    channel_of: dict[tuple[str, str, int], str] = {}
+    file_of: dict[str, str] = {}
+    for path, file, state, channel, modality, z in zip(
+        records["path"].tolist(),
+        files.tolist(),
+        records["state"].tolist(),
+        records["channel"].tolist(),
+        records["modality"].tolist(),
+        records["z"].tolist(),
+        strict=True,
+    ):
+        key = (str(state), str(modality), int(z))
+        if key in paths:
+            what = (
+                f"channel ({channel})"
+                if channel_of[key] == str(channel)
+                else f"modality ({modality}, channels {channel_of[key]} and {channel})"
+            )
+            raise InputError(
+                path,
+                f"same state ({state}), {what} and plane (z{z}) as {paths[key]}",
+            )
+        paths[key] = str(path)
+        channel_of[key] = str(channel)
+        file_of[str(path)] = str(file)
+    return ImageIndex(paths, file_of, planes)
 
 
 # ---------------------------------------------------------------- pixels (the catalogue rule)
@@ -642,16 +775,130 @@ def describe_image(path: str | Path) -> dict:
     return _read_and_describe(path)[0]
 
 
-def describe_images(records: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
+# Columns describe_image gives each image, and what the cache also keeps of it.
+DESCRIBED = ("height", "width", "channels", "dtype")
+CACHED = (*DESCRIBED, "blank")
+# Fewer images than this are described in this process (starting workers costs more).
+PARALLEL_FROM = 256
+
+
+def _described(path: str) -> dict:
+    """The description of one image and whether it is blank (every pixel 0)."""
+    shape, blank = _read_and_describe(path)
+    return {**shape, "blank": blank}
+
+
+def _describe_or_error(path: str) -> tuple[dict | None, str | None]:
+    """:func:`_described` in a worker process: the description, or the problem (an
+    InputError does not survive pickling whole)."""
+    try:
+        return _described(path), None
+    except InputError as error:
+        return None, error.problem
+
+
+def file_stamp(path: str | Path) -> tuple[int, int] | None:
+    """(size, modification time in ns) of a file, None where it cannot be read."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_size, status.st_mtime_ns
+
+
+def _checks_version() -> str:
+    """Changes with this module, so a cache written by other checks is not trusted."""
+    return hashlib.sha1(Path(__file__).read_bytes()).hexdigest()[:12]
+
+
+def read_header_cache(path: str | Path | None) -> dict[str, tuple[tuple[int, int], dict]]:
+    """Earlier descriptions (:func:`write_header_cache`): image path -> (its file's size
+    and mtime then, its description). Empty when absent, unreadable or made by other
+    checks."""
+    if not path or not Path(path).is_file():
+        return {}
+    try:
+        table = pd.read_csv(path, dtype={"path": str, "dtype": str, "checks": str})
+    except (OSError, ValueError, pd.errors.ParserError):
+        return {}
+    if table.empty or set(table["checks"]) != {_checks_version()}:
+        return {}
+    return {
+        row["path"]: (
+            (int(row["size"]), int(row["mtime_ns"])),
+            {key: row[key] if key == "dtype" else int(row[key]) for key in CACHED},
+        )
+        for row in table.to_dict("records")
+    }
+
+
+def write_header_cache(path: str | Path, entries: dict) -> None:
+    rows = [
+        {"path": image, "size": stamp[0], "mtime_ns": stamp[1], **described}
+        for image, (stamp, described) in entries.items()
+    ]
+    table = pd.DataFrame(rows, columns=["path", "size", "mtime_ns", *CACHED])
+    table["checks"] = _checks_version()
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_csv(path, table)
+    except (OSError, OutputError) as error:  # the cache only saves time: go on without
+        log.warning("catalogue cache not written: %s", error)
+
+
+def _described_in_workers(paths: list[str], workers: int, progress: bool) -> Iterable:
+    """(path, description, problem) of each path, in order, from ``workers`` processes."""
+    bar = tqdm(total=len(paths), desc="catalogue", unit="image", disable=not progress)
+    pool = ProcessPoolExecutor(workers) if workers > 1 and len(paths) >= PARALLEL_FROM else None
+    try:
+        if pool is None:
+            described = ((_described(path), None) for path in paths)
+        else:
+            chunk = max(1, min(256, len(paths) // (8 * workers)))
+            described = pool.map(_describe_or_error, paths, chunksize=chunk)
+        for path, (description, problem) in zip(paths, described, strict=True):
+            yield path, description, problem
+            bar.update()
+    finally:
+        bar.close()
+        if pool is not None:
+            # a failure stops the reading: images not yet begun are dropped
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def describe_images(
+    records: pd.DataFrame,
+    progress: bool = True,
+    workers: int = 1,
+    cache: str | Path | None = None,
+) -> pd.DataFrame:
     """Add height, width, channels and dtype, read and checked from each file; warn once
-    about the blank ones (:func:`warn_blank`)."""
-    shapes, blank = [], []
-    for path in tqdm(records["path"], desc="catalogue", unit="image", disable=not progress):
-        shape, is_blank = _read_and_describe(path)
-        shapes.append(shape)
-        if is_blank:
-            blank.append(str(path))
-    warn_blank(blank)
+    about the blank ones (:func:`warn_blank`).
+
+    ``workers`` > 1 reads the files in that many processes. ``cache``: a table of earlier
+    descriptions keyed by the file's size and modification time: an image whose file has
+    not changed is not opened again; the table is rewritten with every image described
+    (also when one fails, which then raises :class:`InputError` naming it)."""
+    paths = records["path"].tolist()
+    files = (records["file"] if "file" in records else records["path"]).tolist()
+    known = read_header_cache(cache)
+    stamps = {path: file_stamp(file) for path, file in zip(paths, files, strict=True)}
+    entries = {
+        path: known[path]
+        for path in paths
+        if path in known and stamps[path] is not None and known[path][0] == stamps[path]
+    }
+    todo = [path for path in paths if path not in entries]
+    try:
+        for path, described, problem in _described_in_workers(todo, workers, progress):
+            if problem is not None:
+                raise InputError(path, problem)
+            entries[path] = (stamps[path], described)
+    finally:
+        if cache and todo:
+            write_header_cache(cache, {p: e for p, e in entries.items() if e[0] is not None})
+    shapes = [{key: entries[path][1][key] for key in DESCRIBED} for path in paths]
+    warn_blank([str(path) for path in paths if entries[path][1]["blank"]])
     return pd.concat([records.reset_index(drop=True), pd.DataFrame(shapes)], axis=1)
 
 
@@ -709,9 +956,12 @@ def build_catalogue(
     data_cfg: dict,
     progress: bool = True,
     mask_pairs: list[tuple[str, str]] = (),
+    workers: int = 1,
+    cache: str | Path | None = None,
 ) -> pd.DataFrame:
     """Parse, open and check every image, and the imported masks of ``mask_pairs``
-    (:func:`check_mask_pairs`); return the catalogue table."""
+    (:func:`check_mask_pairs`); return the catalogue table. ``workers`` and ``cache``: see
+    :func:`describe_images`."""
     if not paths:
         raise InputError(raw_dir, "no images found (check data.raw_dir and data.pattern)")
     if data_cfg.get("sample_sheet"):
@@ -723,7 +973,7 @@ def build_catalogue(
     else:
         records = parse_paths(paths, raw_dir, data_cfg)
     check_complete(records, data_cfg, data_cfg.get("sample_sheet") or raw_dir)
-    catalogue = describe_images(records, progress=progress)
+    catalogue = describe_images(records, progress=progress, workers=workers, cache=cache)
     check_shapes(catalogue)
     check_mask_pairs(catalogue, mask_pairs)
     ordered = [c for c in STANDARD_COLUMNS if c in catalogue.columns]

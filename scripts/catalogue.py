@@ -9,7 +9,12 @@ log = log_to_file(snakemake.log[0])
 
 params = snakemake.params
 catalogue = build_catalogue(
-    snakemake.input.images, params.raw_dir, params.data, mask_pairs=params.mask_pairs
+    snakemake.input.images,
+    params.raw_dir,
+    params.data,
+    mask_pairs=params.mask_pairs,
+    workers=snakemake.threads,
+    cache=params.cache,
 )
 write_csv(snakemake.output[0], catalogue)
 log.info("catalogued %d images of %d states", len(catalogue), catalogue["state"].nunique())

@@ -11,42 +11,52 @@ QC_MODALITIES = [config["masks"]["modality"]] + [
 ]
 
 
-rule merge:
-    input:
-        planes=expand(PLANE_MASK, z=PLANES, allow_missing=True),
-        images=lambda wildcards: source_files(
-            path for m in QC_MODALITIES for path in state_images(wildcards.state, m)
-        ),
-    output:
-        state=STATE_MASK,
-        per_z=expand(PER_Z_MASK, z=PLANES, allow_missing=True),
-        instances=INSTANCES,
-        qc=report(
-            QC_OVERLAY,
-            caption="../report/qc.rst",
-            category="Masks",
-            subcategory="QC",
-        ),
-    log:
-        log_path("merge"),
-    benchmark:
-        benchmark_path("merge")
-    conda:
-        f"{ENVS}/io.yaml"
-    resources:
-        # Full-size stacks: 7 planes x 2 modalities of 2048 x 2880 RGB plus masks.
-        mem_mb=4000,
-        runtime=30,
-    params:
-        # modality by modality, each in plane order (files, or planes of a container)
-        images=lambda wildcards: [
-            path for m in QC_MODALITIES for path in state_images(wildcards.state, m)
-        ],
-        merge=config["merge"],
-        planes=PLANES,
-        modalities=QC_MODALITIES,
-    script:
-        f"{SCRIPTS}/merge.py"
+for merge_rule, merge_states in state_jobs("merge", config["merge"]["states_per_job"]):
+    share_rule_settings("merge", merge_rule)
+
+    rule:
+        name:
+            merge_rule
+        input:
+            planes=job_outputs(PLANE_MASK, merge_states, z=PLANES),
+            images=for_job(
+                merge_states, lambda states: INDEX.files_of(states, QC_MODALITIES)
+            ),
+        output:
+            state=job_outputs(STATE_MASK, merge_states),
+            per_z=job_outputs(PER_Z_MASK, merge_states, z=PLANES),
+            instances=job_outputs(INSTANCES, merge_states),
+            qc=[
+                report(
+                    path,
+                    caption="../report/qc.rst",
+                    category="Masks",
+                    subcategory="QC",
+                )
+                for path in job_outputs(QC_OVERLAY, merge_states)
+            ],
+        log:
+            log_path("merge", job_name(merge_rule, "merge")),
+        benchmark:
+            benchmark_path("merge", job_name(merge_rule, "merge"))
+        conda:
+            f"{ENVS}/io.yaml"
+        resources:
+            # Full-size stacks: 7 planes x 2 modalities of 2048 x 2880 RGB plus masks.
+            mem_mb=4000,
+            runtime=30 * len(merge_states or [None]),
+        params:
+            **batch_params(merge_states),
+            # modality by modality, each in plane order (files, or planes of a
+            # container; a batch: a list per state)
+            images=state_or_batch(
+                merge_states, lambda states: state_image_lists(states, QC_MODALITIES)
+            ),
+            merge=config["merge"],
+            planes=PLANES,
+            modalities=QC_MODALITIES,
+        script:
+            f"{SCRIPTS}/merge.py"
 
 
 stage_targets(
