@@ -151,48 +151,11 @@ def container_rows(path: Path, fields: dict, data_cfg: dict) -> list[dict]:
             "file (OME-TIFF, OME-Zarr, ND2, CZI, LIF, multi-page TIFF) per state",
         )
     stack = open_stack(path, resolved)
-    planes = [int(z) for z in data_cfg["planes"]]
     rows = []
     for scene in range(len(stack.scenes)):
         info = stack.info(scene)
-        where = f" in scene '{info.scene_name}'" if len(stack.scenes) > 1 else ""
-        if "z" in fields:
-            if info.planes != 1:
-                raise InputError(
-                    path,
-                    f"its name gives plane z{fields['z']}, but it holds {info.planes} focal "
-                    f"planes (Z){where}; drop the z group from data.pattern to number the "
-                    "file's planes with data.planes",
-                )
-            plane_numbers = {0: fields["z"]}
-        else:
-            if info.planes != len(planes):
-                fewer = info.planes < len(planes)
-                raise InputError(
-                    path,
-                    f"holds {info.planes} focal plane(s) (Z){where}, but data.planes lists "
-                    f"{len(planes)} ({', '.join(f'z{z}' for z in planes)})"
-                    + (
-                        ""
-                        if fewer
-                        else "; list one plane number per Z index, in order (data.planes)"
-                    ),
-                )
-            plane_numbers = dict(enumerate(planes))
-        if "channel" in fields:
-            if len(info.channels) != 1:
-                raise InputError(
-                    path,
-                    f"its name gives channel '{fields['channel']}', but it holds "
-                    f"{len(info.channels)} channels ({', '.join(map(repr, info.channels))}); "
-                    "drop the channel group from data.pattern to map the file's channels "
-                    "with data.channels",
-                )
-            chosen = {0: fields["channel"]}
-        else:
-            chosen = {}
-            for key in data_cfg["channels"]:
-                chosen[stack.channel_index(str(key), scene)] = key
+        plane_numbers = container_planes(path, info, fields, data_cfg, len(stack.scenes))
+        chosen = container_channels(path, stack, info, fields, data_cfg, scene)
         size = pixel_size_um(info, data_cfg.get("pixel_size"), key="data.pixel_size")
         for t in range(info.times):
             for z_index, z in plane_numbers.items():
@@ -211,6 +174,47 @@ def container_rows(path: Path, fields: dict, data_cfg: dict) -> list[dict]:
                         }
                     )
     return rows
+
+
+def container_planes(path, info, fields: dict, data_cfg: dict, scenes: int) -> dict[int, int]:
+    """Z index -> plane number of one scene: the name's z for a one-plane file, else
+    ``data.planes`` in order (one number per Z index)."""
+    where = f" in scene '{info.scene_name}'" if scenes > 1 else ""
+    planes = [int(z) for z in data_cfg["planes"]]
+    if "z" in fields:
+        if info.planes != 1:
+            raise InputError(
+                path,
+                f"its name gives plane z{fields['z']}, but it holds {info.planes} focal "
+                f"planes (Z){where}; drop the z group from data.pattern to number the "
+                "file's planes with data.planes",
+            )
+        return {0: fields["z"]}
+    if info.planes != len(planes):
+        fewer = info.planes < len(planes)
+        raise InputError(
+            path,
+            f"holds {info.planes} focal plane(s) (Z){where}, but data.planes lists "
+            f"{len(planes)} ({', '.join(f'z{z}' for z in planes)})"
+            + ("" if fewer else "; list one plane number per Z index, in order (data.planes)"),
+        )
+    return dict(enumerate(planes))
+
+
+def container_channels(path, stack, info, fields: dict, data_cfg: dict, scene: int) -> dict:
+    """C index -> ``data.channels`` key of one scene: the name's channel for a one-channel
+    file, else each key as a channel name of the file or its index."""
+    if "channel" in fields:
+        if len(info.channels) != 1:
+            raise InputError(
+                path,
+                f"its name gives channel '{fields['channel']}', but it holds "
+                f"{len(info.channels)} channels ({', '.join(map(repr, info.channels))}); "
+                "drop the channel group from data.pattern to map the file's channels "
+                "with data.channels",
+            )
+        return {0: fields["channel"]}
+    return {stack.channel_index(str(key), scene): key for key in data_cfg["channels"]}
 
 
 def raw_files(raw_dir: Path) -> list[Path]:

@@ -135,8 +135,8 @@ def test_cached_images_are_not_opened_again(tmp_path, monkeypatch):
     cache = tmp_path / "cache.csv"
     first = catalogue.describe_images(table, progress=False, cache=cache)
     opened = []
-    real = catalogue.describe_image
-    monkeypatch.setattr(catalogue, "describe_image", lambda p: opened.append(p) or real(p))
+    real = catalogue.read_image_axes  # what reads a file's pixels
+    monkeypatch.setattr(catalogue, "read_image_axes", lambda p: opened.append(p) or real(p))
     again = catalogue.describe_images(table, progress=False, cache=cache)
     assert opened == []
     pd.testing.assert_frame_equal(first, again)
@@ -153,8 +153,8 @@ def test_a_cache_of_other_checks_is_not_trusted(tmp_path, monkeypatch):
     catalogue.describe_images(table, progress=False, cache=cache)
     monkeypatch.setattr(catalogue, "_checks_version", lambda: "other")
     opened = []
-    real = catalogue.describe_image
-    monkeypatch.setattr(catalogue, "describe_image", lambda p: opened.append(p) or real(p))
+    real = catalogue.read_image_axes  # what reads a file's pixels
+    monkeypatch.setattr(catalogue, "read_image_axes", lambda p: opened.append(p) or real(p))
     catalogue.describe_images(table, progress=False, cache=cache)
     assert len(opened) == 2
 
