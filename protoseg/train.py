@@ -402,7 +402,8 @@ class CompiledForward:
 
     def __init__(self, model: torch.nn.Module, name: str = "model"):
         self.model, self.name, self.failed = model, name, False
-        self.compiled = torch.compile(model)
+        # Static shapes: the smaller last batch gets a graph of its own, not slower dynamic ones.
+        self.compiled = torch.compile(model, dynamic=False)
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
         if self.failed:

@@ -61,7 +61,7 @@ def test_a_failed_compilation_falls_back_to_eager_and_says_so(monkeypatch, caplo
     def broken(*args, **kwargs):
         raise RuntimeError("inductor: no C compiler found")
 
-    monkeypatch.setattr(torch, "compile", lambda model: broken)
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: broken)
     model = UNet(in_channels=3, out_channels=1, depth=2, base_channels=2, batch_norm=True).eval()
     forward = CompiledForward(model, "bf-bce")
     images = torch.rand(2, 3, 16, 16)
@@ -115,7 +115,7 @@ def test_a_run_resumes_across_compile_settings_to_the_same_weights(
         )
     compiled = []
     monkeypatch.setattr(devices, "compile_unavailable", lambda: None)
-    monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: compiled.append(model) or model)
     epochs_run = []
     train_model(
         dataset_dir,
