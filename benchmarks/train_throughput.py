@@ -4,6 +4,8 @@
     python benchmarks/train_throughput.py --device cuda --precision amp fp32 --epoch-images 2030
     python benchmarks/train_throughput.py --render                 # only rewrite the markdown
 
+Superseded on GPUs by benchmarks/gpu_check.py (bf16, channels_last, compile, MFU).
+
 One step = forward, BCE loss, backward, Adam step (with the GradScaler under AMP), as in
 ``protoseg.train``, on random tensors already on the device: this times the network, not
 the data pipeline. ``--epoch-images N`` also times one real epoch of ``protoseg.train``
@@ -160,7 +162,9 @@ def time_epoch(samples: int, workers: int, amp: bool) -> dict:
         # protoseg.train's default, which is the study's configuration.
         train_cfg = {
             "epochs": 1,
-            "amp": amp,
+            # train.amp is gone: the precision the AMP column stands for (on the CPU fp32).
+            "precision": "fp16" if amp else "fp32",
+            "compile": False,
             "workers": workers,
             "augment": {"flip": True, "rotate90": True},
         }

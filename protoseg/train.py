@@ -12,8 +12,13 @@ Both: Adam, one loss from :mod:`protoseg.losses`, a learning rate stepped every 
 (``cyclic``: the study's triangle between ``lr_min`` and ``lr_max``, ``lr_half_cycle_epochs``
 epochs up; ``cosine``: from ``lr_max`` down to ``lr_min``), a seed for every random source,
 and a precision (``train.precision``; :func:`protoseg.device.resolve_precision`: bf16
-autocast + channels_last on CPUs that compute bf16 natively, fp16 on CUDA; losses in
-float32). With a validation split the model is scored on it every ``validate_every``
+autocast + channels_last on CPUs that compute bf16 natively and on GPUs that support it,
+fp16 + GradScaler on older GPUs; losses in float32). On CUDA the training network is
+compiled (``train.compile: auto``; a failed compilation falls back to eager mode with a
+warning in the log), batches come from ``train.workers`` persistent worker processes into
+pinned memory, and checkpoints are copied to the CPU and written by a background thread.
+``train.device: cuda`` on a machine with several GPUs takes one that no other protoseg
+job there holds (:func:`protoseg.device.claim_gpu`); ``cuda:N`` names one. With a validation split the model is scored on it every ``validate_every``
 epochs by the one inference path (pooled F1 at the best threshold); ``keep_best`` keeps the
 weights of the best epoch rather than the last, and the threshold is chosen on the
 validation images (``threshold: auto`` or ``validation``), stored in ``model.pt`` and used by
@@ -46,7 +51,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -64,7 +71,14 @@ from protoseg import instances as instance_outputs
 from protoseg import metrics
 from protoseg.config import complete_section
 from protoseg.config_checks import check_threshold_setting
-from protoseg.device import autocast_dtype, resolve_device, resolve_precision
+from protoseg.device import (
+    autocast_dtype,
+    claim_gpu,
+    resolve_compile,
+    resolve_device,
+    resolve_precision,
+    uses_channels_last,
+)
 from protoseg.errors import ConfigError, InputError, ProtosegError
 from protoseg.evaluate import TruthReader, threshold_counts
 from protoseg.io import atomic_path, save_figure, write_csv
@@ -203,7 +217,7 @@ def recalibrate_batch_norm(model, loader, device, precision: str = "fp32") -> in
 
 
 def _to_input(images: torch.Tensor, precision: str) -> torch.Tensor:
-    if precision == "fp32":
+    if not uses_channels_last(precision):
         return images
     return images.contiguous(memory_format=torch.channels_last)
 
@@ -262,7 +276,11 @@ def _dataset_stamp(dataset_dir: str | Path) -> list:
 def _fingerprint(architecture: dict, settings: dict, loss: str, info: dict, stamp: list) -> str:
     """What a checkpoint must match to be resumed: same model, recipe, loss and data."""
     recipe = {
-        k: v for k, v in settings.items() if k not in ("device", "workers", "keep_checkpoints")
+        k: v
+        for k, v in settings.items()
+        # Where and how fast it runs, not what it computes: compiled or eager, the weights,
+        # checkpoints and model.pt are the same module's, so either resumes the other.
+        if k not in ("device", "workers", "keep_checkpoints", "compile")
     }
     return json.dumps(
         {
@@ -307,6 +325,25 @@ def plot_curve(history: pd.DataFrame, title: str = ""):
     return figure
 
 
+# Batches each worker keeps ready on CUDA (DataLoader's default is 2).
+CUDA_PREFETCH = 4
+# Worker processes of train.workers: auto on CUDA: one per core left, at most this many.
+MAX_AUTO_WORKERS = 8
+
+
+def loader_workers(setting, device: torch.device) -> int:
+    """DataLoader worker processes for ``train.workers``: a number as given; ``auto``: none
+    on a CPU or MPS (batches are read in the training process, as fast on a few cores and
+    the same numbers), on CUDA one per CPU core this process may use beside the training
+    loop, at most :data:`MAX_AUTO_WORKERS`."""
+    if setting != "auto":
+        return int(setting)
+    if device.type != "cuda":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(MAX_AUTO_WORKERS, (cores or 2) - 1))
+
+
 def make_loader(
     data,
     batch_size: int,
@@ -315,15 +352,24 @@ def make_loader(
     workers: int,
     device: torch.device,
 ):
+    """Batches of ``data``. On CUDA: pinned memory (asynchronous copies), and workers that
+    stay alive between epochs (unless ``data`` changes each epoch through ``set_epoch``,
+    which live workers would not see) and keep :data:`CUDA_PREFETCH` batches ready each.
+    On a CPU: as it always was (the CPU results stay bitwise the same)."""
+    cuda = device.type == "cuda"
+    extra = {}
+    if cuda and workers:
+        extra["prefetch_factor"] = CUDA_PREFETCH
     return DataLoader(
         data,
         batch_size=batch_size,
         shuffle=shuffle,
         generator=generator,
         num_workers=workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
+        pin_memory=cuda,
+        persistent_workers=bool(cuda and workers and not hasattr(data, "set_epoch")),
         worker_init_fn=_one_thread_per_worker if workers else None,
+        **extra,
     )
 
 
@@ -334,6 +380,46 @@ def _one_thread_per_worker(_worker_id: int) -> None:
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
+
+
+def cpu_copy(value):
+    """``value`` (a state dict: nested dicts and lists of tensors and numbers) with every
+    tensor copied to the CPU, so that it can be written while training changes the original."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: cpu_copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [cpu_copy(item) for item in value]
+    return value
+
+
+class CompiledForward:
+    """``torch.compile(model)`` for the training steps, falling back to the eager module,
+    with a warning in the log, when compiling fails (torch compiles on the first call and
+    again on a new input shape, e.g. a smaller last batch). The module itself is not
+    wrapped, so its state_dict, checkpoints and model.pt are those of an eager run."""
+
+    def __init__(self, model: torch.nn.Module, name: str = "model"):
+        self.model, self.name, self.failed = model, name, False
+        # Static shapes: the smaller last batch gets a graph of its own, not slower dynamic ones.
+        self.compiled = torch.compile(model, dynamic=False)
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.failed:
+            return self.model(inputs)
+        try:
+            return self.compiled(inputs)
+        except Exception as error:  # torch raises many types from its compilers
+            self.failed = True
+            log.warning(
+                "%s: torch.compile failed (%s: %s); training goes on in eager mode "
+                "(set train.compile: false to skip compiling)",
+                self.name,
+                type(error).__name__,
+                str(error).strip().splitlines()[0][:200] if str(error).strip() else "",
+            )
+            return self.model(inputs)
 
 
 # ---------------------------------------------------------------- the trainer
@@ -373,6 +459,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.history: list[dict] = []
         self.best: dict | None = None  # epoch, val_f1, weights of the best validated epoch
+        # The background checkpoint writer (off the CPU) and its error, if it failed.
+        self._writer: threading.Thread | None = None
+        self._writer_error: BaseException | None = None
 
     def _read_settings(self, train_cfg: dict, model_cfg: dict, inference: dict | None) -> None:
         """Training settings, instance mode, device and precision, validation's window."""
@@ -389,10 +478,13 @@ class Trainer:
             # Only here: a binary model's settings (and its fingerprint) stay as they were.
             settings["watershed"] = complete_section("train", train_cfg)["watershed"]
             instance_outputs.check_setting(settings["watershed"], self.instances)
-        self.device = torch.device(resolve_device(settings["device"], "train.device"))
+        self.device = torch.device(claim_gpu(resolve_device(settings["device"], "train.device")))
         self.precision = resolve_precision(settings["precision"], self.device.type)
         self.autocast = autocast_dtype(self.precision)
+        self.compile = resolve_compile(settings["compile"], self.device.type)
+        self.workers = loader_workers(settings["workers"], self.device)
         if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
             # Fixed input sizes: let cuDNN pick the fastest convolutions (GPU runs are not
             # bitwise reproducible anyway; the CPU path is).
             torch.backends.cudnn.benchmark = True
@@ -419,17 +511,17 @@ class Trainer:
 
     def _build_network(self, model_cfg: dict) -> None:
         self.model = build_model(model_cfg, self.record.channels).to(self.device)
-        if self.precision != "fp32":
+        if uses_channels_last(self.precision):
             self.model = self.model.to(memory_format=torch.channels_last)
         # torch.compile wraps the network for the training steps only; weights, checkpoints
         # and inference use the plain module (its state_dict has no wrapper prefix).
-        self.forward = torch.compile(self.model) if self.settings["compile"] else self.model
+        self.forward = CompiledForward(self.model, self.name) if self.compile else self.model
 
     def _build_loader(self) -> None:
         """Random patches (patches geometry) or the shuffled stored samples (resize)."""
         self.shuffle_generator = torch.Generator().manual_seed(self.seed)
         self.augment_generator = torch.Generator().manual_seed(self.seed + 1)
-        batch_size, workers = int(self.settings["batch_size"]), int(self.settings["workers"])
+        batch_size, workers = int(self.settings["batch_size"]), self.workers
         self.augment = self.settings["augment"]
         if self.record.geometry == "patches":
             self.sampler = self._patch_sampler(Augmentation.from_config(self.augment))
@@ -512,6 +604,9 @@ class Trainer:
         return int(state["epoch"]) + 1
 
     def save_checkpoint(self, epoch: int) -> None:
+        """Everything :meth:`resume` needs. Off the CPU the state is first copied to the CPU
+        (the only moment the GPU waits) and written by a background thread while the next
+        epoch runs; :meth:`wait_for_checkpoint` waits for it. On the CPU: written here."""
         state = {
             "fingerprint": self.fingerprint,
             "epoch": epoch,
@@ -522,12 +617,39 @@ class Trainer:
             "rng": rng_states(),
             "shuffle_generator": self.shuffle_generator.get_state(),
             "augment_generator": self.augment_generator.get_state(),
-            "history": self.history,
+            "history": list(self.history),
             "best": self.best,
         }
-        with atomic_path(checkpoint_path(self.model_dir, epoch)) as tmp:
-            torch.save(state, tmp)
-        _prune_checkpoints(self.model_dir, int(self.settings["keep_checkpoints"]))
+        self.wait_for_checkpoint()
+        if self.device.type == "cpu":
+            self._write_checkpoint(epoch, state)
+            return
+        for part in ("model", "optimizer", "scaler"):
+            state[part] = cpu_copy(state[part])
+        self._writer = threading.Thread(
+            target=self._write_checkpoint, args=(epoch, state), name=f"checkpoint-{epoch}"
+        )
+        self._writer.start()
+
+    def _write_checkpoint(self, epoch: int, state: dict) -> None:
+        try:
+            with atomic_path(checkpoint_path(self.model_dir, epoch)) as tmp:
+                torch.save(state, tmp)
+            _prune_checkpoints(self.model_dir, int(self.settings["keep_checkpoints"]))
+        except BaseException as error:
+            if self.device.type == "cpu":
+                raise
+            self._writer_error = error  # raised in the training thread by wait_for_checkpoint
+
+    def wait_for_checkpoint(self) -> None:
+        """Wait until the checkpoint being written in the background is on disk; its
+        error, if writing it failed."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.join()
+        error, self._writer_error = self._writer_error, None
+        if error is not None:
+            raise error
 
     # ------------------------------------------------------------ one epoch
     def train_epoch(self, epoch: int) -> dict:
@@ -634,7 +756,8 @@ class Trainer:
         start_epoch = self.resume()
         log.info(
             "%s: %s geometry, %d train / %d validation samples, %d parameters, device %s, "
-            "precision %s%s, %d torch threads, %d steps of batch %d per epoch",
+            "precision %s%s, %s, %d loader workers, %d torch threads, %d steps of batch %d "
+            "per epoch",
             self.name,
             self.record.geometry,
             len(self.train_split),
@@ -642,7 +765,9 @@ class Trainer:
             count_parameters(self.model),
             self.device,
             self.precision,
-            " (channels_last)" if self.precision != "fp32" else "",
+            " (channels_last)" if uses_channels_last(self.precision) else "",
+            "compiled (torch.compile)" if self.compile else "eager (not compiled)",
+            self.workers,
             torch.get_num_threads(),
             self.steps_per_epoch,
             int(self.settings["batch_size"]),
@@ -660,6 +785,7 @@ class Trainer:
             self.save_checkpoint(epoch)
             if on_epoch_end is not None:
                 on_epoch_end(epoch)
+        self.wait_for_checkpoint()
         return self.finish()
 
     def finish(self) -> pd.DataFrame:
@@ -697,6 +823,8 @@ class Trainer:
             "dataset": self.info,
             "device": self.device.type,
             "precision": self.precision,
+            "channels_last": uses_channels_last(self.precision),
+            "compiled": bool(self.compile and not getattr(self.forward, "failed", False)),
             "threshold": threshold,
             "final_train_loss": float(table["train_loss"].iloc[-1]),
         }
@@ -708,7 +836,7 @@ class Trainer:
         return table
 
     def _recalibration_loader(self):
-        batch_size, workers = int(self.settings["batch_size"]), int(self.settings["workers"])
+        batch_size, workers = int(self.settings["batch_size"]), self.workers
         if self.sampler is None:
             data = datasets.TorchSplit(self.train_split)
         else:

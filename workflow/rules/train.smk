@@ -5,6 +5,8 @@ from protoseg.config_checks import check_threshold_setting
 
 MODEL_DIR = f"{RESULTS}/models/{{variant}}-{{loss}}"
 MODEL = f"{MODEL_DIR}/model.pt"
+# GPUs a training job takes (the rule's `gpu` resource): none when train.device is cpu or mps.
+TRAIN_GPUS = 0 if config["train"]["device"] in ("cpu", "mps") else 1
 
 # train.threshold "validation" without a validation split stops the run here, not in a job.
 # (Watershed settings out of range stop it in protoseg.config_checks.)
@@ -48,6 +50,10 @@ rule train:
         # CPU node (activations); on a GPU the same in GPU memory with AMP.
         mem_mb=8000,
         runtime=240,
+        # One GPU per training job unless train.device keeps it off GPUs: with
+        # `--resources gpu=N` at most N train jobs run at once, each on a GPU of its own
+        # (protoseg.device.claim_gpu); without it the resource limits nothing.
+        gpu=TRAIN_GPUS,
     params:
         model=config["model"],
         train=config["train"],
