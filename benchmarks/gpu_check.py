@@ -79,7 +79,7 @@ def ensure_packages(wheels: Path) -> dict:
             pass
         if wheels.is_dir():
             subprocess.run(
-                [sys.executable, "-m", "pip", "install", "-q", "--no-index",
+                [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
                  "--find-links", str(wheels), dist],
                 check=False,
             )  # fmt: skip
