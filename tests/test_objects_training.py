@@ -131,3 +131,20 @@ def test_the_default_settings_write_no_object_keys(dataset_dir, tmp_path):
     _, meta = load_model(tmp_path / "m" / "model.pt")
     assert "object_filter" not in meta and "objective" not in meta["threshold"]
     assert not {"ema", "object_filter", "threshold_objective"} & set(meta["train"])
+
+
+def test_tta_reaches_the_segmenter_from_evaluate_and_predict_settings(dataset_dir, tmp_path):
+    from protoseg.predict import with_predict_settings
+
+    train_model(
+        dataset_dir, tmp_path / "m", model_cfg=MODEL_CFG, train_cfg={**TRAIN_CFG, "epochs": 1},
+        loss="bce", progress=False,
+    )  # fmt: skip
+    path = tmp_path / "m" / "model.pt"
+    plain, _ = Segmenter.from_file(path, "evaluate", device="cpu")
+    assert not plain.tta
+    assert Segmenter.from_file(path, "evaluate", device="cpu", tta=True)[0].tta
+    assert with_predict_settings(plain, {"tta": True})[0].tta
+    per_image, _ = evaluate_model(path, dataset_dir, device="cpu", tta=True)
+    plain_scores, _ = evaluate_model(path, dataset_dir, device="cpu")
+    assert len(per_image) == len(plain_scores) and "object_filter" not in per_image
