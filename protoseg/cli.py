@@ -39,6 +39,7 @@ PREDICT_OPTIONS = (
     "instances",
     "min_distance",
     "min_area",
+    "tta",
     "device",
     "precision",
     "format",
@@ -239,6 +240,13 @@ def add_predict_window_options(predict) -> None:
         metavar="N",
         help="drop objects smaller than this many pixels "
         f"(default: {PREDICT_DEFAULTS['min_area']}; 0 keeps all)",
+    )
+    predict.add_argument(
+        "--tta",
+        action="store_true",
+        default=None,
+        help="test-time augmentation: average the outputs over the 8 flips and quarter "
+        "turns (8x the time)",
     )
 
 

@@ -192,6 +192,9 @@ def score_sample(segmenter, split, index: int, truth: TruthReader, resolution: s
     binary, labels = truth(index)
     scored = segmenter.at_size(outputs, binary.shape) if resolution == "original" else outputs
     record = row.to_dict() | score_image(scored[0], binary, segmenter.threshold, labels)
+    record |= filtered_scores(segmenter, scored, binary, labels)
+    if segmenter.threshold != 0.5:
+        record |= scores_at_half(segmenter, scored, binary, labels)
     cells = None
     if segmenter.own_step is not None:
         cells = segmenter.cells(scored)
@@ -203,6 +206,44 @@ def score_sample(segmenter, split, index: int, truth: TruthReader, resolution: s
         }
         record["instance_mode"] = segmenter.own_step["mode"]
     return record | {"resolution": resolution}, outputs[0], cells
+
+
+def filtered_scores(segmenter, scored: np.ndarray, binary, labels) -> dict:
+    """With an object filter (binary networks; a network's own cells are filtered in
+    :meth:`Segmenter.cells`): the instance columns of the filtered cells, the unfiltered
+    count and matched F1 beside them, and the filter (``object_filter``). Else nothing."""
+    if segmenter.object_filter is None or segmenter.own_step is not None:
+        return {} if segmenter.object_filter is None else _filter_note(segmenter)
+    truth = metrics.instances_from_binary(binary) if labels is None else labels
+    unfiltered = metrics.instance_scores(segmenter.cells(scored, filtered=False), truth)
+    filtered = metrics.instance_scores(segmenter.cells(scored), truth)
+    return (
+        filtered
+        | {"n_pred_unfiltered": unfiltered["n_pred"]}
+        | {"matched_f1_unfiltered": unfiltered["matched_f1"]}
+        | _filter_note(segmenter)
+    )
+
+
+def _filter_note(segmenter) -> dict:
+    return {"object_filter": segmenter.object_filter.describe()}
+
+
+def scores_at_half(segmenter, scored: np.ndarray, binary, labels) -> dict:
+    """Pixel F1 and matched F1 of the same outputs thresholded at 0.5 instead (the tables
+    show them beside the chosen threshold's): ``f1_at_05``, ``matched_f1_at_05``."""
+    target = np.asarray(binary) > 0
+    counts = metrics.confusion(scored[0] > 0.5, target)
+    truth = metrics.instances_from_binary(target) if labels is None else labels
+    cells = (
+        segmenter.cells(scored, 0.5)
+        if segmenter.object_filter is not None
+        else metrics.instances_from_binary(scored[0] > 0.5)
+    )
+    return {
+        "f1_at_05": metrics.f1(*(int(c) for c in counts)),
+        "matched_f1_at_05": metrics.instance_scores(cells, truth)["matched_f1"],
+    }
 
 
 def evaluate_split(

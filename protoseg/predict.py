@@ -687,7 +687,7 @@ def summary_rows(
 
 
 # The predict section's keys that a segmenter takes (the rest: device, precision, format).
-SEGMENTER_KEYS = ("tile", "overlap", "threshold", "instances", "min_distance", "min_area")
+SEGMENTER_KEYS = ("tile", "overlap", "threshold", "instances", "min_distance", "min_area", "tta")
 
 
 def with_predict_settings(segmenter: Segmenter, settings: dict) -> tuple[Segmenter, str]:
@@ -720,7 +720,7 @@ def predict_files(
     and a summary.
 
     ``settings``: keys of the config's ``predict`` section that change the segmenter's
-    (``tile``, ``overlap``, ``threshold``, ``instances``, ``min_distance``, ``min_area``,
+    (``tile``, ``overlap``, ``threshold``, ``instances``, ``min_distance``, ``min_area``, ``tta``,
     ``device``, ``precision``) and ``format`` (``tiff`` or ``ome-zarr``). Every input is
     checked (:func:`check_inputs`) before any is predicted, so a bad input stops the run
     before anything is written. ``data_cfg`` (the config's ``data`` section): how

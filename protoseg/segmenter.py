@@ -12,7 +12,11 @@ image to its masks. It owns everything between an image and its cells:
 * the threshold (chosen on validation images in training, or the one the caller sets);
 * the instance step: the network's own seeded watershed (:mod:`protoseg.instances`) where it
   has instance outputs, else connected components or a distance watershed of the binary
-  mask, with an object filter (``min_area``).
+  mask, with an object filter (``min_area``) and the filter learned on validation images
+  (:class:`protoseg.objects.ObjectFilter`: area, mean probability, solidity), stored in
+  ``model.pt`` as ``object_filter``;
+* test-time augmentation (``tta``): the network's outputs averaged over the 8 flips and
+  quarter turns of its input (nnU-Net's mirroring), each turned back before averaging.
 
 Evaluation, validation during training, ``protoseg predict``, the predict rule and export
 all call it: :meth:`Segmenter.probabilities` and :meth:`Segmenter.segment` for a raw image,
@@ -41,6 +45,7 @@ from protoseg.errors import InputError
 from protoseg.inference import sliding_window, to_original_size
 from protoseg.instances import model_instances
 from protoseg.instances import segment as own_watershed
+from protoseg.objects import ObjectFilter
 from protoseg.transforms import Preprocessing, prepare_image
 
 log = logging.getLogger(__name__)
@@ -71,6 +76,28 @@ def stored_threshold(meta: dict, override: float | None = None) -> tuple[float, 
     if stored is None:
         return DEFAULT_THRESHOLD, "default"
     return float(stored["value"]), str(stored["source"])
+
+
+def stored_filter(meta: dict, source: object = "model") -> ObjectFilter | None:
+    """The object filter a model file stores (``meta["object_filter"]``), or None."""
+    stored = meta.get("object_filter")
+    if stored is None:
+        return None
+    try:
+        return ObjectFilter.from_dict(stored, key="object_filter")
+    except Exception as error:
+        raise InputError(source, f"stored object filter is unusable: {error}") from error
+
+
+def dihedral(array: np.ndarray, index: int, inverse: bool = False) -> np.ndarray:
+    """The ``index``-th (0..7) of the 8 flips and quarter turns of (..., H, W), or its
+    inverse: ``index % 4`` quarter turns, then a flip of the last axis for ``index >= 4``."""
+    turns, flip = index % 4, index >= 4
+    if not inverse:
+        turned = np.rot90(array, turns, axes=(-2, -1))
+        return np.ascontiguousarray(turned[..., ::-1] if flip else turned)
+    unflipped = array[..., ::-1] if flip else array
+    return np.ascontiguousarray(np.rot90(unflipped, -turns, axes=(-2, -1)))
 
 
 def record_of(meta: dict, network, source: object) -> DatasetRecord:
@@ -164,6 +191,8 @@ class Segmenter:
         instances: str = "auto",
         min_distance: int = 10,
         min_area: int = 0,
+        object_filter: ObjectFilter | None = None,
+        tta: bool = False,
     ):
         if instances not in INSTANCE_CHOICES:
             raise ValueError(
@@ -189,6 +218,9 @@ class Segmenter:
         self.own_step = own if uses_own else None
         self.method = own["mode"] if uses_own else ("cc" if instances == "auto" else instances)
         self.min_distance, self.min_area = int(min_distance), int(min_area)
+        # Learned on validation images (model.pt's object_filter); None or all zero: off.
+        self.object_filter = object_filter if object_filter and object_filter.active else None
+        self.tta = bool(tta)
 
     # ------------------------------------------------------------ building one
     @classmethod
@@ -203,6 +235,7 @@ class Segmenter:
         threshold, source = stored_threshold(meta, settings.pop("threshold", None))
         out_channels = int((getattr(network, "architecture", None) or {}).get("out_channels", 1))
         own = model_instances(meta, out_channels, name)
+        settings.setdefault("object_filter", stored_filter(meta, name))
         return cls(
             network,
             record,
@@ -239,7 +272,15 @@ class Segmenter:
         network, meta = load_model(model_path, device=device)
         chosen = {
             key: settings[key]
-            for key in ("tile", "overlap", "batch_size", "instances", "min_distance", "min_area")
+            for key in (
+                "tile",
+                "overlap",
+                "batch_size",
+                "instances",
+                "min_distance",
+                "min_area",
+                "tta",
+            )
             if key in settings and settings[key] is not None
         }
         if section == "evaluate":
@@ -271,6 +312,8 @@ class Segmenter:
             "instances": self._instance_choice(),
             "min_distance": self.min_distance,
             "min_area": self.min_area,
+            "object_filter": self.object_filter,
+            "tta": self.tta,
         }
         if settings.get("threshold") is not None and "threshold_source" not in settings:
             settings["threshold_source"] = "config"
@@ -316,8 +359,20 @@ class Segmenter:
     def outputs(self, prepared: np.ndarray, size=None) -> np.ndarray:
         """Every output channel (K, H, W), float32, of an input prepared at the training
         scale (a stored sample, a focal window), by the sliding window; brought back to
-        ``size`` = (height, width) when given."""
-        outputs = sliding_window(
+        ``size`` = (height, width) when given. With ``tta`` the mean over the 8 flips and
+        quarter turns of the input, each output turned back."""
+        if not self.tta:
+            outputs = self._window(prepared)
+        else:
+            outputs = self._window(prepared)
+            for index in range(1, 8):
+                turned = self._window(dihedral(prepared, index))
+                outputs += dihedral(turned, index, inverse=True)
+            outputs /= 8.0
+        return outputs if size is None else self.at_size(outputs, size)
+
+    def _window(self, prepared: np.ndarray) -> np.ndarray:
+        return sliding_window(
             self.network,
             prepared,
             self.tile,
@@ -327,7 +382,6 @@ class Segmenter:
             precision=self.precision,
             all_outputs=True,
         )
-        return outputs if size is None else self.at_size(outputs, size)
 
     @staticmethod
     def at_size(outputs: np.ndarray, size) -> np.ndarray:
@@ -345,18 +399,25 @@ class Segmenter:
         return self.outputs(self.prepare(image, source, pixel_size), (height, width))[0]
 
     # ------------------------------------------------------------ probabilities to cells
-    def cells(self, outputs: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    def cells(
+        self, outputs: np.ndarray, threshold: float | None = None, filtered: bool = True
+    ) -> np.ndarray:
         """Instance labels (uint16) of outputs (K, H, W) at any resolution: the network's
         own watershed, or connected components / distance watershed of the foreground
-        above the threshold; objects under ``min_area`` pixels dropped."""
+        above the threshold; objects under ``min_area`` pixels dropped, then (``filtered``)
+        those the object filter drops."""
         threshold = self.threshold if threshold is None else float(threshold)
         if self.own_step is None:
-            return binary_instances(
+            labels = binary_instances(
                 outputs[0] > threshold, self.method, self.min_distance, self.min_area
             )
-        settings = dict(self.own_step["settings"])
-        settings["min_size"] = max(int(settings["min_size"]), self.min_area)
-        return _as_uint16(own_watershed(outputs, self.own_step["mode"], threshold, settings))
+        else:
+            settings = dict(self.own_step["settings"])
+            settings["min_size"] = max(int(settings["min_size"]), self.min_area)
+            labels = _as_uint16(own_watershed(outputs, self.own_step["mode"], threshold, settings))
+        if filtered and self.object_filter is not None:
+            labels = self.object_filter.apply(labels, outputs[0])
+        return labels
 
     def segment_prepared(self, prepared: np.ndarray, size) -> Segmentation:
         """Probabilities, binary mask and cells of an input already prepared, at ``size``."""
@@ -380,4 +441,6 @@ class Segmenter:
             f"{self.name}: {self.record.geometry} geometry, device {self.device}, "
             f"{self.precision}, threshold {self.threshold:.2f} ({self.threshold_source}), "
             f"instances {self.method}"
+            + (f", object filter: {self.object_filter.describe()}" if self.object_filter else "")
+            + (", test-time augmentation (8 flips/turns)" if self.tta else "")
         )

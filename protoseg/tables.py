@@ -188,7 +188,23 @@ def provenance(per_image: pd.DataFrame) -> dict:
     if "instance_mode" in per_image:  # only models with instance outputs have it
         values = per_image["instance_mode"].dropna().unique()
         found["instance_mode"] = values[0] if len(values) == 1 else "mixed"
+    if "object_filter" in per_image:  # only models with an object filter have it
+        values = per_image["object_filter"].dropna().unique()
+        found["object_filter"] = values[0] if len(values) == 1 else "mixed"
+    if "matched_f1_at_05" in per_image:  # only models whose threshold is not 0.5
+        found["at_05"] = scores_at_half(per_image)
     return found
+
+
+def scores_at_half(per_image: pd.DataFrame) -> str:
+    """Mean per-image pixel F1 and matched F1 at the chosen threshold and at 0.5."""
+    means = {
+        c: float(per_image[c].mean()) for c in ("f1", "matched_f1", "f1_at_05", "matched_f1_at_05")
+    }
+    return (
+        f"mean per-image pixel F1 / matched F1 {means['f1']:.3f} / {means['matched_f1']:.3f} "
+        f"at the chosen threshold, {means['f1_at_05']:.3f} / {means['matched_f1_at_05']:.3f} at 0.5"
+    )
 
 
 def describe_provenance(row: Mapping) -> str:
@@ -207,6 +223,10 @@ def describe_provenance(row: Mapping) -> str:
         )
     if isinstance(row.get("instance_mode"), str):
         parts.append(f"instance outputs: {row['instance_mode']} (seeded watershed)")
+    if isinstance(row.get("object_filter"), str):
+        parts.append(f"object filter: {row['object_filter']}")
+    if isinstance(row.get("at_05"), str):
+        parts.append(row["at_05"])
     context = row.get("context_planes")
     if isinstance(context, (int, float, np.integer, np.floating)) and context > 0:
         parts.append(f"focal context: {int(context)} neighbouring plane(s) on each side")

@@ -69,6 +69,7 @@ from tqdm import tqdm
 from protoseg import dataset as datasets
 from protoseg import instances as instance_outputs
 from protoseg import metrics
+from protoseg import objects as object_rules
 from protoseg.config import complete_section
 from protoseg.config_checks import check_threshold_setting
 from protoseg.device import (
@@ -79,6 +80,7 @@ from protoseg.device import (
     resolve_precision,
     uses_channels_last,
 )
+from protoseg.ema import WeightAverage
 from protoseg.errors import ConfigError, InputError, ProtosegError
 from protoseg.evaluate import TruthReader, threshold_counts
 from protoseg.io import atomic_path, save_figure, write_csv
@@ -122,6 +124,13 @@ def settings_from_config(train_cfg: dict) -> dict:
             f"need lr_min <= lr_max, got {settings['lr_min']} and {settings['lr_max']}",
         )
     check_threshold_setting(settings["threshold"])
+    # The object-level keys stay out of the settings (and the fingerprint and model.pt) at
+    # their defaults, so models trained without them are what they were.
+    for key, default in (("threshold_objective", "pixel"), ("object_filter", "off"), ("ema", None)):
+        if settings.get(key, default) == default:
+            settings.pop(key, None)
+    if isinstance(settings.get("object_filter"), dict):
+        object_rules.ObjectFilter.from_dict(settings["object_filter"], "train.object_filter")
     return settings
 
 
@@ -453,6 +462,9 @@ class Trainer:
         self.seed = int(self.settings["seed"])
         seed_everything(self.seed)
         self._build_network(model_cfg)
+        decay = self.settings.get("ema")
+        self.ema = WeightAverage(self.model, decay) if decay else None
+        self._validation_cache: list | None = None
         self._build_loader()
         self.epochs = int(self.settings["epochs"])
         self.optimizer, self.scheduler = self._optimiser()
@@ -600,6 +612,8 @@ class Trainer:
         self.augment_generator.set_state(state["augment_generator"])
         self.history = state["history"]
         self.best = state.get("best")
+        if self.ema is not None and "ema" in state:
+            self.ema.load_state_dict(state["ema"])
         log.info("%s: resuming from %s (epoch %d done)", self.name, path, state["epoch"])
         return int(state["epoch"]) + 1
 
@@ -620,12 +634,15 @@ class Trainer:
             "history": list(self.history),
             "best": self.best,
         }
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
         self.wait_for_checkpoint()
         if self.device.type == "cpu":
             self._write_checkpoint(epoch, state)
             return
-        for part in ("model", "optimizer", "scaler"):
-            state[part] = cpu_copy(state[part])
+        for part in ("model", "optimizer", "scaler", "ema"):
+            if part in state:
+                state[part] = cpu_copy(state[part])
         self._writer = threading.Thread(
             target=self._write_checkpoint, args=(epoch, state), name=f"checkpoint-{epoch}"
         )
@@ -700,6 +717,8 @@ class Trainer:
             self.scaler.scale(batch_loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self.ema is not None:
+                self.ema.update(self.model)
             with warnings.catch_warnings():
                 # Under fp16 the scaler skips steps with overflowing gradients; the schedule goes on.
                 warnings.filterwarnings(
@@ -722,13 +741,14 @@ class Trainer:
         ):
             row.update(self.validate())
             if self.best is None or row["val_f1"] > self.best["val_f1"]:
-                weights = {k: v.detach().clone().cpu() for k, v in self.model.state_dict().items()}
+                weights = self.current_weights()
                 self.best = {"epoch": epoch, "val_f1": row["val_f1"], "model": weights}
         row["seconds"] = time.perf_counter() - started
         return row
 
-    def segmenter(self) -> Segmenter:
-        """The network as evaluation will use it: the same sliding window and precision."""
+    def segmenter(self, **settings) -> Segmenter:
+        """The network as evaluation will use it: the same sliding window and precision;
+        ``settings`` (threshold, own, ...) as :class:`Segmenter` takes them."""
         return Segmenter(
             self.model,
             self.record,
@@ -738,11 +758,22 @@ class Trainer:
             tile=self.window["tile"],
             overlap=self.window["overlap"],
             batch_size=int(self.settings["batch_size"]),
+            **settings,
         )
 
+    def current_weights(self) -> dict:
+        """A CPU copy of the weights validation scores: the moving average with ``ema``."""
+        state = self.ema.weights(self.model) if self.ema is not None else self.model.state_dict()
+        return {k: v.detach().clone().cpu() for k, v in state.items()}
+
     def validate(self) -> dict:
-        """Pooled validation F1 at the best threshold of the grid, and at 0.5."""
-        counts = threshold_counts(self.segmenter(), self.validation_split)
+        """Pooled validation F1 at the best threshold of the grid, and at 0.5 (of the moving
+        average of the weights with ``ema``)."""
+        if self.ema is not None:
+            with self.ema.applied(self.model):
+                counts = threshold_counts(self.segmenter(), self.validation_split)
+        else:
+            counts = threshold_counts(self.segmenter(), self.validation_split)
         self.model.train()
         threshold, f1 = counts.best()
         return {
@@ -801,6 +832,9 @@ class Trainer:
                 chosen_epoch,
                 self.best["val_f1"],
             )
+        elif self.ema is not None:
+            self.model.load_state_dict(self.ema.weights(self.model))
+            log.info("%s: keeping the moving average of the weights (ema)", self.name)
         if self.settings["recalibrate_bn"]:
             layers = recalibrate_batch_norm(
                 self.model, self._recalibration_loader(), self.device, self.precision
@@ -812,6 +846,7 @@ class Trainer:
             )
         threshold = self.choose_threshold()
         watershed = self.choose_watershed(threshold["value"])
+        object_filter = self.choose_object_filter(threshold["value"], watershed)
         table = pd.DataFrame(self.history, columns=HISTORY_COLUMNS)
         meta = {
             "name": self.name,
@@ -830,6 +865,8 @@ class Trainer:
         }
         if watershed is not None:
             meta["instances"] = watershed
+        if object_filter is not None:
+            meta["object_filter"] = object_filter
         save_model(self.model_dir / "model.pt", self.model, meta)
         write_csv(self.model_dir / "history.csv", table)
         save_figure(self.model_dir / "curve.png", plot_curve(table, title=self.name))
@@ -857,6 +894,8 @@ class Trainer:
                 self.name,
             )
             return {"value": 0.5, "source": "default (no validation split)"}
+        if self.settings.get("threshold_objective", "pixel") == "instances":
+            return self._instance_threshold()
         counts = threshold_counts(self.segmenter(), self.validation_split)
         value, f1 = counts.best()
         log.info(
@@ -906,16 +945,7 @@ class Trainer:
                 "settings": instance_outputs.check_settings(mode, {}),
                 "source": "default (no validation split)",
             }
-        truth = TruthReader(self.validation_split, self.resolution, "labels")
-        segmenter = self.segmenter()
-
-        def validation_images():
-            for index in range(len(self.validation_split)):
-                outputs = segmenter.sample_outputs(self.validation_split, index)
-                _, labels = truth(index)
-                yield segmenter.at_size(outputs, labels.shape), labels
-
-        chosen = instance_outputs.choose_settings(mode, threshold, validation_images())
+        chosen = instance_outputs.choose_settings(mode, threshold, self.validation_images())
         log.info(
             "%s: watershed settings %s chosen on %d validation images (mean mSA %.4f, SA50 %.4f)",
             self.name,
@@ -931,6 +961,100 @@ class Trainer:
             "validation_msa": chosen["msa"],
             "validation_sa50": chosen["sa50"],
         }
+
+    def validation_images(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(outputs (K, H, W), true cells) of every validation image at evaluation's
+        resolution, of the final weights (computed once, after they are set)."""
+        if self._validation_cache is None:
+            truth = TruthReader(self.validation_split, self.resolution, "labels")
+            segmenter, images = self.segmenter(), []
+            for index in range(len(self.validation_split)):
+                outputs = segmenter.sample_outputs(self.validation_split, index)
+                _, labels = truth(index)
+                images.append((segmenter.at_size(outputs, labels.shape), labels))
+            self._validation_cache = images
+        return self._validation_cache
+
+    def _instance_threshold(self) -> dict:
+        """The threshold at the centre of the plateau of pooled matched F1 at IoU 0.5 on
+        the validation images (:func:`protoseg.objects.choose_threshold`); 0.5 with a
+        warning when they hold no cell."""
+        segmenter = self.segmenter()
+        chosen = object_rules.choose_threshold(
+            self.validation_images(), lambda outputs, t: segmenter.cells(outputs, t, False)
+        )
+        if chosen["n_true"] == 0:
+            log.warning(
+                "%s: the validation split holds no cell, so the threshold cannot be chosen for "
+                "matched F1 there: 0.5 is used (give split.validation images with cells)",
+                self.name,
+            )
+            return {"value": 0.5, "source": "default (no cells in the validation split)"}
+        log.info(
+            "%s: threshold %.4f chosen on %d validation images for matched F1 at IoU 0.5 "
+            "(%.4f there; %.4f at 0.5)",
+            self.name,
+            chosen["value"],
+            chosen["images"],
+            chosen["matched_f1"],
+            chosen["matched_f1_at_05"],
+        )
+        return {
+            "value": chosen["value"],
+            "source": "validation",
+            "objective": "instances",
+            "validation_matched_f1": chosen["matched_f1"],
+            "validation_matched_f1_at_05": chosen["matched_f1_at_05"],
+        }
+
+    def choose_object_filter(self, threshold: float, watershed: dict | None) -> dict | None:
+        """The object filter stored in ``model.pt`` (None when ``train.object_filter`` is
+        off): fixed values, or the filter of the best pooled matched F1 at IoU 0.5 on the
+        validation images (:func:`protoseg.objects.choose_filter`). Without a validation
+        split, or with one that holds no cell, every object is kept, with a warning."""
+        setting = self.settings.get("object_filter", "off")
+        if setting == "off":
+            return None
+        if isinstance(setting, dict):
+            return object_rules.ObjectFilter.from_dict(setting, "train.object_filter").to_dict()
+        if not self.validating:
+            log.warning(
+                "%s: no validation split, so the object filter is not chosen on data: every "
+                "object is kept (set split.validation to choose it there)",
+                self.name,
+            )
+            return object_rules.ObjectFilter(source="default (no validation split)").to_dict()
+        segmenter = self.segmenter(threshold=threshold, own=watershed)
+        chosen = object_rules.choose_filter(
+            (segmenter.cells(outputs, filtered=False), outputs[0], labels)
+            for outputs, labels in self.validation_images()
+        )
+        if chosen["n_true"] == 0:
+            log.warning(
+                "%s: the validation split holds no cell, so the object filter cannot be chosen "
+                "there: every object is kept (give split.validation images with cells)",
+                self.name,
+            )
+            return object_rules.ObjectFilter(
+                source="default (no cells in the validation split)"
+            ).to_dict()
+        rule = chosen["filter"]
+        log.info(
+            "%s: object filter %s chosen on %d validation images (matched F1 %.4f there, "
+            "%.4f without it)",
+            self.name,
+            rule.describe(),
+            chosen["images"],
+            chosen["matched_f1"],
+            chosen["matched_f1_unfiltered"],
+        )
+        return object_rules.ObjectFilter(
+            rule.min_area,
+            rule.min_mean_probability,
+            rule.min_solidity,
+            source="validation",
+            validation_matched_f1=chosen["matched_f1"],
+        ).to_dict()
 
 
 def train_model(

@@ -26,6 +26,7 @@ per_image, overlay = evaluate_model(
     batch_size=params.batch_size,
     precision=params.precision,
     overlay_state=params.overlay_state,
+    tta=params.tta,
 )
 write_csv(snakemake.output.per_image, per_image)
 save_npz(snakemake.output.overlay, **overlay)

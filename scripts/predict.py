@@ -25,6 +25,7 @@ settings = dict(
     instances=params.instances,
     min_distance=params.min_distance,
     min_area=params.min_area,
+    tta=params.tta,
     format=params.format,
     data_cfg=dict(params.data),
 )

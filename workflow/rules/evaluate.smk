@@ -39,6 +39,7 @@ rule evaluate:
         tile=config["evaluate"]["tile"],
         overlap=config["evaluate"]["overlap"],
         instances=config["evaluate"]["instances"],
+        tta=config["evaluate"]["tta"],
     script:
         f"{SCRIPTS}/evaluate.py"
 

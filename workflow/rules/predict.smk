@@ -113,6 +113,7 @@ if PREDICT["input_dir"]:
                 instances=PREDICT["instances"],
                 min_distance=PREDICT["min_distance"],
                 min_area=PREDICT["min_area"],
+                tta=PREDICT["tta"],
                 device=PREDICT["device"],
                 precision=PREDICT["precision"],
                 format=PREDICT["format"],

@@ -1,0 +1,195 @@
+"""Object-level decisions learned on validation images (protoseg.objects), test-time
+augmentation and the moving average of the weights."""
+
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from protoseg import metrics, objects
+from protoseg.config import complete_section
+from protoseg.ema import WeightAverage
+from protoseg.errors import ConfigError
+from protoseg.segmenter import Segmenter, dihedral
+from protoseg.train import settings_from_config
+
+torch.set_num_threads(1)
+
+
+def disc(shape, centre, radius):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
+
+
+def scene(seed: int = 0):
+    """A 64 x 64 image: 3 true discs found well (probability 0.95), plus debris: a speck
+    (4 px, 0.95), a faint blob (0.55) and a ragged cross (0.95); the truth has the discs."""
+    shape = (64, 64)
+    truth = np.zeros(shape, np.int32)
+    probability = np.full(shape, 0.02, np.float32)
+    for index, centre in enumerate([(12, 12), (12, 44), (44, 20)], start=1):
+        cell = disc(shape, centre, 7 + seed % 2)
+        truth[cell] = index
+        probability[cell] = 0.95
+    probability[30:32, 30:32] = 0.95  # speck
+    probability[disc(shape, (56, 56), 5)] = 0.55  # faint blob
+    probability[40:60, 38] = probability[49, 29:48] = 0.95  # ragged cross
+    pred = metrics.instances_from_binary(probability > 0.5)
+    return pred, probability, truth
+
+
+def test_the_filter_drops_small_faint_and_ragged_objects_and_keeps_cells():
+    pred, probability, truth = scene()
+    assert pred.max() == 6
+    rule = objects.ObjectFilter(min_area=10, min_mean_probability=0.7, min_solidity=0.6)
+    kept = rule.apply(pred, probability)
+    assert kept.max() == 3 and set(np.unique(kept)) == {0, 1, 2, 3}
+    assert metrics.instance_scores(kept, truth)["matched_f1"] == 1.0
+    # Each measure alone drops its own kind of debris only.
+    assert objects.ObjectFilter(min_area=10).apply(pred, probability).max() == 5
+    assert objects.ObjectFilter(min_mean_probability=0.7).apply(pred, probability).max() == 5
+    assert objects.ObjectFilter(min_solidity=0.6).apply(pred, probability).max() == 5
+    assert objects.ObjectFilter().apply(pred, probability) is not None
+    assert not objects.ObjectFilter().active
+
+
+def test_the_chosen_filter_maximises_pooled_matched_f1_on_the_validation_images():
+    images = [scene(0), scene(1)]
+    chosen = objects.choose_filter(images)
+    assert chosen["n_true"] == 6 and chosen["images"] == 2
+    assert chosen["matched_f1"] == 1.0 > chosen["matched_f1_unfiltered"]
+
+    # Brute force with the metrics module's own matching: no filter of the grid does better,
+    # and the chosen one scores what choose_filter says.
+    def pooled(rule):
+        counts = [
+            metrics.instance_scores(rule.apply(pred, probability), truth)
+            for pred, probability, truth in images
+        ]
+        return metrics.pooled_instance_scores(
+            *(sum(c[key] for c in counts) for key in ("n_true", "n_pred", "tp50"))
+        )["matched_f1"]
+
+    grid = objects.filter_grid()[::3]  # every 3rd: the brute force stays quick
+    assert pooled(chosen["filter"]) == pytest.approx(chosen["matched_f1"])
+    assert all(pooled(rule) <= chosen["matched_f1"] for rule in grid)
+    # Ties go to the mildest filter (grid order): each debris dropped by the first step
+    # that drops it: the 4 px speck by area, the faint blob by 0.6, the cross by solidity.
+    assert chosen["filter"] == objects.ObjectFilter(5, 0.6, 0.5)
+
+
+def test_matching_agrees_with_the_metrics_module():
+    pred, probability, truth = scene()
+    labels, hits = objects.matched_objects(pred, truth)
+    assert len(labels) == metrics.instance_scores(pred, truth)["n_pred"]
+    assert hits.sum() == metrics.instance_scores(pred, truth)["tp50"]
+
+
+def test_plateau_centre_prefers_the_middle_of_a_plateau_to_a_lone_peak():
+    scores = np.full(40, 0.2)
+    scores[5:14] = 0.80  # a plateau of 9 points, centre 9
+    scores[30] = 0.803  # a lone peak, higher by less than the tolerance
+    assert objects.plateau_centre(scores, tolerance=0.005) == 9
+    # A peak higher by more than the tolerance wins.
+    scores[30] = 0.9
+    assert objects.plateau_centre(scores, tolerance=0.005) == 30
+    assert objects.plateau_centre([0.1, 0.5, 0.5, 0.1]) == 1
+
+
+def test_logit_grid_is_fine_near_both_ends_and_holds_one_half():
+    grid = np.array(objects.LOGIT_GRID)
+    assert 0.5 in objects.LOGIT_GRID and grid.min() < 0.005 and grid.max() > 0.995
+    steps = np.diff(grid)
+    assert steps[0] < 0.002 and steps[-1] < 0.002 and steps.max() > 0.05
+
+
+def test_the_instance_threshold_lies_in_the_middle_of_the_plateau():
+    _, probability, truth = scene()
+    probability = probability.copy()
+    probability[probability == 0.95] = 0.97
+    images = [(probability[None], truth)]
+    chosen = objects.choose_threshold(
+        images, lambda outputs, t: metrics.instances_from_binary(outputs[0] > t)
+    )
+    grid = np.array(objects.LOGIT_GRID)
+    best = np.flatnonzero(chosen["scores"] >= chosen["scores"].max() - objects.PLATEAU_TOLERANCE)
+    assert chosen["value"] == grid[(best[0] + best[-1]) // 2]
+    assert chosen["n_true"] == 3 and chosen["matched_f1_at_05"] == chosen["scores"][24]
+
+
+def test_filter_values_out_of_range_name_their_key():
+    for bad, key in (
+        ({"min_solidity": 1.5}, "min_solidity"),
+        ({"min_area": -1}, "min_area"),
+        ({"min_mean_probability": "high"}, "min_mean_probability"),
+    ):
+        with pytest.raises(ConfigError, match=f"train.object_filter.{key}"):
+            objects.ObjectFilter.from_dict(bad)
+    with pytest.raises(ConfigError, match="object_filter"):
+        complete_section("train", {"object_filter": {"min_solidity": 2}})
+    with pytest.raises(ConfigError, match="ema"):
+        complete_section("train", {"ema": 1.0})
+    with pytest.raises(ConfigError, match="tta"):
+        complete_section("evaluate", {"tta": "yes"})
+
+
+def test_the_defaults_leave_training_settings_as_they_were():
+    settings = settings_from_config({"losses": ["bce"], "epochs": 1, "batch_size": 2})
+    assert not {"ema", "threshold_objective", "object_filter"} & set(settings)
+    assert complete_section("evaluate")["tta"] is False
+    assert complete_section("predict")["tta"] is False
+    on = settings_from_config(
+        {"losses": ["bce"], "epochs": 1, "batch_size": 2, "ema": 0.99, "object_filter": "auto"}
+    )
+    assert on["ema"] == 0.99 and on["object_filter"] == "auto"
+
+
+# ---------------------------------------------------------------- test-time augmentation
+def toy_segmenter(kernel: torch.Tensor, tta: bool) -> Segmenter:
+    network = torch.nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    with torch.no_grad():
+        network.weight.copy_(kernel.reshape(1, 1, 3, 3))
+    record = types.SimpleNamespace(preprocessing=types.SimpleNamespace(tile=(16, 16)))
+    return Segmenter(network.eval(), record, tile=(16, 16), overlap=0.5, tta=tta)
+
+
+def test_dihedral_transforms_are_undone_by_their_inverse():
+    array = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4)
+    results = {dihedral(array, index).tobytes() for index in range(8)}
+    assert len(results) == 8
+    for index in range(8):
+        assert np.array_equal(dihedral(dihedral(array, index), index, inverse=True), array)
+
+
+def test_tta_of_an_equivariant_network_equals_its_plain_output_and_of_another_differs():
+    image = np.random.default_rng(0).normal(size=(1, 16, 16)).astype(np.float32)
+    symmetric = torch.tensor([[0.1, 0.2, 0.1], [0.2, 1.0, 0.2], [0.1, 0.2, 0.1]])
+    plain = toy_segmenter(symmetric, tta=False).outputs(image)
+    averaged = toy_segmenter(symmetric, tta=True).outputs(image)
+    np.testing.assert_allclose(averaged, plain, atol=1e-6)
+    lopsided = torch.tensor([[0.0, 0.0, 0.0], [0.0, 1.0, 2.0], [0.0, 0.0, 0.0]])
+    plain = toy_segmenter(lopsided, tta=False).outputs(image)
+    averaged = toy_segmenter(lopsided, tta=True).outputs(image)
+    assert np.abs(averaged - plain).max() > 0.05
+    assert toy_segmenter(lopsided, tta=True).with_settings(overlap=0.25).tta
+
+
+# ---------------------------------------------------------------- moving average of weights
+def test_weight_average_moves_towards_the_weights_and_is_swapped_in_and_out():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    average = WeightAverage(model, 0.5)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    average.update(model)
+    expected = start["0.weight"] + 0.5
+    assert torch.allclose(average.average["0.weight"], expected)
+    assert not torch.allclose(average.average["0.weight"], model[0].weight)
+    raw = model[0].weight.detach().clone()
+    with average.applied(model):
+        assert torch.allclose(model[0].weight, expected)
+    assert torch.equal(model[0].weight, raw)
+    copy = WeightAverage(model, 0.9)
+    copy.load_state_dict(average.state_dict())
+    assert copy.decay == 0.5 and torch.allclose(copy.average["0.weight"], expected)
