@@ -57,3 +57,31 @@ def vit_t_ais_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("sam") / "vit_t_ais_random.pt"
     torch.save({"model_state": sam.state_dict(), "decoder_state": decoder_state}, path)
     return path
+
+
+# ---------------------------------------------------------------- one tiny demo run
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory):
+    """The tiny demo (tests/workflow_helpers.tiny_demo_config) run end to end once per test
+    session: ``(workdir, config)``. Under pytest-xdist the workers share one run (a file
+    lock; the first worker to ask runs it). Tests in other modules may read its outputs;
+    only tests/test_workflow.py runs Snakemake in it again (one module, one worker, so no
+    two runs meet in the folder)."""
+    import os
+    import shutil
+
+    from filelock import FileLock
+
+    from tests.workflow_helpers import run_snakemake, tiny_demo_config, write_project
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by the workers of this session
+    workdir, config = root / "tiny-demo", tiny_demo_config()
+    with FileLock(str(root / "tiny-demo.lock")):
+        if not (workdir / "finished").is_file():
+            shutil.rmtree(workdir, ignore_errors=True)
+            write_project(workdir, config)
+            run_snakemake(workdir)
+            (workdir / "finished").write_text("")
+    return workdir, config

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -425,35 +423,3 @@ def test_context_model_predicts_every_page_of_a_multi_page_stack(tmp_path):
     )
     with pytest.raises(InputError, match="three.tif.*colour samples.*minisblack"):
         predict.predict_files(model, [tmp_path / "rgb"], tmp_path / "out3", progress=False)
-
-
-# ---------------------------------------------------------------- the workflow rule
-@pytest.mark.slow
-def test_predict_rule_segments_a_folder_with_a_trained_model(tmp_path):
-    from tests.workflow_helpers import run_snakemake, tiny_config, write_project
-
-    new_images = tmp_path / "new"
-    new_images.mkdir()
-    image, _ = disc_image(shape=(90, 120))
-    tifffile.imwrite(new_images / "field_a.tif", image)
-    tifffile.imwrite(new_images / "field_b.tif", image[:60, :70])
-    config = tiny_config()
-    config["predict"].update({"input_dir": str(new_images), "instances": "watershed"})
-    workdir = tmp_path / "work"
-    write_project(workdir, config)
-    target = "results/predictions/brightfield-bce/predictions.csv"
-    run_snakemake(workdir, target)
-    out = workdir / "results" / "predictions" / "brightfield-bce"
-    summary = pd.read_csv(out / predict.SUMMARY_NAME)
-    assert sorted(summary["image"].map(lambda p: p.rsplit("/", 1)[-1])) == [
-        "field_a.tif",
-        "field_b.tif",
-    ]
-    for stem, shape in (("field_a", (90, 120)), ("field_b", (60, 70))):
-        paths = predict.output_paths(out, stem)
-        assert tifffile.imread(paths["labels"]).shape == shape
-        assert read_image(paths["overlay"]).shape == (*shape, 3)
-    # Every model gets a predict job: the dry run of rule all lists the ones not yet run.
-    models = len(config["dataset"]["variants"]) * len(config["train"]["losses"])
-    dry = run_snakemake(workdir, "-n").stdout
-    assert re.search(rf"^predict\s+{models - 1}\s*$", dry, flags=re.MULTILINE), dry[-2000:]

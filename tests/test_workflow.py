@@ -1,28 +1,26 @@
 """End to end: the real Snakefile on a tiny generated data set, from raw TIFFs to the tables."""
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import tifffile
 
 from protoseg.model import load_model
-from tests.workflow_helpers import run_snakemake, tiny_config, write_project
+from tests.workflow_helpers import run_snakemake
 
 pytestmark = pytest.mark.slow
 
 
+GOLDEN = Path(__file__).parent / "golden" / "tiny-demo"
+
+
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("e2e")
-    config = tiny_config()
-    # A focal-context variant beside the single-plane ones (docs/focal-context.md).
-    config["dataset"]["variants"]["brightfield_z1"] = {
-        "modalities": ["brightfield"],
-        "context_planes": 1,
-    }
-    write_project(workdir, config)
-    run_snakemake(workdir)
-    return workdir, config
+def finished_run(tiny_demo):
+    """The session's tiny demo run (conftest.tiny_demo)."""
+    return tiny_demo
 
 
 def test_catalogue_lists_every_image(finished_run):
@@ -171,3 +169,92 @@ def test_a_second_identical_run_gives_byte_identical_models_and_tables(finished_
     ]
     assert not changed
     assert len(outputs) >= 2 * len(config["dataset"]["variants"]) + 1
+
+
+# ---------------------------------------------------------------- unchanged numbers
+def golden_files() -> list[Path]:
+    return sorted(path for path in GOLDEN.rglob("*") if path.is_file() and path.name != "README.md")
+
+
+def test_the_demo_tables_are_those_the_code_before_the_segmenter_made(finished_run):
+    """Tables, per-image scores and mask quality of the study-protocol models, byte for
+    byte, against the files main made before the refactor of issue 20 (tests/golden/
+    tiny-demo/README.md says which commit and machine)."""
+    from protoseg.device import cpu_has_native_bf16
+
+    if not cpu_has_native_bf16():
+        pytest.skip("the golden files were made with bfloat16 training (AVX-512 BF16 CPU)")
+    workdir, _ = finished_run
+    files = golden_files()
+    assert len(files) >= 14
+    differing = [
+        str(path.relative_to(GOLDEN))
+        for path in files
+        if (workdir / "results" / path.relative_to(GOLDEN)).read_bytes() != path.read_bytes()
+    ]
+    assert differing == []
+
+
+# ---------------------------------------------------------------- predict and export rules
+@pytest.mark.slow
+def test_predict_rule_segments_a_folder_with_a_trained_model(finished_run, tmp_path):
+    from skimage.draw import disk
+
+    from protoseg import predict
+    from protoseg.io import read_image
+
+    workdir, config = finished_run
+    new_images = tmp_path / "new"
+    new_images.mkdir()
+    image = np.full((90, 120, 3), 200, np.uint8)
+    for centre in ((30, 30), (60, 80)):
+        image[disk(centre, 14, shape=image.shape[:2])] = (40, 120, 40)
+    tifffile.imwrite(new_images / "field_a.tif", image)
+    tifffile.imwrite(new_images / "field_b.tif", image[:60, :70])
+    settings = f"predict={{input_dir: {new_images}, instances: watershed}}"
+    target = "results/predictions/brightfield-bce/predictions.csv"
+    run_snakemake(workdir, target, "--config", settings)
+    out = workdir / "results" / "predictions" / "brightfield-bce"
+    summary = pd.read_csv(out / predict.SUMMARY_NAME)
+    assert sorted(summary["image"].map(lambda p: p.rsplit("/", 1)[-1])) == [
+        "field_a.tif",
+        "field_b.tif",
+    ]
+    assert set(summary["instances"]) == {"watershed"}
+    for stem, shape in (("field_a", (90, 120)), ("field_b", (60, 70))):
+        paths = predict.output_paths(out, stem)
+        assert tifffile.imread(paths["labels"]).shape == shape
+        assert read_image(paths["overlay"]).shape == (*shape, 3)
+    # Every model gets a predict job: the dry run of rule all lists the ones not yet run.
+    models = len(config["dataset"]["variants"]) * len(config["train"]["losses"])
+    dry = run_snakemake(workdir, "-n", "--config", settings).stdout
+    assert re.search(rf"^predict\s+{models - 1}\s*$", dry, flags=re.MULTILINE), dry[-2000:]
+
+
+def test_all_export_writes_a_tested_package_of_every_single_plane_model(finished_run):
+    """`snakemake all_export` with no flags: the study's resize models (whose images were
+    resized) become bioimage.io packages that passed bioimage.io's own test; the
+    focal-context model, which no package can express, is left out."""
+    import yaml
+
+    from protoseg import export
+
+    workdir, config = finished_run
+    run_snakemake(workdir, "all_export")
+    exported = sorted(path.name for path in (workdir / "results" / "export").iterdir())
+    assert exported == sorted(
+        f"{variant}-{loss}"
+        for variant, settings in config["dataset"]["variants"].items()
+        if not settings.get("context_planes")
+        for loss in config["train"]["losses"]
+    )
+    package = workdir / "results" / "export" / "brightfield-bce"
+    rdf = yaml.safe_load(export.description_file(package).read_text())
+    assert rdf["weights"]["pytorch_state_dict"]["architecture"]["callable"] == "ResizingUNet"
+    assert rdf["inputs"][0]["data"]["type"] == "uint8"  # from model.pt: no --input-dtype
+    test_images = sorted((workdir / "resources" / "demo" / "raw").glob("*c1xy10z*.tif"))[:3]
+    rows = export.compare_with_protoseg(
+        package, workdir / "results" / "models" / "brightfield-bce" / "model.pt", test_images
+    )
+    assert len(rows) == 3
+    assert all(row["pixels_differing"] < 0.01 for row in rows), rows

@@ -1,6 +1,7 @@
 """Jobs of several states (masks/merge.states_per_job) and batches of new images
 (predict.images_per_job): the same outputs as one job per state, bad sizes refused at start."""
 
+import copy
 import filecmp
 import shutil
 
@@ -139,32 +140,29 @@ def compare_trees(first, second):
 
 
 @pytest.mark.slow
-def test_batched_masks_and_merge_write_the_same_files(tmp_path):
-    runs = {}
-    for name, per_job in (("single", 1), ("batched", 2)):
-        workdir = tmp_path / name
-        config = tiny_config()
-        config["masks"]["states_per_job"] = per_job
-        config["merge"]["states_per_job"] = per_job
-        write_project(workdir, config)
-        run_snakemake(workdir, "all_merge")
-        runs[name] = workdir
-    # the demo images are generated the same way twice
-    compare_trees(runs["single"] / "resources", runs["batched"] / "resources")
-    files = compare_trees(
-        runs["single"] / "results" / "masks", runs["batched"] / "results" / "masks"
-    )
-    compare_trees(runs["single"] / "results" / "qc", runs["batched"] / "results" / "qc")
+def test_batched_masks_and_merge_write_the_same_files(tiny_demo, tmp_path):
+    """The session's tiny demo run (one job per state) against the same config with two
+    states per masks and merge job."""
+    single, config = tiny_demo
+    batched = tmp_path / "batched"
+    config = copy.deepcopy(config)
+    config["masks"]["states_per_job"] = 2
+    config["merge"]["states_per_job"] = 2
+    write_project(batched, config)
+    run_snakemake(batched, "all_merge")
+    # Every file the batched run made is the one-job-per-state run's (which made more: it
+    # ran on to the tables); the demo images are generated the same way twice.
+    compare_trees(batched / "resources", single / "resources")
+    files = compare_trees(batched / "results" / "masks", single / "results" / "masks")
+    compare_trees(batched / "results" / "qc", single / "results" / "qc")
     assert len([f for f in files if f.parts[0] == "planes"]) == 3 * 3
-    assert (runs["batched"] / "logs" / "masks" / "batch0.log").is_file()
+    assert (batched / "logs" / "masks" / "batch0.log").is_file()
 
 
 @pytest.mark.slow
-def test_predictions_in_batches_are_the_same_files(tmp_path):
-    workdir = tmp_path / "single"
-    config = tiny_config()
-    config["dataset"]["variants"] = {"brightfield": {"modalities": ["brightfield"]}}
-    config["train"].update({"losses": ["bce"], "epochs": 1})
+def test_predictions_in_batches_are_the_same_files(tiny_demo, tmp_path):
+    """A trained model of the session's tiny demo run (copied, so that run stays as it
+    is) predicts five new images in one job, then in jobs of two."""
     new_images = tmp_path / "new"
     new_images.mkdir()
     rng = np.random.default_rng(0)
@@ -172,17 +170,20 @@ def test_predictions_in_batches_are_the_same_files(tmp_path):
         tifffile.imwrite(
             new_images / f"new{number}.tif", rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)
         )
+    shared, config = tiny_demo
+    config = copy.deepcopy(config)
     config["predict"]["input_dir"] = str(new_images)
-    write_project(workdir, config)
-    run_snakemake(workdir, "all_predict")
-    batched = tmp_path / "batched"
-    shutil.copytree(workdir, batched)
-    shutil.rmtree(batched / "results" / "predictions")
-    config["predict"]["images_per_job"] = 2
-    write_project(batched, config)
-    result = run_snakemake(batched, "all_predict")
-    assert "predict_batch2" in result.stdout + result.stderr
     out = "results/predictions/brightfield-bce"
-    single_files = compare_trees(workdir / out, batched / out)
+    runs = {}
+    for name, per_job in (("single", None), ("batched", 2)):
+        workdir = tmp_path / name
+        shutil.copytree(shared, workdir, symlinks=True)  # mtimes kept: nothing retrains
+        config["predict"]["images_per_job"] = per_job
+        write_project(workdir, config)
+        runs[name] = run_snakemake(workdir, f"{out}/predictions.csv")
+    assert "predict_batch2" in runs["batched"].stdout + runs["batched"].stderr
+    assert "train" not in runs["batched"].stdout.split("Job stats:")[-1].split("total")[0]
+    batched = tmp_path / "batched"
+    single_files = compare_trees(tmp_path / "single" / out, batched / out)
     assert len([f for f in single_files if f.name.endswith("_labels.tif")]) == 5
     assert not (batched / out / "batches" / "predict_batch0.tmp").exists()

@@ -31,6 +31,17 @@ def tiny_config() -> dict:
     return config
 
 
+def tiny_demo_config() -> dict:
+    """The tiny config with a focal-context variant beside the single-plane ones
+    (docs/focal-context.md): the one demo run the end-to-end tests share."""
+    config = tiny_config()
+    config["dataset"]["variants"]["brightfield_z1"] = {
+        "modalities": ["brightfield"],
+        "context_planes": 1,
+    }
+    return config
+
+
 def write_project(workdir: Path, config: dict) -> Path:
     (workdir / "config").mkdir(parents=True, exist_ok=True)
     path = workdir / "config" / "config.yaml"

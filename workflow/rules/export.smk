@@ -4,7 +4,21 @@
 # own test (offline) before it is put in place.
 EXPORT = config["export"]
 EXPORT_DIR = f"{RESULTS}/export/{{variant}}-{{loss}}"
-EXPORT_PACKAGES = expand(EXPORT_DIR, variant=VARIANTS, loss=LOSSES)
+# Focal-context variants are left out: their input is a window of planes stacked as
+# channels, which no bioimage.io consumer assembles (protoseg export refuses them, saying so).
+EXPORTABLE = [
+    variant
+    for variant, settings in config["dataset"]["variants"].items()
+    if not settings.get("context_planes")
+]
+EXPORT_PACKAGES = expand(EXPORT_DIR, variant=EXPORTABLE, loss=LOSSES)
+if EXPORT["enabled"] and len(EXPORTABLE) < len(VARIANTS):
+    print(
+        "protoseg: export.enabled: no bioimage.io package of the focal-context variant(s) "
+        + ", ".join(sorted(set(VARIANTS) - set(EXPORTABLE)))
+        + " (a package's input is one image; docs/export.md)",
+        file=sys.stderr,
+    )
 
 
 rule export:
