@@ -65,6 +65,13 @@ def check_run(run: Path, scratch: Path) -> list[dict]:
 
 def render(rows: list[dict]) -> str:
     lines = [
+        "# Every model of finished runs exported, tested and compared with protoseg",
+        "",
+        "Made by `python benchmarks/export_check.py RUN_DIR ...` (each model exported with no",
+        "flags; bioimage.io's own test passed offline before each package was written; the",
+        "package run by bioimageio.core on 3 test images of its run, its cells against",
+        "protoseg's own). Raw numbers: export_check.json.",
+        "",
         "| run | model | exported | bioimage.io test | images | share of pixels differing (max) | largest probability difference |",
         "|---|---|---|---|---:|---:|---:|",
     ]
