@@ -28,7 +28,13 @@ import pytest
 import tifffile
 
 from protoseg.catalogue import study_file_name
-from tests.workflow_helpers import REPO, run_snakemake, tiny_config, write_project
+from tests.workflow_helpers import (
+    REPO,
+    run_snakemake,
+    snakemake_command,
+    tiny_config,
+    write_project,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -411,20 +417,6 @@ def test_the_corpus_names_every_case_of_issue_13():
 
 
 # ---------------------------------------------------------------- kill -9, then resume
-def snakemake_command(workdir: Path, *args: str) -> list[str]:
-    """Like tests.workflow_helpers.run_snakemake, but with Snakemake's lock (the real case)."""
-    return [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        *args,
-    ]
-
-
 def wait_for(condition, timeout: float, process: subprocess.Popen) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

@@ -30,7 +30,12 @@ import numpy as np
 import pytest
 
 from protoseg.locks import lock_files
-from tests.workflow_helpers import REPO, tiny_config, write_project
+from tests.workflow_helpers import (
+    SNAKEMAKE_ENV,
+    snakemake_command,
+    tiny_config,
+    write_project,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -62,23 +67,12 @@ STAGE_WEIGHTS = {
 MUST_MATCH = ("results/tables/", "results/masks/", "results/datasets/", "model.pt")
 # Never compared: what records a run rather than its results.
 RUN_RECORDS = ("logs/", "benchmarks/", ".snakemake/", "results/warnings.")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+ENV = SNAKEMAKE_ENV
 
 
 def snakemake(workdir: Path, *args: str) -> list[str]:
     """A user's plain `snakemake` (with its lock) in ``workdir``."""
-    return [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--cores",
-        "2",
-        *args,
-    ]
+    return snakemake_command(workdir, "--cores", "2", *args)
 
 
 def run(workdir: Path, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:

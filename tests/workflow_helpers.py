@@ -49,8 +49,14 @@ def write_project(workdir: Path, config: dict) -> Path:
     return path
 
 
-def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    command = [
+# One torch thread per job: jobs run side by side on the test machine's cores.
+SNAKEMAKE_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def snakemake_command(workdir: Path, *args: str) -> list[str]:
+    """The real Snakefile run in ``workdir`` (with Snakemake's lock unless ``args`` say
+    ``--nolock``)."""
+    return [
         sys.executable,
         "-m",
         "snakemake",
@@ -58,12 +64,13 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.C
         str(REPO / "Snakefile"),
         "--directory",
         str(workdir),
-        "--cores",
-        "2",
-        "--nolock",
         *args,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    command = snakemake_command(workdir, "--cores", "2", "--nolock", *args)
+    env = SNAKEMAKE_ENV
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1200)
     if check and result.returncode != 0:
         raise AssertionError(
