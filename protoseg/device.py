@@ -241,3 +241,12 @@ def compile_unavailable() -> str | None:
     if is_supported is not None and not is_supported():
         return f"torch.compile does not support Python {sys.version.split()[0]} in torch {torch.__version__}"
     return None
+
+
+def resolve_placement(
+    device: str, precision: str, device_key: str, precision_key: str
+) -> tuple[str, str]:
+    """(device, precision) to run a network in, each checked and named by its key on error
+    (:func:`resolve_device`, then :func:`resolve_precision` on that device)."""
+    resolved = resolve_device(device, key=device_key)
+    return resolved, resolve_precision(precision, resolved, key=precision_key)

@@ -66,7 +66,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from protoseg.config import complete_section
-from protoseg.device import resolve_device, resolve_precision
+from protoseg.device import resolve_placement
 from protoseg.errors import ConfigError, InputError
 from protoseg.io import (
     IMAGE_SUFFIXES,
@@ -513,13 +513,14 @@ def check_inputs(
     files: list[Path],
     segmenter: Segmenter,
     data_cfg: dict | None,
+    configured: float | None,
     out_dir: str | Path,
     data_format: str,
 ) -> None:
     """Refuse, before anything is predicted, an input the model cannot take: channels, a
     container's channel, a stack of one plane, a missing pixel size for a model that works
-    in micrometres, or an output that would overwrite an input."""
-    configured = configured_pixel_size((data_cfg or {}).get("pixel_size"), PIXEL_SIZE_KEY)
+    in micrometres (``configured``: data.pixel_size), or an output that would overwrite an
+    input."""
     in_micrometres = segmenter.preprocessing.pixel_size is not None
     for item in inputs:
         if item.container:
@@ -699,10 +700,8 @@ def with_predict_settings(segmenter: Segmenter, settings: dict) -> tuple[Segment
     checked = complete_section("predict", given)
     overrides = {key: checked[key] for key in SEGMENTER_KEYS if key in given}
     if "device" in given or "precision" in given:
-        device = resolve_device(checked["device"], key="predict.device")
-        overrides["device"] = device
-        overrides["precision"] = resolve_precision(
-            checked["precision"], device, key="predict.precision"
+        overrides["device"], overrides["precision"] = resolve_placement(
+            checked["device"], checked["precision"], "predict.device", "predict.precision"
         )
     return segmenter.with_settings(**overrides), checked["format"]
 
@@ -737,8 +736,8 @@ def predict_files(
     log.info("%s", segmenter.describe())
     files = image_files(images)
     inputs = plan_inputs(files, segmenter.context_planes, data_cfg, segmenter.name)
-    check_inputs(inputs, files, segmenter, data_cfg, out_dir, data_format)
     configured = configured_pixel_size((data_cfg or {}).get("pixel_size"), PIXEL_SIZE_KEY)
+    check_inputs(inputs, files, segmenter, data_cfg, configured, out_dir, data_format)
     prepared = PreparedPlanes(segmenter, configured)
     rows = []
     for item in tqdm(inputs, desc="predict", unit="image", disable=not progress):

@@ -40,7 +40,7 @@ from skimage.segmentation import relabel_sequential, watershed
 
 from protoseg.config import complete_section
 from protoseg.dataset import DatasetRecord
-from protoseg.device import resolve_device, resolve_precision
+from protoseg.device import resolve_placement
 from protoseg.errors import InputError
 from protoseg.inference import sliding_window, to_original_size
 from protoseg.instances import model_instances
@@ -267,8 +267,9 @@ class Segmenter:
 
         names = {key: f"{section}.{key}" for key in ("device", "precision")} | (names or {})
         settings = complete_section(section, settings)
-        device = resolve_device(settings["device"], key=names["device"])
-        precision = resolve_precision(settings["precision"], device, key=names["precision"])
+        device, precision = resolve_placement(
+            settings["device"], settings["precision"], names["device"], names["precision"]
+        )
         network, meta = load_model(model_path, device=device)
         chosen = {
             key: settings[key]
