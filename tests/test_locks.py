@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 from protoseg import locks
 
@@ -39,11 +40,14 @@ def test_a_lock_whose_run_is_gone_is_stale_with_the_command(tmp_path):
 
 def test_a_live_run_keeps_its_lock(tmp_path):
     lock(tmp_path)
-    # Anything whose command line names snakemake, running in the locked folder.
-    alive = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(60)", "snakemake"], cwd=tmp_path
-    )
+    # Anything whose command line names snakemake, running in the locked folder. It says
+    # when it runs: on a loaded machine the test could otherwise look before it does.
+    started = "import pathlib, time; pathlib.Path('started').touch(); time.sleep(60)"
+    alive = subprocess.Popen([sys.executable, "-c", started, "snakemake"], cwd=tmp_path)
     try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
         advice = locks.lock_advice(tmp_path, ["snakemake"])
     finally:
         alive.kill()
