@@ -660,6 +660,17 @@ class DatasetBuilder:
                 "mask is empty, so there is nothing to learn (check the masks stage and "
                 "split.test)",
             )
+        validation_rows = manifest[manifest["split"] == "validation"]
+        if len(validation_rows) and int(validation_rows["cells"].sum()) == 0:
+            states = sorted(validation_rows["state"].astype(str).unique())
+            warnings.warn(
+                f"data set {self.variant}: the validation split ({len(validation_rows)} "
+                f"image(s) of state(s) {', '.join(states[:5])}{' ...' if len(states) > 5 else ''}) "
+                "holds no cell, so nothing can be chosen on it: training uses threshold 0.5, "
+                "keeps the last epoch and no object filter (give split.validation states with "
+                "cells)",
+                stacklevel=2,
+            )
         return manifest
 
     def warn(self) -> None:

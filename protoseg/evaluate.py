@@ -82,6 +82,7 @@ def _stack_overlay(overlay: dict) -> dict:
             "probabilities": np.zeros((0, 0, 0), np.float16),
             "z": np.zeros(0, int),
             "modality": np.zeros(0, str),
+            "instances": np.zeros((0, 0, 0), np.uint16),
         }
     order = np.lexsort((np.array(overlay["z"]), np.array(overlay["modality"])))
     stacked = {
@@ -90,9 +91,8 @@ def _stack_overlay(overlay: dict) -> dict:
         "probabilities": np.stack(overlay["probabilities"])[order],
         "z": np.array(overlay["z"])[order],
         "modality": np.array(overlay["modality"])[order],
+        "instances": np.stack(overlay["instances"])[order],
     }
-    if overlay.get("instances"):
-        stacked["instances"] = np.stack(overlay["instances"])[order]
     return stacked
 
 
@@ -149,23 +149,26 @@ class TruthReader:
 
 
 class OverlayData:
-    """The overlay data of one state's test samples at the training scale (figures)."""
+    """The overlay data of one state's test samples at the training scale (figures): image,
+    true mask, probabilities and the segmenter's cells (its instance step and object filter,
+    as scored)."""
 
-    KEYS = ("images", "masks", "probabilities", "z", "modality")
+    KEYS = ("images", "masks", "probabilities", "z", "modality", "instances")
 
-    def __init__(self, state: str | None, own_instances: bool):
-        self.state = state
+    def __init__(self, state: str | None, segmenter):
+        self.state, self.segmenter = state, segmenter
         self.parts: dict[str, list] = {key: [] for key in self.KEYS}
-        if own_instances:
-            self.parts["instances"] = []
 
-    def add(self, split, index: int, row, probabilities: np.ndarray, cells=None) -> None:
-        """Keep sample ``index`` if it is of the overlay's state."""
+    def add(self, split, index: int, row, outputs: np.ndarray, cells=None) -> None:
+        """Keep sample ``index`` if it is of the overlay's state. ``outputs``: the network's
+        (K, H, W) at the training scale; ``cells``: its cells where scoring made them at
+        another resolution (the network's own watershed), else made here from ``outputs``."""
         if self.state is None or str(row["state"]) != str(self.state):
             return
         from protoseg.transforms import resize_labels
 
         image, stored_mask = split.arrays(index)
+        probabilities = outputs[0]
         # A focal-context sample holds its neighbours too: show the plane it is of.
         plane = centre_plane(image, split.record.context_planes)
         self.parts["images"].append(display_rgb(plane, channels_first=True))
@@ -173,8 +176,9 @@ class OverlayData:
         self.parts["probabilities"].append(probabilities.astype(np.float16))
         self.parts["z"].append(int(row["z"]))
         self.parts["modality"].append(str(row.get("modality", "")))
-        if "instances" in self.parts:
-            self.parts["instances"].append(resize_labels(cells, probabilities.shape))
+        if cells is None:
+            cells = self.segmenter.cells(outputs)
+        self.parts["instances"].append(resize_labels(cells, probabilities.shape))
 
     def stacked(self, threshold: float) -> dict:
         stacked = _stack_overlay(self.parts)
@@ -184,9 +188,8 @@ class OverlayData:
 
 
 def score_sample(segmenter, split, index: int, truth: TruthReader, resolution: str):
-    """The per-image row of sample ``index`` (manifest columns and scores), its foreground
-    probabilities at the training scale, and the network's own cells (None for a binary
-    network)."""
+    """The per-image row of sample ``index`` (manifest columns and scores), the network's
+    outputs at the training scale, and the network's own cells (None for a binary network)."""
     row = split.manifest.iloc[index]
     outputs = segmenter.sample_outputs(split, index)
     binary, labels = truth(index)
@@ -205,7 +208,7 @@ def score_sample(segmenter, split, index: int, truth: TruthReader, resolution: s
             if name != "n_true"
         }
         record["instance_mode"] = segmenter.own_step["mode"]
-    return record | {"resolution": resolution}, outputs[0], cells
+    return record | {"resolution": resolution}, outputs, cells
 
 
 def filtered_scores(segmenter, scored: np.ndarray, binary, labels) -> dict:
@@ -260,18 +263,18 @@ def evaluate_split(
 
     Returns the per-image table (manifest columns + :data:`METRIC_COLUMNS` + ``resolution``)
     and the overlay data of ``overlay_state`` at the training scale (``images`` uint8
-    (K, H, W, 3), ``masks`` bool, ``probabilities`` float16, ``z``, ``modality``, ordered by
-    modality and plane; and ``state``, ``threshold``), ready for :func:`protoseg.io.save_npz`.
-    A network with instance outputs has its own cells scored too (:data:`WATERSHED_COLUMNS`)
-    and kept in the overlay (``instances``).
+    (K, H, W, 3), ``masks`` bool, ``probabilities`` float16, ``instances`` (the segmenter's
+    cells, uint16), ``z``, ``modality``, ordered by modality and plane; and ``state``,
+    ``threshold``), ready for :func:`protoseg.io.save_npz`. A network with instance outputs
+    has its own cells scored too (:data:`WATERSHED_COLUMNS`).
     """
     truth = TruthReader(split, resolution, instances)
-    overlay = OverlayData(overlay_state, segmenter.own_step is not None)
+    overlay = OverlayData(overlay_state, segmenter)
     rows = []
     for index in tqdm(range(len(split)), desc="evaluate", unit="image", disable=not progress):
-        record, probabilities, cells = score_sample(segmenter, split, index, truth, resolution)
+        record, outputs, cells = score_sample(segmenter, split, index, truth, resolution)
         rows.append(record)
-        overlay.add(split, index, split.manifest.iloc[index], probabilities, cells)
+        overlay.add(split, index, split.manifest.iloc[index], outputs, cells)
     if not rows:
         raise ValueError("no images to evaluate")
     return pd.DataFrame.from_records(rows), overlay.stacked(segmenter.threshold)

@@ -14,8 +14,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import to_rgb  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch, Rectangle  # noqa: E402
+from skimage.segmentation import find_boundaries  # noqa: E402
 
 from protoseg import metrics, study  # noqa: E402
+from protoseg.io import FIGURE_DPI  # noqa: E402
+from protoseg.objects import matched_objects  # noqa: E402
 from protoseg.study import OVERALL, row_label  # noqa: E402
 
 PANEL_METRICS = {
@@ -27,6 +31,10 @@ PANEL_METRICS = {
 # Red and cyan read on the light bright-field and the dark fluorescent images alike.
 MASK_COLOUR = "#ff2a00"
 PREDICTION_COLOUR = "#00e5ff"
+# Predicted cells that match no true cell (amber: apart from both).
+FALSE_COLOUR = "#ffb000"
+# Pixels of the training scale a prediction overlay's crop shows, at least 1:1.
+CROP_SIZE = 256
 
 
 def _colours(losses: Sequence[str]) -> dict:
@@ -214,12 +222,137 @@ def context_vs_z(
     return figure
 
 
-def prediction_overlays(overlay: dict, threshold: float, title: str):
-    """The test state's images per plane (columns) and modality (rows), with the mask's
-    outline (red) and the prediction's (cyan outline, light cyan shade); each panel titled with its pixel F1.
-    Overlays of a model with instance outputs (an ``instances`` array) show each of its
-    cells in its own colour instead of the cyan shade, titled with their number too.
-    Returns the matplotlib figure."""
+def object_outcomes(cells: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """Pixels of the predicted cells that match a true cell at IoU 0.5 (``matched``), of
+    those that match none (``false``) and of the true cells (connected components of
+    ``mask``) that no predicted cell matches (``missed``), with their counts."""
+    truth = metrics.instances_from_binary(np.asarray(mask) > 0)
+    cells = np.asarray(cells)
+    labels, hits = matched_objects(cells, truth)
+    true_labels, found = matched_objects(truth, cells)
+    return {
+        "matched": np.isin(cells, labels[hits]),
+        "false": np.isin(cells, labels[~hits]),
+        "missed": np.isin(truth, true_labels[~found]),
+        "n_pred": len(labels),
+        "n_true": len(true_labels),
+        "n_false": int((~hits).sum()),
+        "n_missed": int((~found).sum()),
+    }
+
+
+def densest_window(weight: np.ndarray, size: int) -> tuple[slice, slice]:
+    """The ``size`` x ``size`` window (smaller on a smaller image) holding the most of
+    ``weight``; the first (top-left) of equal ones."""
+    height, width = weight.shape
+    rows, columns = min(size, height), min(size, width)
+    integral = np.pad(np.asarray(weight, np.float64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    sums = (
+        integral[rows:, columns:]
+        - integral[:-rows, columns:]
+        - integral[rows:, :-columns]
+        + integral[:-rows, :-columns]
+    )
+    top, left = np.unravel_index(int(np.argmax(sums)), sums.shape)
+    return slice(int(top), int(top) + rows), slice(int(left), int(left) + columns)
+
+
+def _outcome_fill(outcomes: dict, window) -> np.ndarray:
+    """RGBA shades: matched cells light cyan, false ones amber, missed true cells red."""
+    matched = outcomes["matched"][window]
+    fill = np.zeros((*matched.shape, 4), np.float32)
+    fill[matched] = (*to_rgb(PREDICTION_COLOUR), 0.25)
+    fill[outcomes["missed"][window]] = (*to_rgb(MASK_COLOUR), 0.45)
+    fill[outcomes["false"][window]] = (*to_rgb(FALSE_COLOUR), 0.55)
+    return fill
+
+
+def _draw_panel(ax, overlay: dict, index: int, outcomes: dict, window) -> None:
+    """One image (or its crop ``window``): the shades of :func:`_outcome_fill`, the true
+    mask's outline (red) and the predicted cells' (cyan)."""
+    mask = overlay["masks"][index][window]
+    cells = overlay["instances"][index][window]
+    ax.imshow(overlay["images"][index][window], interpolation="nearest")
+    # Shades as well as outlines: a prediction covering (nearly) the whole image, whose
+    # outline hugs the border, is still plain to see, and so are cells too small to outline.
+    ax.imshow(_outcome_fill(outcomes, window), interpolation="nearest")
+    if mask.any():
+        ax.contour(mask.astype(float), levels=[0.5], colors=MASK_COLOUR, linewidths=1.0)
+    if (cells > 0).any():
+        # Each cell its own outline, so that touching cells the network separated show.
+        edges = find_boundaries(cells, mode="inner")
+        ax.imshow(
+            np.dstack([np.broadcast_to(to_rgb(PREDICTION_COLOUR), (*edges.shape, 3)), edges]),
+            interpolation="nearest",
+        )
+
+
+def _overlay_cells(overlay: dict, threshold: float) -> np.ndarray:
+    """The stored cells; overlays written before they were stored: components of p > t."""
+    if "instances" in overlay and len(overlay["instances"]) == len(overlay["z"]):
+        return overlay["instances"]
+    return np.stack(
+        [
+            metrics.instances_from_binary(p.astype(np.float32) > threshold)
+            for p in overlay["probabilities"]
+        ]
+    )
+
+
+def _crop_windows(overlay: dict, outcomes: list[dict], modalities, crop: int | None) -> dict:
+    """Per modality, the ``crop`` window where cells (true, predicted, false, missed) are
+    densest over all its planes; None without crops."""
+    windows = {}
+    for modality in modalities:
+        if crop is None:
+            windows[modality] = None
+            continue
+        of_modality = [i for i, m in enumerate(overlay["modality"]) if str(m) == modality]
+        weight = sum(
+            overlay["masks"][i].astype(np.float32)
+            + (overlay["instances"][i] > 0)
+            + outcomes[i]["false"]
+            + outcomes[i]["missed"]
+            for i in of_modality
+        )
+        windows[modality] = densest_window(weight, crop)
+    return windows
+
+
+def _outcome_legend(threshold: float) -> list:
+    return [
+        Line2D([], [], color=MASK_COLOUR, label="true cell (mask outline)"),
+        Line2D([], [], color=PREDICTION_COLOUR, label=f"predicted cell (p > {threshold:g})"),
+        Patch(color=PREDICTION_COLOUR, alpha=0.4, label="matched (IoU >= 0.5)"),
+        Patch(color=FALSE_COLOUR, alpha=0.7, label="false: no true cell"),
+        Patch(color=MASK_COLOUR, alpha=0.6, label="missed true cell"),
+    ]
+
+
+def _mark_window(ax, window) -> None:
+    top, left = window[0].start, window[1].start
+    ax.add_patch(
+        Rectangle(
+            (left - 0.5, top - 0.5),
+            window[1].stop - left,
+            window[0].stop - top,
+            fill=False,
+            edgecolor="white",
+            linestyle="--",
+            linewidth=1.0,
+        )
+    )
+
+
+def prediction_overlays(overlay: dict, threshold: float, title: str, crop: int = CROP_SIZE):
+    """The test state's images per plane (columns) and modality (rows): the true mask's
+    outline (red), the predicted cells' (cyan), predicted cells that match a true cell at
+    IoU 0.5 shaded cyan, false ones amber, missed true cells red; each panel titled with its
+    pixel F1 and its counts. Images larger than ``crop`` pixels get a second row per
+    modality: a ``crop`` x ``crop`` window at the stored (training) scale, one pixel of the
+    image at least one pixel of the figure, where the cells are densest (the same window on
+    every plane, marked on the whole image), so that small cells and 1 px outlines can be
+    seen. Returns the matplotlib figure."""
     modalities = list(dict.fromkeys(str(m) for m in overlay["modality"]))
     planes = sorted(set(int(z) for z in overlay["z"]))
     if not modalities:
@@ -227,66 +360,66 @@ def prediction_overlays(overlay: dict, threshold: float, title: str):
         ax.axis("off")
         ax.text(0.5, 0.5, f"{title}\nno test images of this state", ha="center", va="center")
         return figure
+    overlay = {**overlay, "instances": _overlay_cells(overlay, threshold)}
+    outcomes = [
+        object_outcomes(overlay["instances"][i], overlay["masks"][i])
+        for i in range(len(overlay["z"]))
+    ]
     height, width = overlay["images"].shape[1:3]
-    panel = 2.4
+    cropped = max(height, width) > crop
+    windows = _crop_windows(overlay, outcomes, modalities, crop if cropped else None)
+    rows_per_modality = 2 if cropped else 1
+    # A crop's axes keep at least one figure pixel per image pixel, margins aside.
+    panel = max(2.4, 1.3 * crop / FIGURE_DPI) if cropped else 2.4
     figure, axes = plt.subplots(
-        len(modalities),
+        len(modalities) * rows_per_modality,
         len(planes),
-        figsize=(panel * len(planes), panel * height / width * len(modalities) + 0.9),
+        figsize=(
+            panel * len(planes),
+            (panel * height / width + (panel if cropped else 0)) * len(modalities) + 1.1,
+        ),
         squeeze=False,
+        height_ratios=[height / width, 1.0] * len(modalities) if cropped else None,
     )
     for ax in axes.flat:
         ax.axis("off")
+    whole = (slice(None), slice(None))
     for index in range(len(overlay["z"])):
-        row = modalities.index(str(overlay["modality"][index]))
+        modality = str(overlay["modality"][index])
+        row = modalities.index(modality) * rows_per_modality
         column = planes.index(int(overlay["z"][index]))
-        ax = axes[row, column]
-        mask = overlay["masks"][index]
+        found = outcomes[index]
         probability = overlay["probabilities"][index].astype(np.float32)
-        score = metrics.f1(*metrics.confusion(probability > threshold, mask))
-        ax.imshow(overlay["images"][index], interpolation="nearest")
-        # A light fill as well as the outline, so that a prediction covering (nearly) the
-        # whole image, whose outline hugs the border, is still plain to see.
-        fill = np.zeros((*probability.shape, 4), np.float32)
-        cells = overlay["instances"][index] if "instances" in overlay else None
-        if cells is None:
-            fill[probability > threshold] = (*to_rgb(PREDICTION_COLOUR), 0.25)
-        else:
-            from protoseg.qc import instance_colours
-
-            colours = instance_colours(int(cells.max())).astype(np.float32) / 255
-            fill[cells > 0, :3] = colours[cells[cells > 0] - 1]
-            fill[cells > 0, 3] = 0.45
-        ax.imshow(fill, interpolation="nearest")
-        if mask.any():
-            ax.contour(mask.astype(float), levels=[0.5], colors=MASK_COLOUR, linewidths=1.0)
-        if (probability > threshold).any():
-            ax.contour(probability, levels=[threshold], colors=PREDICTION_COLOUR, linewidths=1.0)
-        counted = "" if cells is None else f", {int(len(np.unique(cells[cells > 0])))} cells"
-        ax.set_title(f"z{overlay['z'][index]}  F1 {score:.2f}{counted}", fontsize=9)
+        score = metrics.f1(*metrics.confusion(probability > threshold, overlay["masks"][index]))
+        ax = axes[row, column]
+        _draw_panel(ax, overlay, index, found, whole)
+        ax.set_title(
+            f"z{overlay['z'][index]}  F1 {score:.2f}, {found['n_pred']} cells / "
+            f"{found['n_true']} true\n{found['n_false']} false, {found['n_missed']} missed",
+            fontsize=8,
+        )
+        window = windows[modality]
+        if window is not None:
+            _mark_window(ax, window)
+            _draw_panel(axes[row + 1, column], overlay, index, found, window)
+            axes[row + 1, column].set_title(
+                f"crop y {window[0].start}-{window[0].stop}, x {window[1].start}-"
+                f"{window[1].stop} (1:1)",
+                fontsize=8,
+            )
         if column == 0:
             ax.text(
                 -0.04,
                 0.5,
-                modalities[row],
+                modality,
                 transform=ax.transAxes,
                 rotation=90,
                 ha="right",
                 va="center",
                 fontsize=9,
             )
-    handles = [
-        Line2D([], [], color=MASK_COLOUR, label="mask"),
-        Line2D(
-            [],
-            [],
-            color=PREDICTION_COLOUR,
-            label=f"prediction (p > {threshold:g}, outline and shade)"
-            if "instances" not in overlay
-            else f"prediction (p > {threshold:g}); its cells one colour each",
-        ),
-    ]
-    figure.legend(handles=handles, loc="lower center", ncol=2, frameon=False)
+    handles = _outcome_legend(threshold)
+    figure.legend(handles=handles, loc="lower center", ncol=3, frameon=False, fontsize=8)
     figure.suptitle(title, fontsize=11)
-    figure.tight_layout(rect=(0, 0.05, 1, 1))
+    figure.tight_layout(rect=(0, 0.07, 1, 1))
     return figure

@@ -332,9 +332,12 @@ def write_png(path: str | Path, image: np.ndarray) -> None:
             raise OSError("OpenCV could not write the PNG")
 
 
+FIGURE_DPI = 120
+
+
 def save_figure(path: str | Path, figure, **kwargs) -> None:
     """Save a matplotlib figure atomically (format from the target's suffix)."""
-    kwargs.setdefault("dpi", 120)
+    kwargs.setdefault("dpi", FIGURE_DPI)
     kwargs.setdefault("bbox_inches", "tight")
     path = Path(path)
     with atomic_path(path) as tmp:

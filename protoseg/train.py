@@ -514,6 +514,19 @@ class Trainer:
         has_validation = len(self.validation_split) > 0
         check_threshold_setting(self.settings["threshold"], has_validation)
         self.validating = has_validation
+        # Why nothing is chosen on validation images, when it is not.
+        self.unvalidated = None if has_validation else "no validation split"
+        manifest = self.validation_split.manifest
+        if has_validation and "cells" in manifest and int(manifest["cells"].sum()) == 0:
+            # Every score there is 0: the best epoch and threshold would be arbitrary.
+            self.validating, self.unvalidated = False, "no cells in the validation split"
+            log.warning(
+                "%s: the validation split (%d images) holds no cell, so nothing is chosen on "
+                "it: the last epoch is kept, the threshold is 0.5 unless train.threshold sets "
+                "one, and every object is kept (give split.validation states with cells)",
+                self.name,
+                len(self.validation_split),
+            )
         if self.instances != "none" and not self.record.has_instances:
             raise InputError(
                 self.dataset_dir / datasets.INFO_NAME,
@@ -889,11 +902,12 @@ class Trainer:
             return {"value": float(setting), "source": "config"}
         if not self.validating:
             log.warning(
-                "%s: no validation split, so the threshold is not chosen on data: 0.5 is used "
-                "(set split.validation to choose it on validation images)",
+                "%s: %s, so the threshold is not chosen on data: 0.5 is used "
+                "(set split.validation to choose it on validation images with cells)",
                 self.name,
+                self.unvalidated,
             )
-            return {"value": 0.5, "source": "default (no validation split)"}
+            return {"value": 0.5, "source": f"default ({self.unvalidated})"}
         if self.settings.get("threshold_objective", "pixel") == "instances":
             return self._instance_threshold()
         counts = threshold_counts(self.segmenter(), self.validation_split)
@@ -935,15 +949,16 @@ class Trainer:
             }
         if not self.validating:
             log.warning(
-                "%s: no validation split, so the watershed settings are not chosen on data: "
+                "%s: %s, so the watershed settings are not chosen on data: "
                 "the defaults %s are used (set split.validation to choose them there)",
                 self.name,
+                self.unvalidated,
                 instance_outputs.DEFAULTS[mode],
             )
             return {
                 "mode": mode,
                 "settings": instance_outputs.check_settings(mode, {}),
-                "source": "default (no validation split)",
+                "source": f"default ({self.unvalidated})",
             }
         chosen = instance_outputs.choose_settings(mode, threshold, self.validation_images())
         log.info(
@@ -1019,11 +1034,12 @@ class Trainer:
             return object_rules.ObjectFilter.from_dict(setting, "train.object_filter").to_dict()
         if not self.validating:
             log.warning(
-                "%s: no validation split, so the object filter is not chosen on data: every "
+                "%s: %s, so the object filter is not chosen on data: every "
                 "object is kept (set split.validation to choose it there)",
                 self.name,
+                self.unvalidated,
             )
-            return object_rules.ObjectFilter(source="default (no validation split)").to_dict()
+            return object_rules.ObjectFilter(source=f"default ({self.unvalidated})").to_dict()
         segmenter = self.segmenter(threshold=threshold, own=watershed)
         chosen = object_rules.choose_filter(
             (segmenter.cells(outputs, filtered=False), outputs[0], labels)

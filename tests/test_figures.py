@@ -137,3 +137,61 @@ def test_prediction_overlays_without_images_still_draws():
     figure = figures.prediction_overlays(empty, 0.5, "nothing")
     assert "no test images" in figure.get_axes()[0].texts[0].get_text()
     plt.close(figure)
+
+
+def test_object_outcomes_tell_matched_false_and_missed_cells_apart():
+    mask = np.zeros((40, 40), bool)
+    mask[disk((10, 10), 5)] = mask[disk((30, 30), 5)] = True  # two true cells
+    cells = np.zeros((40, 40), np.uint16)
+    cells[disk((10, 11), 5)] = 1  # matches the first
+    cells[disk((30, 8), 4)] = 2  # matches nothing; the second true cell is missed
+    found = figures.object_outcomes(cells, mask)
+    assert (found["n_pred"], found["n_true"], found["n_false"], found["n_missed"]) == (2, 2, 1, 1)
+    assert np.array_equal(found["matched"], cells == 1)
+    assert np.array_equal(found["false"], cells == 2)
+    assert found["missed"][30, 30] and not found["missed"][10, 10]
+
+
+def test_densest_window_finds_the_cells_and_fits_small_images():
+    weight = np.zeros((600, 500))
+    weight[400:450, 300:350] = 1
+    rows, columns = figures.densest_window(weight, 256)
+    assert rows.stop - rows.start == 256 and columns.stop - columns.start == 256
+    assert rows.start <= 400 and rows.stop >= 450 and columns.start <= 300 and columns.stop >= 350
+    assert figures.densest_window(np.ones((40, 30)), 256) == (slice(0, 40), slice(0, 30))
+
+
+def test_a_large_image_gets_a_crop_at_native_scale_with_false_and_missed_cells(tmp_path):
+    """A 1024 px image of 12 px cells: the whole image, and below it a 256 px window around
+    the cells drawn at one figure pixel per image pixel or more; false cells amber, missed
+    true cells red."""
+    size, mask = 1024, np.zeros((1024, 1024), bool)
+    probability = np.zeros((size, size), np.float16)
+    for centre in [(700, 600), (720, 640), (760, 610)]:
+        mask[disk(centre, 6)] = True
+    probability[disk((700, 600), 6)] = 0.9  # matched
+    probability[disk((680, 680), 6)] = 0.9  # false
+    overlay = {
+        "images": np.full((1, size, size, 3), 90, np.uint8),
+        "masks": mask[None],
+        "probabilities": probability[None],
+        "instances": figures.metrics.instances_from_binary(probability > 0.5)[None].astype(
+            np.uint16
+        ),
+        "z": np.array([1]),
+        "modality": np.array(["brightfield"]),
+    }
+    figure = figures.prediction_overlays(overlay, 0.5, "a 1024 px test image")
+    whole, crop = figure.get_axes()[:2]
+    assert "2 cells / 3 true" in whole.get_title() and "1 false, 2 missed" in whole.get_title()
+    assert crop.get_title().startswith("crop y ") and "(1:1)" in crop.get_title()
+    extent = crop.get_window_extent()
+    assert min(extent.width, extent.height) >= 256 * figure.dpi / figures.FIGURE_DPI
+    path = tmp_path / "predictions.png"
+    save_figure(path, figure)
+    plt.close(figure)
+    image = read_image(path)[..., :3].astype(int)
+    amber = np.array(to_rgb(figures.FALSE_COLOUR)) * 255
+    # The false cell's amber shade over the grey image: seen (it is tiny in the whole image).
+    shaded = 0.45 * 90 + 0.55 * amber
+    assert (np.abs(image - shaded).max(axis=-1) < 3).sum() > 50

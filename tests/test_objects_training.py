@@ -123,6 +123,32 @@ def test_a_validation_split_without_cells_falls_back_with_a_warning(dataset_dir,
     assert caplog.text.count("the validation split holds no cell") == 2
 
 
+def test_a_validation_split_of_empty_masks_is_said_at_build_and_chooses_nothing(tmp_path, caplog):
+    with pytest.warns(UserWarning, match=r"the validation split \(2 image\(s\) of state\(s\) "
+                      r"day1t1xy5\) holds no cell"):  # fmt: skip
+        dataset_dir = make_discs(tmp_path, validation=(5,), empty=(5,))
+    train_cfg = {
+        **TRAIN_CFG,
+        "epochs": 3,
+        "validate_every": 1,
+        "keep_best": True,
+        "object_filter": "auto",
+        "threshold_objective": "instances",
+    }
+    with caplog.at_level("WARNING", logger="protoseg.train"):
+        history = train_model(
+            dataset_dir, tmp_path / "m", model_cfg=MODEL_CFG, train_cfg=train_cfg, loss="bce",
+            progress=False,
+        )  # fmt: skip
+    _, meta = load_model(tmp_path / "m" / "model.pt")
+    reason = "default (no cells in the validation split)"
+    assert meta["threshold"] == {"value": 0.5, "source": reason}
+    assert meta["epoch_kept"] == 3 and history["val_f1"].isna().all()
+    assert meta["object_filter"]["source"] == reason
+    assert not objects.ObjectFilter.from_dict(meta["object_filter"]).active
+    assert "the validation split (2 images) holds no cell, so nothing is chosen" in caplog.text
+
+
 def test_the_default_settings_write_no_object_keys(dataset_dir, tmp_path):
     train_model(
         dataset_dir, tmp_path / "m", model_cfg=MODEL_CFG, train_cfg={**TRAIN_CFG, "epochs": 1},

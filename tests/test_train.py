@@ -29,8 +29,9 @@ TRAIN_CFG = {
 }
 
 
-def make_discs(folder, validation=(5,), dataset_cfg=None):
-    """6 states x 2 planes of 24 x 24 bright-field images with a bright disc as the cell."""
+def make_discs(folder, validation=(5,), dataset_cfg=None, empty=()):
+    """6 states x 2 planes of 24 x 24 bright-field images with a bright disc as the cell
+    (none in the masks of the positions in ``empty``)."""
     rng = np.random.default_rng(0)
     rows = []
     yy, xx = np.mgrid[:24, :24]
@@ -38,7 +39,7 @@ def make_discs(folder, validation=(5,), dataset_cfg=None):
         state = f"day1t1xy{xy}"
         centre = rng.integers(7, 17, 2)
         disc = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 < 36
-        tifffile.imwrite(folder / f"{state}.tif", disc.astype(np.uint16))
+        tifffile.imwrite(folder / f"{state}.tif", (disc * (xy not in empty)).astype(np.uint16))
         for z in (12, 14):
             image = np.clip(
                 60 + 120 * disc[..., None] + rng.normal(0, 10, (24, 24, 3)), 0, 255

@@ -1,0 +1,260 @@
+"""Where the pipeline loses ground on a real set: the choices between the network and the
+score, each on several seeds, chosen on the validation split and scored on the test split.
+
+    python benchmarks/realdata_ablation.py CONFIG DATASET_DIR WORK_DIR OUT.json \
+        [--seeds 0 1 2] [--trainings shipped ema ...] [--tta] [--threads 2]
+
+``DATASET_DIR``: the data set the pipeline built for CONFIG's first variant (``snakemake
+all_dataset``, e.g. ``results/datasets/brightfield``). For every seed and every *training*
+row (CONFIG's ``train`` and ``model`` sections with the row's changes; :data:`TRAININGS`),
+one model is trained with :func:`protoseg.train.train_model` (the first loss of
+``train.losses``) into ``WORK_DIR``, as the train rule would train it. The network's
+outputs on every validation and test image are computed once (and once more with test-time
+augmentation, ``--tta``), and every *decision* row (:data:`DECISIONS`: the threshold's
+objective, the object filter, TTA) is chosen on the validation outputs alone and then
+scored on the test outputs, at each image's own resolution, by protoseg's own functions
+(:class:`protoseg.segmenter.Segmenter`, :mod:`protoseg.objects`, :mod:`protoseg.metrics`).
+No test score chooses anything. Models already trained in ``WORK_DIR`` are reused, so a
+run that was stopped goes on where it was.
+
+Writes ``OUT.json``: one record per seed, training row and decision row, with the
+validation score that chose it and the test scores (pixel F1 pooled, SA50 pooled and mean
+per image, matched F1, objects predicted / true), and the seconds each training took.
+``docs/realdata.md`` tabulates them (mean and spread over the seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from protoseg import metrics
+from protoseg import objects as object_rules
+from protoseg.config import complete_section, validate
+from protoseg.dataset import open_split
+from protoseg.evaluate import TruthReader
+from protoseg.segmenter import Segmenter
+from protoseg.train import train_model
+
+# Training rows: changes to the config's train section (nested augment keys merged).
+TRAININGS = {
+    "shipped": {},
+    "ema": {"ema": 0.999},
+    "last_epoch": {"keep_best": False},
+    "no_oversampling": {"foreground_share": 0.0},
+    "no_zoom": {"augment": {"scale": 0.0}},
+    "no_intensity_jitter": {"augment": {"brightness": 0.0, "contrast": 0.0, "gamma": 0.0}},
+}
+# Decision rows, from one network's outputs: (name, threshold objective, object filter, TTA).
+DECISIONS = (
+    ("threshold 0.5", "fixed", False, False),
+    ("threshold for pixel F1 (shipped)", "pixel", False, False),
+    ("threshold for matched F1 (plateau)", "instances", False, False),
+    ("matched-F1 threshold + object filter", "instances", True, False),
+    ("pixel-F1 threshold + TTA", "pixel", False, True),
+    ("matched-F1 threshold + object filter + TTA", "instances", True, True),
+)
+
+
+def merged(section: dict, changes: dict) -> dict:
+    out = copy.deepcopy(section)
+    for key, value in changes.items():
+        if isinstance(value, dict):
+            out[key] = {**out.get(key, {}), **value}
+        else:
+            out[key] = value
+    return out
+
+
+def train_row(config: dict, dataset_dir: Path, model_dir: Path, seed: int, changes: dict):
+    """The model of one training row and seed (trained unless already there), and the
+    seconds its training took (None when it was there)."""
+    model_path = model_dir / "model.pt"
+    if model_path.exists():
+        return model_path, None
+    train_cfg = merged(config["train"], changes) | {"seed": int(seed)}
+    start = time.perf_counter()
+    train_model(
+        dataset_dir,
+        model_dir,
+        model_cfg=config["model"],
+        train_cfg=train_cfg,
+        loss=config["train"]["losses"][0],
+        name=f"{model_dir.name}",
+        progress=False,
+        inference={
+            "tile": config["evaluate"]["tile"],
+            "overlap": config["evaluate"]["overlap"],
+            "resolution": config["evaluate"]["resolution"],
+        },
+    )
+    return model_path, time.perf_counter() - start
+
+
+def split_outputs(segmenter: Segmenter, dataset_dir: Path, split_name: str, resolution: str):
+    """(outputs at the truth's size, binary truth, true cells) of every image of a split."""
+    split = open_split(dataset_dir, split_name)
+    truth = TruthReader(split, resolution, "labels")
+    images = []
+    for index in range(len(split)):
+        binary, labels = truth(index)
+        outputs = segmenter.sample_outputs(split, index)
+        if resolution == "original":
+            outputs = segmenter.at_size(outputs, binary.shape)
+        true_cells = metrics.instances_from_binary(binary) if labels is None else labels
+        images.append((outputs, binary, true_cells))
+    return images
+
+
+def pixel_threshold(images) -> tuple[float, float]:
+    counts = metrics.ThresholdCounts()
+    for outputs, binary, _ in images:
+        counts.add(outputs[0], binary)
+    return counts.best()
+
+
+def choose(segmenter: Segmenter, validation, objective: str, with_filter: bool) -> dict:
+    """Threshold (and object filter) chosen on the validation images, and the validation
+    matched F1 / pixel F1 there."""
+    if objective == "fixed":
+        threshold = 0.5
+    elif objective == "pixel":
+        threshold = pixel_threshold(validation)[0]
+    else:
+        threshold = object_rules.choose_threshold(
+            [(outputs, cells) for outputs, _, cells in validation],
+            lambda outputs, t: segmenter.cells(outputs, t, False),
+        )["value"]
+    rule = None
+    if with_filter:
+        chosen = object_rules.choose_filter(
+            (segmenter.cells(outputs, threshold, False), outputs[0], cells)
+            for outputs, _, cells in validation
+        )
+        rule = chosen["filter"]
+    decided = segmenter.with_settings(threshold=threshold, object_filter=rule)
+    return {"segmenter": decided, "threshold": threshold, "filter": rule}
+
+
+def scores(segmenter: Segmenter, images) -> dict:
+    """Pooled pixel F1, pooled and per-image SA50 and matched F1, object counts."""
+    counts = np.zeros(4, np.int64)
+    rows = []
+    for outputs, binary, true_cells in images:
+        counts += np.array(metrics.confusion(outputs[0] > segmenter.threshold, binary > 0))
+        rows.append(metrics.instance_scores(segmenter.cells(outputs), true_cells))
+    pooled = metrics.pooled_instance_scores(
+        [r["n_true"] for r in rows], [r["n_pred"] for r in rows], [r["tp50"] for r in rows]
+    )
+    return {
+        "pixel_f1": metrics.f1(*(int(c) for c in counts)),
+        "sa50_pooled": pooled["sa50"],
+        "matched_f1_pooled": pooled["matched_f1"],
+        "sa50_mean": float(np.mean([r["sa50"] for r in rows])),
+        "msa_mean": float(np.mean([r["msa"] for r in rows])),
+        "n_pred": [int(r["n_pred"]) for r in rows],
+        "n_true": [int(r["n_true"]) for r in rows],
+    }
+
+
+def decision_rows(model_path: Path, config: dict, dataset_dir: Path, tta: bool) -> list[dict]:
+    evaluate_cfg = complete_section("evaluate", config["evaluate"])
+    segmenter, _ = Segmenter.from_file(
+        model_path, "evaluate", **{**evaluate_cfg, "device": "cpu", "tta": False}
+    )
+    resolution = evaluate_cfg["resolution"]
+    outputs = {}
+    rows = []
+    for name, objective, with_filter, with_tta in DECISIONS:
+        if with_tta and not tta:
+            continue
+        if with_tta not in outputs:
+            start = time.perf_counter()
+            chosen_segmenter = segmenter.with_settings(tta=with_tta)
+            outputs[with_tta] = {
+                split: split_outputs(chosen_segmenter, dataset_dir, split, resolution)
+                for split in ("validation", "test")
+            }
+            print(f"  outputs (tta={with_tta}): {time.perf_counter() - start:.0f} s", flush=True)
+        validation, test = outputs[with_tta]["validation"], outputs[with_tta]["test"]
+        chosen = choose(segmenter, validation, objective, with_filter)
+        row = {
+            "decision": name,
+            "threshold": chosen["threshold"],
+            "object_filter": chosen["filter"].describe() if chosen["filter"] else None,
+            "validation": scores(chosen["segmenter"], validation),
+            "test": scores(chosen["segmenter"], test),
+        }
+        print(
+            f"  {name}: threshold {row['threshold']:.4f}, validation matched F1 "
+            f"{row['validation']['matched_f1_pooled']:.3f}, test pixel F1 "
+            f"{row['test']['pixel_f1']:.3f}, SA50 pooled {row['test']['sa50_pooled']:.3f}, "
+            f"objects {sum(row['test']['n_pred'])}/{sum(row['test']['n_true'])}",
+            flush=True,
+        )
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config")
+    parser.add_argument("dataset_dir", type=Path)
+    parser.add_argument("work_dir", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--trainings", nargs="+", default=["shipped"], choices=list(TRAININGS))
+    parser.add_argument("--tta", action="store_true", help="also the rows with TTA (8x)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    args.dataset_dir, args.work_dir, args.out = (
+        Path(p).resolve() for p in (args.dataset_dir, args.work_dir, args.out)
+    )
+    config_text = Path(args.config).read_text()
+    # The manifest names the masks relative to where snakemake ran: RUN/results/datasets/X.
+    os.chdir(args.dataset_dir.parents[2])
+    config = validate(yaml.safe_load(config_text))
+    results = json.loads(args.out.read_text()) if args.out.exists() else {"records": []}
+    done = {(r["training"], r["seed"]) for r in results["records"]}
+    results["setup"] = {
+        "config": args.config,
+        "dataset": str(args.dataset_dir),
+        "machine": platform.processor() or platform.machine(),
+        "threads": args.threads,
+        "torch": torch.__version__,
+    }
+    for training in args.trainings:
+        for seed in args.seeds:
+            if (training, seed) in done:
+                continue
+            print(f"{training}, seed {seed}", flush=True)
+            model_dir = args.work_dir / f"{training}-seed{seed}"
+            model_path, seconds = train_row(
+                config, args.dataset_dir, model_dir, seed, TRAININGS[training]
+            )
+            meta = torch.load(model_path, map_location="cpu", weights_only=False)["meta"]
+            record = {
+                "training": training,
+                "seed": seed,
+                "changes": TRAININGS[training],
+                "training_seconds": seconds,
+                "epoch_kept": meta.get("epoch_kept"),
+                "decisions": decision_rows(model_path, config, args.dataset_dir, args.tta),
+            }
+            results["records"].append(record)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
