@@ -215,6 +215,12 @@ def main() -> None:
     parser.add_argument("--trainings", nargs="+", default=["shipped"], choices=list(TRAININGS))
     parser.add_argument("--tta", action="store_true", help="also the rows with TTA (8x)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--label",
+        default="",
+        help="prefix of the training rows' names: what differs in DATASET_DIR's build "
+        "(e.g. another normalisation), so that rows of several data sets share one file",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.dataset_dir, args.work_dir, args.out = (
@@ -226,6 +232,7 @@ def main() -> None:
     config = validate(yaml.safe_load(config_text))
     results = json.loads(args.out.read_text()) if args.out.exists() else {"records": []}
     done = {(r["training"], r["seed"]) for r in results["records"]}
+    prefix = f"{args.label}/" if args.label else ""
     results["setup"] = {
         "config": args.config,
         "dataset": str(args.dataset_dir),
@@ -235,16 +242,18 @@ def main() -> None:
     }
     for training in args.trainings:
         for seed in args.seeds:
-            if (training, seed) in done:
+            name = prefix + training
+            if (name, seed) in done:
                 continue
-            print(f"{training}, seed {seed}", flush=True)
-            model_dir = args.work_dir / f"{training}-seed{seed}"
+            print(f"{name}, seed {seed}", flush=True)
+            model_dir = args.work_dir / f"{name.replace('/', '-')}-seed{seed}"
             model_path, seconds = train_row(
                 config, args.dataset_dir, model_dir, seed, TRAININGS[training]
             )
             meta = torch.load(model_path, map_location="cpu", weights_only=False)["meta"]
             record = {
-                "training": training,
+                "training": name,
+                "dataset": str(args.dataset_dir),
                 "seed": seed,
                 "changes": TRAININGS[training],
                 "training_seconds": seconds,

@@ -20,6 +20,7 @@ from skimage.segmentation import find_boundaries  # noqa: E402
 from protoseg import metrics, study  # noqa: E402
 from protoseg.io import FIGURE_DPI  # noqa: E402
 from protoseg.objects import matched_objects  # noqa: E402
+from protoseg.qc import CROP_SIZE, densest_window  # noqa: E402
 from protoseg.study import OVERALL, row_label  # noqa: E402
 
 PANEL_METRICS = {
@@ -33,8 +34,6 @@ MASK_COLOUR = "#ff2a00"
 PREDICTION_COLOUR = "#00e5ff"
 # Predicted cells that match no true cell (amber: apart from both).
 FALSE_COLOUR = "#ffb000"
-# Pixels of the training scale a prediction overlay's crop shows, at least 1:1.
-CROP_SIZE = 256
 
 
 def _colours(losses: Sequence[str]) -> dict:
@@ -239,22 +238,6 @@ def object_outcomes(cells: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray
         "n_false": int((~hits).sum()),
         "n_missed": int((~found).sum()),
     }
-
-
-def densest_window(weight: np.ndarray, size: int) -> tuple[slice, slice]:
-    """The ``size`` x ``size`` window (smaller on a smaller image) holding the most of
-    ``weight``; the first (top-left) of equal ones."""
-    height, width = weight.shape
-    rows, columns = min(size, height), min(size, width)
-    integral = np.pad(np.asarray(weight, np.float64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    sums = (
-        integral[rows:, columns:]
-        - integral[:-rows, columns:]
-        - integral[rows:, :-columns]
-        + integral[:-rows, :-columns]
-    )
-    top, left = np.unravel_index(int(np.argmax(sums)), sums.shape)
-    return slice(int(top), int(top) + rows), slice(int(left), int(left) + columns)
 
 
 def _outcome_fill(outcomes: dict, window) -> np.ndarray:

@@ -78,7 +78,7 @@ from protoseg.io import (
     write_png,
     write_tiff,
 )
-from protoseg.qc import OUTLINE_COLOUR, overlay_instances, overlay_outlines
+from protoseg.qc import OUTLINE_COLOUR, overlay_instances, overlay_outlines, with_zoomed_crop
 from protoseg.segmenter import Segmenter
 from protoseg.stacks import (
     SUFFIX_FORMATS,
@@ -574,7 +574,7 @@ def segment_plane(segmenter: Segmenter, prepared: np.ndarray, raw: np.ndarray):
     """Binary mask, cells and overlay of one plane from its prepared input."""
     result = segmenter.segment_prepared(prepared, raw.shape[:2])
     draw = overlay_instances if segmenter.own_step is not None else overlay_outlines
-    return result.binary, result.labels, draw(raw, result.labels)
+    return result.binary, result.labels, with_zoomed_crop(draw(raw, result.labels), result.labels)
 
 
 def segment_stack(

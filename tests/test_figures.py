@@ -152,15 +152,6 @@ def test_object_outcomes_tell_matched_false_and_missed_cells_apart():
     assert found["missed"][30, 30] and not found["missed"][10, 10]
 
 
-def test_densest_window_finds_the_cells_and_fits_small_images():
-    weight = np.zeros((600, 500))
-    weight[400:450, 300:350] = 1
-    rows, columns = figures.densest_window(weight, 256)
-    assert rows.stop - rows.start == 256 and columns.stop - columns.start == 256
-    assert rows.start <= 400 and rows.stop >= 450 and columns.start <= 300 and columns.stop >= 350
-    assert figures.densest_window(np.ones((40, 30)), 256) == (slice(0, 40), slice(0, 30))
-
-
 def test_a_large_image_gets_a_crop_at_native_scale_with_false_and_missed_cells(tmp_path):
     """A 1024 px image of 12 px cells: the whole image, and below it a 256 px window around
     the cells drawn at one figure pixel per image pixel or more; false cells amber, missed

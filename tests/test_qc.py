@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from protoseg import qc
 from protoseg.io import read_image, write_png
 from protoseg.qc import PLANE_COLOUR, STATE_COLOUR, grid_size, overlay_grid
 
@@ -68,3 +69,36 @@ def test_mismatched_inputs_are_refused():
         overlay_grid(
             {"fluorescent": stack(2, shape=(50, 80))}, masks(2), None, [1, 2], panel_width=360
         )
+
+
+def test_densest_window_finds_the_cells_and_fits_small_images():
+    weight = np.zeros((600, 500))
+    weight[400:450, 300:350] = 1
+    rows, columns = qc.densest_window(weight, 256)
+    assert rows.stop - rows.start == 256 and columns.stop - columns.start == 256
+    assert rows.start <= 400 and rows.stop >= 450 and columns.start <= 300 and columns.stop >= 350
+    assert qc.densest_window(np.ones((40, 30)), 256) == (slice(0, 40), slice(0, 30))
+
+
+def test_a_large_overlay_gets_its_densest_crop_enlarged_beside_it():
+    rng = np.random.default_rng(0)
+    overlay = rng.integers(0, 200, (1100, 1024, 3), dtype=np.uint8)
+    labels = np.zeros((1100, 1024), np.uint16)
+    labels[800:820, 100:120] = 1
+    labels[850:870, 150:170] = 2
+    shown = qc.with_zoomed_crop(overlay, labels)
+    # 1024 // 512 = 2: the 256 px crop at twice its size, 8 white pixels to the right.
+    assert shown.shape == (1100, 1024 + 8 + 512, 3)
+    rows, columns = qc.densest_window(labels > 0, 256)
+    assert rows.start <= 800 and rows.stop >= 870 and columns.start <= 100 and columns.stop >= 170
+    crop = overlay[rows, columns]
+    assert np.array_equal(shown[:512:2, 1032::2], crop)  # pixels repeated, not interpolated
+    assert (shown[:, 1024:1032] == 255).all() and (shown[512:, 1032:] == 255).all()
+    # The window is framed in white on the image; the rest of the image is untouched.
+    assert (shown[rows.start, columns.start : columns.stop] == 255).all()
+    untouched = np.ones((1100, 1024), bool)
+    untouched[rows, columns] = False
+    assert np.array_equal(shown[:, :1024][untouched], overlay[untouched])
+    # A small image stays as it is.
+    small = overlay[:300, :400]
+    assert qc.with_zoomed_crop(small, labels[:300, :400]) is small
