@@ -1,0 +1,56 @@
+"""benchmarks/realdata_ablation.py on a tiny data set: every decision is made on the
+validation split, and its test scores are those evaluation gives at the same settings."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from protoseg import metrics, objects
+from protoseg.evaluate import evaluate_model, pooled_scores
+from tests.test_train import make_discs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_ablation_chooses_on_validation_and_scores_as_evaluation_does(tmp_path):
+    # As the pipeline lays it out: RUN/results/datasets/NAME (the script runs in RUN).
+    (tmp_path / "run" / "results" / "datasets").mkdir(parents=True)
+    dataset_dir = make_discs(tmp_path / "run" / "results" / "datasets")
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["train"] |= {"epochs": 2, "losses": ["bce"], "device": "cpu", "precision": "fp32"}
+    config["evaluate"]["precision"] = "fp32"
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "ablation.json"
+    command = [
+        sys.executable, str(REPO / "benchmarks" / "realdata_ablation.py"), str(config_path),
+        str(dataset_dir), str(tmp_path / "models"), str(out), "--seeds", "0", "--threads", "1",
+    ]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    (record,) = json.loads(out.read_text())["records"]
+    assert record["training"] == "shipped" and record["seed"] == 0
+    rows = {row["decision"]: row for row in record["decisions"]}
+    assert list(rows) == [
+        "threshold 0.5",
+        "threshold for pixel F1 (shipped)",
+        "threshold for matched F1 (plateau)",
+        "matched-F1 threshold + object filter",
+    ]  # no TTA rows without --tta
+    assert rows["threshold 0.5"]["threshold"] == 0.5
+    assert rows["threshold for pixel F1 (shipped)"]["threshold"] in metrics.THRESHOLD_GRID
+    assert rows["threshold for matched F1 (plateau)"]["threshold"] in objects.LOGIT_GRID
+    # The test scores of a row are evaluation's at the row's threshold.
+    model = tmp_path / "models" / "shipped-seed0" / "model.pt"
+    for row in rows.values():
+        if row["object_filter"] is not None:
+            continue
+        per_image, _ = evaluate_model(
+            model, dataset_dir, threshold=row["threshold"], device="cpu", precision="fp32"
+        )
+        assert np.isclose(row["test"]["pixel_f1"], pooled_scores(per_image)["f1"])
+        assert row["test"]["n_pred"] == per_image["n_pred"].tolist()
+        assert np.isclose(row["test"]["sa50_mean"], per_image["sa50"].mean())
