@@ -60,8 +60,10 @@ DECISIONS = (
     ("threshold for pixel F1 (shipped)", "pixel", False, False),
     ("threshold for matched F1 (plateau)", "instances", False, False),
     ("matched-F1 threshold + object filter", "instances", True, False),
+    ("threshold and object filter chosen together", "joint", True, False),
     ("pixel-F1 threshold + TTA", "pixel", False, True),
     ("matched-F1 threshold + object filter + TTA", "instances", True, True),
+    ("threshold and object filter together + TTA", "joint", True, True),
 )
 
 
@@ -129,13 +131,19 @@ def choose(segmenter: Segmenter, validation, objective: str, with_filter: bool) 
         threshold = 0.5
     elif objective == "pixel":
         threshold = pixel_threshold(validation)[0]
-    else:
+    elif objective == "instances":
         threshold = object_rules.choose_threshold(
             [(outputs, cells) for outputs, _, cells in validation],
             lambda outputs, t: segmenter.cells(outputs, t, False),
         )["value"]
     rule = None
-    if with_filter:
+    if objective == "joint":
+        chosen = object_rules.choose_threshold_and_filter(
+            [(outputs, cells) for outputs, _, cells in validation],
+            lambda outputs, t: segmenter.cells(outputs, t, False),
+        )
+        threshold, rule = chosen["value"], chosen["filter"]
+    elif with_filter:
         chosen = object_rules.choose_filter(
             (segmenter.cells(outputs, threshold, False), outputs[0], cells)
             for outputs, _, cells in validation
@@ -166,7 +174,10 @@ def scores(segmenter: Segmenter, images) -> dict:
     }
 
 
-def decision_rows(model_path: Path, config: dict, dataset_dir: Path, tta: bool) -> list[dict]:
+def decision_rows(
+    model_path: Path, config: dict, dataset_dir: Path, tta: bool, skip=frozenset()
+) -> list[dict]:
+    """The rows of :data:`DECISIONS` (those with TTA only with ``tta``) but those in ``skip``."""
     evaluate_cfg = complete_section("evaluate", config["evaluate"])
     segmenter, _ = Segmenter.from_file(
         model_path, "evaluate", **{**evaluate_cfg, "device": "cpu", "tta": False}
@@ -175,7 +186,7 @@ def decision_rows(model_path: Path, config: dict, dataset_dir: Path, tta: bool) 
     outputs = {}
     rows = []
     for name, objective, with_filter, with_tta in DECISIONS:
-        if with_tta and not tta:
+        if (with_tta and not tta) or name in skip:
             continue
         if with_tta not in outputs:
             start = time.perf_counter()
@@ -243,24 +254,37 @@ def main() -> None:
     for training in args.trainings:
         for seed in args.seeds:
             name = prefix + training
-            if (name, seed) in done:
-                continue
-            print(f"{name}, seed {seed}", flush=True)
             model_dir = args.work_dir / f"{name.replace('/', '-')}-seed{seed}"
-            model_path, seconds = train_row(
-                config, args.dataset_dir, model_dir, seed, TRAININGS[training]
-            )
-            meta = torch.load(model_path, map_location="cpu", weights_only=False)["meta"]
-            record = {
-                "training": name,
-                "dataset": str(args.dataset_dir),
-                "seed": seed,
-                "changes": TRAININGS[training],
-                "training_seconds": seconds,
-                "epoch_kept": meta.get("epoch_kept"),
-                "decisions": decision_rows(model_path, config, args.dataset_dir, args.tta),
-            }
-            results["records"].append(record)
+            if (name, seed) in done:
+                # Decision rows added since: computed for the model already trained.
+                record = next(
+                    r for r in results["records"] if (r["training"], r["seed"]) == (name, seed)
+                )
+                have = {row["decision"] for row in record["decisions"]}
+                wanted = {d[0] for d in DECISIONS if args.tta or not d[3]}
+                if wanted <= have:
+                    continue
+                print(f"{name}, seed {seed}: decisions {sorted(wanted - have)}", flush=True)
+                record["decisions"] += decision_rows(
+                    model_dir / "model.pt", config, args.dataset_dir, args.tta, have
+                )
+            else:
+                print(f"{name}, seed {seed}", flush=True)
+                model_path, seconds = train_row(
+                    config, args.dataset_dir, model_dir, seed, TRAININGS[training]
+                )
+                meta = torch.load(model_path, map_location="cpu", weights_only=False)["meta"]
+                results["records"].append(
+                    {
+                        "training": name,
+                        "dataset": str(args.dataset_dir),
+                        "seed": seed,
+                        "changes": TRAININGS[training],
+                        "training_seconds": seconds,
+                        "epoch_kept": meta.get("epoch_kept"),
+                        "decisions": decision_rows(model_path, config, args.dataset_dir, args.tta),
+                    }
+                )
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=1))
 

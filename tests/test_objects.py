@@ -118,6 +118,46 @@ def test_the_instance_threshold_lies_in_the_middle_of_the_plateau():
     assert chosen["n_true"] == 3 and chosen["matched_f1_at_05"] == chosen["scores"][24]
 
 
+def _cored_cells_and_specks():
+    """4 nuclei of radius 6 whose probability is 0.99 only in a core of radius 4 (0.6 in
+    their rim), and 12 specks of 3 x 3 pixels at 0.6: a threshold over 0.6 leaves cores too
+    small to match (IoU 16/36), one under it lets the specks in."""
+    from skimage.draw import disk
+
+    truth = np.zeros((120, 120), np.int32)
+    probability = np.full((120, 120), 0.02, np.float32)
+    for label, centre in enumerate([(20, 20), (20, 90), (90, 20), (90, 90)], start=1):
+        truth[disk(centre, 6)] = label
+        probability[disk(centre, 6)] = 0.6
+        probability[disk(centre, 4)] = 0.99
+    for index in range(12):
+        top, left = 45 + 6 * (index // 4), 35 + 12 * (index % 4)
+        probability[top : top + 3, left : left + 3] = 0.6
+    return probability[None], truth
+
+
+def test_threshold_and_filter_chosen_together_find_what_neither_finds_alone():
+    outputs, truth = _cored_cells_and_specks()
+
+    def cells(scored, threshold):
+        return metrics.instances_from_binary(scored[0] > threshold)
+
+    alone = objects.choose_threshold([(outputs, truth)], cells)
+    assert alone["matched_f1"] == pytest.approx(0.4)  # 4 cells + 12 specks at best: 8 / 20
+    together = objects.choose_threshold_and_filter([(outputs, truth)], cells)
+    assert together["matched_f1"] == 1.0 and together["value"] < 0.6
+    # Its filter (by area or by mean probability) drops the specks and keeps the cells.
+    kept = together["filter"].apply(cells(outputs, together["value"]), outputs[0])
+    assert kept.max() == 4 and metrics.instance_scores(kept, truth)["matched_f1"] == 1.0
+    assert together["matched_f1_unfiltered"] == pytest.approx(0.4)
+    # At every threshold the best filter's score; the plateau's centre is the choice.
+    for index in (0, 24, 40):
+        threshold = objects.LOGIT_GRID[index]
+        best = objects.choose_filter([(cells(outputs, threshold), outputs[0], truth)])
+        assert together["scores"][index] == best["matched_f1"]
+    assert together["value"] == objects.LOGIT_GRID[objects.plateau_centre(together["scores"])]
+
+
 def test_filter_values_out_of_range_name_their_key():
     for bad, key in (
         ({"min_solidity": 1.5}, "min_solidity"),

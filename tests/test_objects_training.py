@@ -32,6 +32,7 @@ def test_training_chooses_the_filter_and_threshold_on_validation_and_stores_them
     model, meta = load_model(tmp_path / "m" / "model.pt")
     threshold = meta["threshold"]
     assert threshold["objective"] == "instances" and threshold["source"] == "validation"
+    assert threshold["with_object_filter"]  # chosen together with the filter
     assert threshold["value"] in objects.LOGIT_GRID
     stored = meta["object_filter"]
     assert stored["source"] == "validation" and set(objects.FILTER_KEYS) <= set(stored)

@@ -39,6 +39,7 @@ def test_the_ablation_chooses_on_validation_and_scores_as_evaluation_does(tmp_pa
         "threshold for pixel F1 (shipped)",
         "threshold for matched F1 (plateau)",
         "matched-F1 threshold + object filter",
+        "threshold and object filter chosen together",
     ]  # no TTA rows without --tta
     assert rows["threshold 0.5"]["threshold"] == 0.5
     assert rows["threshold for pixel F1 (shipped)"]["threshold"] in metrics.THRESHOLD_GRID
@@ -54,3 +55,9 @@ def test_the_ablation_chooses_on_validation_and_scores_as_evaluation_does(tmp_pa
         assert np.isclose(row["test"]["pixel_f1"], pooled_scores(per_image)["f1"])
         assert row["test"]["n_pred"] == per_image["n_pred"].tolist()
         assert np.isclose(row["test"]["sa50_mean"], per_image["sa50"].mean())
+    # Rows added later (here those with TTA) come for the model already trained.
+    trained = model.stat().st_mtime_ns
+    subprocess.run([*command, "--tta"], check=True, capture_output=True, text=True)
+    (record,) = json.loads(out.read_text())["records"]
+    assert len(record["decisions"]) == 7 and model.stat().st_mtime_ns == trained
+    assert record["decisions"][-1]["decision"] == "threshold and object filter together + TTA"
