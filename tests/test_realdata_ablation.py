@@ -59,5 +59,5 @@ def test_the_ablation_chooses_on_validation_and_scores_as_evaluation_does(tmp_pa
     trained = model.stat().st_mtime_ns
     subprocess.run([*command, "--tta"], check=True, capture_output=True, text=True)
     (record,) = json.loads(out.read_text())["records"]
-    assert len(record["decisions"]) == 7 and model.stat().st_mtime_ns == trained
+    assert len(record["decisions"]) == 8 and model.stat().st_mtime_ns == trained
     assert record["decisions"][-1]["decision"] == "threshold and object filter together + TTA"
