@@ -20,7 +20,7 @@ from skimage.segmentation import find_boundaries  # noqa: E402
 from protoseg import metrics, study  # noqa: E402
 from protoseg.io import FIGURE_DPI  # noqa: E402
 from protoseg.objects import matched_objects  # noqa: E402
-from protoseg.qc import CROP_SIZE, densest_window  # noqa: E402
+from protoseg.qc import CROP_SIZE, densest_window, object_centres  # noqa: E402
 from protoseg.study import OVERALL, row_label  # noqa: E402
 
 PANEL_METRICS = {
@@ -283,19 +283,21 @@ def _overlay_cells(overlay: dict, threshold: float) -> np.ndarray:
 
 
 def _crop_windows(overlay: dict, outcomes: list[dict], modalities, crop: int | None) -> dict:
-    """Per modality, the ``crop`` window where cells (true, predicted, false, missed) are
-    densest over all its planes; None without crops."""
+    """Per modality, the ``crop`` window holding the most cells (true, predicted, and
+    false and missed ones again) over all its planes; None without crops."""
     windows = {}
     for modality in modalities:
         if crop is None:
             windows[modality] = None
             continue
         of_modality = [i for i, m in enumerate(overlay["modality"]) if str(m) == modality]
+        # Objects, not pixels: every true and predicted cell once, false and missed twice.
         weight = sum(
-            overlay["masks"][i].astype(np.float32)
-            + (overlay["instances"][i] > 0)
-            + outcomes[i]["false"]
-            + outcomes[i]["missed"]
+            object_centres(metrics.instances_from_binary(overlay["masks"][i]))
+            + object_centres(overlay["instances"][i])
+            + object_centres(
+                metrics.instances_from_binary(outcomes[i]["false"] | outcomes[i]["missed"])
+            )
             for i in of_modality
         )
         windows[modality] = densest_window(weight, crop)

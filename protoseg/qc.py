@@ -159,7 +159,7 @@ CROP_SIZE = 256
 
 def densest_window(weight: np.ndarray, size: int) -> tuple[slice, slice]:
     """The ``size`` x ``size`` window (smaller on a smaller image) holding the most of
-    ``weight``; the first (top-left) of equal ones."""
+    ``weight`` (the first of equal ones), moved to centre what it holds."""
     height, width = weight.shape
     rows, columns = min(size, height), min(size, width)
     integral = np.pad(np.asarray(weight, np.float64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
@@ -169,22 +169,47 @@ def densest_window(weight: np.ndarray, size: int) -> tuple[slice, slice]:
         - integral[rows:, :-columns]
         + integral[:-rows, :-columns]
     )
-    top, left = np.unravel_index(int(np.argmax(sums)), sums.shape)
-    return slice(int(top), int(top) + rows), slice(int(left), int(left) + columns)
+    top, left = (int(v) for v in np.unravel_index(int(np.argmax(sums)), sums.shape))
+    # Centred on what it holds (the first best window has it at an edge), within the image.
+    inside = np.asarray(weight, np.float64)[top : top + rows, left : left + columns]
+    if inside.sum() > 0:
+        ys, xs = np.indices(inside.shape)
+        centre_y = top + (ys * inside).sum() / inside.sum()
+        centre_x = left + (xs * inside).sum() / inside.sum()
+        top = int(np.clip(round(centre_y - rows / 2), 0, height - rows))
+        left = int(np.clip(round(centre_x - columns / 2), 0, width - columns))
+    return slice(top, top + rows), slice(left, left + columns)
+
+
+def object_centres(labels: np.ndarray) -> np.ndarray:
+    """An image of ``labels``' size with 1 at each object's centroid: a crop chosen on it
+    shows the most cells, not the largest one."""
+    labels = np.asarray(labels).astype(np.int64)
+    points = np.zeros(labels.shape, np.float32)
+    if labels.max(initial=0) == 0:
+        return points
+    rows, columns = np.nonzero(labels)
+    values = labels[rows, columns]
+    counts = np.bincount(values)
+    present = np.flatnonzero(counts)
+    centre_rows = np.bincount(values, weights=rows)[present] / counts[present]
+    centre_columns = np.bincount(values, weights=columns)[present] / counts[present]
+    np.add.at(points, (centre_rows.astype(int), centre_columns.astype(int)), 1.0)
+    return points
 
 
 def with_zoomed_crop(
     overlay: np.ndarray, labels: np.ndarray, crop: int = CROP_SIZE, gap: int = 8
 ) -> np.ndarray:
-    """An overlay (RGB, the image's own size) with, to its right, the ``crop`` window where
-    cells are densest, enlarged by a whole factor to half the image's shorter side (pixels
+    """An overlay (RGB, the image's own size) with, to its right, the ``crop`` window holding
+    the most cells, enlarged by a whole factor to half the image's shorter side (pixels
     repeated: nothing interpolated), and that window marked on the image in white. A 2048 px
     image of 15 px cells shrunk to fit a screen or a report page loses its 1 px outlines;
     its enlarged crop keeps them. Images of at most 2 x ``crop`` pixels come back as they are."""
     height, width = overlay.shape[:2]
     if max(height, width) <= 2 * crop:
         return overlay
-    rows, columns = densest_window(np.asarray(labels) > 0, crop)
+    rows, columns = densest_window(object_centres(labels), crop)
     factor = max(1, min(height, width) // (2 * crop))
     zoomed = np.repeat(np.repeat(overlay[rows, columns], factor, axis=0), factor, axis=1)
     marked = overlay.copy()

@@ -89,7 +89,7 @@ def test_a_large_overlay_gets_its_densest_crop_enlarged_beside_it():
     shown = qc.with_zoomed_crop(overlay, labels)
     # 1024 // 512 = 2: the 256 px crop at twice its size, 8 white pixels to the right.
     assert shown.shape == (1100, 1024 + 8 + 512, 3)
-    rows, columns = qc.densest_window(labels > 0, 256)
+    rows, columns = qc.densest_window(qc.object_centres(labels), 256)
     assert rows.start <= 800 and rows.stop >= 870 and columns.start <= 100 and columns.stop >= 170
     crop = overlay[rows, columns]
     assert np.array_equal(shown[:512:2, 1032::2], crop)  # pixels repeated, not interpolated
@@ -102,3 +102,15 @@ def test_a_large_overlay_gets_its_densest_crop_enlarged_beside_it():
     # A small image stays as it is.
     small = overlay[:300, :400]
     assert qc.with_zoomed_crop(small, labels[:300, :400]) is small
+
+
+def test_object_centres_count_each_cell_once_whatever_its_size():
+    labels = np.zeros((100, 100), np.uint16)
+    labels[10:60, 10:60] = 7  # one large cell
+    labels[80:83, 80:83] = 2
+    labels[90:93, 80:83] = 3
+    points = qc.object_centres(labels)
+    assert points.sum() == 3 and points[34, 34] == 1 and points[81, 81] == 1
+    # A window of 30 px holds the two small cells, not a part of the large one.
+    rows, columns = qc.densest_window(points, 30)
+    assert rows.start <= 81 and rows.stop > 91 and columns.start <= 81 < columns.stop
