@@ -22,6 +22,8 @@ from protoseg.config import SCHEMA
 from protoseg.config import validate as validate_config
 from protoseg.io import read_image
 from protoseg.masks.imported import import_path
+from protoseg.model import load_model
+from protoseg.objects import ObjectFilter
 from tests.test_paper_config import leaf_keys
 from tests.workflow_helpers import REPO, demo_config, run_snakemake, write_project
 
@@ -83,6 +85,9 @@ def test_config_asks_for_what_the_issue_asks():
     assert "bce+dice" in config["train"]["losses"] and "bce" in config["train"]["losses"]
     assert config["train"]["foreground_share"] > 0
     assert config["train"]["threshold"] == "validation"
+    # Threshold and object filter chosen together for objects (docs/realdata.md).
+    assert config["train"]["threshold_objective"] == "instances"
+    assert config["train"]["object_filter"] == "auto"
     assert (
         config["evaluate"]["threshold"] is None and config["evaluate"]["resolution"] == "original"
     )
@@ -199,6 +204,10 @@ def test_tiny_run_evaluates_every_model_on_the_held_out_experiment(finished_run)
     }
     # The threshold was chosen on the validation experiment, never on the test image.
     assert set(per_image["threshold_source"]) == {"validation"}
+    _, meta = load_model(finished_run / "results" / "models" / "brightfield-bce" / "model.pt")
+    assert meta["threshold"]["with_object_filter"] and "object_filter" in meta
+    # The scores say the filter they were made with (a filter of all zeros keeps all).
+    assert ("object_filter" in per_image) == ObjectFilter.from_dict(meta["object_filter"]).active
     table = pd.read_csv(finished_run / "results" / "tables" / "brightfield_instances.csv")
     assert len(table) > 0
     markdown = (finished_run / "results" / "tables" / "brightfield.md").read_text()
