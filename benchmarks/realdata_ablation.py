@@ -117,6 +117,11 @@ def split_outputs(segmenter: Segmenter, dataset_dir: Path, split_name: str, reso
     return images
 
 
+def split_states(dataset_dir: Path, split_name: str) -> list[str]:
+    """The state of every image of a split, in the order of :func:`split_outputs`."""
+    return open_split(dataset_dir, split_name).manifest["state"].astype(str).tolist()
+
+
 def pixel_threshold(images) -> tuple[float, float]:
     counts = metrics.ThresholdCounts()
     for outputs, binary, _ in images:
@@ -156,9 +161,13 @@ def choose(segmenter: Segmenter, validation, objective: str, with_filter: bool) 
 def scores(segmenter: Segmenter, images) -> dict:
     """Pooled pixel F1, pooled and per-image SA50 and matched F1, object counts."""
     counts = np.zeros(4, np.int64)
-    rows = []
+    rows, pixel_counts = [], []
     for outputs, binary, true_cells in images:
-        counts += np.array(metrics.confusion(outputs[0] > segmenter.threshold, binary > 0))
+        image_counts = [
+            int(c) for c in metrics.confusion(outputs[0] > segmenter.threshold, binary > 0)
+        ]
+        counts += np.array(image_counts)
+        pixel_counts.append(image_counts)
         rows.append(metrics.instance_scores(segmenter.cells(outputs), true_cells))
     pooled = metrics.pooled_instance_scores(
         [r["n_true"] for r in rows], [r["n_pred"] for r in rows], [r["tp50"] for r in rows]
@@ -171,6 +180,9 @@ def scores(segmenter: Segmenter, images) -> dict:
         "msa_mean": float(np.mean([r["msa"] for r in rows])),
         "n_pred": [int(r["n_pred"]) for r in rows],
         "n_true": [int(r["n_true"]) for r in rows],
+        # Per image, for scores of a part of the split (e.g. one field): tp, fp, fn, tn.
+        "pixel_counts": pixel_counts,
+        "sa50": [float(r["sa50"]) for r in rows],
     }
 
 
@@ -282,6 +294,7 @@ def main() -> None:
                         "changes": TRAININGS[training],
                         "training_seconds": seconds,
                         "epoch_kept": meta.get("epoch_kept"),
+                        "test_states": split_states(args.dataset_dir, "test"),
                         "decisions": decision_rows(model_path, config, args.dataset_dir, args.tta),
                     }
                 )
