@@ -280,6 +280,7 @@ def main() -> None:
                 record["decisions"] += decision_rows(
                     model_dir / "model.pt", config, args.dataset_dir, args.tta, have
                 )
+                record.setdefault("test_states", split_states(args.dataset_dir, "test"))
             else:
                 print(f"{name}, seed {seed}", flush=True)
                 model_path, seconds = train_row(
