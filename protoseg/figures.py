@@ -335,7 +335,7 @@ def prediction_overlays(overlay: dict, threshold: float, title: str, crop: int =
     IoU 0.5 shaded cyan, false ones amber, missed true cells red; each panel titled with its
     pixel F1 and its counts. Images larger than ``crop`` pixels get a second row per
     modality: a ``crop`` x ``crop`` window at the stored (training) scale, one pixel of the
-    image at least one pixel of the figure, where the cells are densest (the same window on
+    image at least one pixel of the figure, where the most cells are (the same window on
     every plane, marked on the whole image), so that small cells and 1 px outlines can be
     seen. Returns the matplotlib figure."""
     modalities = list(dict.fromkeys(str(m) for m in overlay["modality"]))
