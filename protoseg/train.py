@@ -57,6 +57,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from numbers import Number
 from pathlib import Path
 
@@ -1070,13 +1071,7 @@ class Trainer:
             "validation_matched_f1": chosen["matched_f1"],
             "validation_matched_f1_at_05": chosen["matched_f1_at_05"],
         }
-        stored = object_rules.ObjectFilter(
-            rule.min_area,
-            rule.min_mean_probability,
-            rule.min_solidity,
-            source="validation",
-            validation_matched_f1=chosen["matched_f1"],
-        )
+        stored = replace(rule, source="validation", validation_matched_f1=chosen["matched_f1"])
         return threshold, stored.to_dict()
 
     def choose_object_filter(self, threshold: float, watershed: dict | None) -> dict | None:
@@ -1121,12 +1116,8 @@ class Trainer:
             chosen["matched_f1"],
             chosen["matched_f1_unfiltered"],
         )
-        return object_rules.ObjectFilter(
-            rule.min_area,
-            rule.min_mean_probability,
-            rule.min_solidity,
-            source="validation",
-            validation_matched_f1=chosen["matched_f1"],
+        return replace(
+            rule, source="validation", validation_matched_f1=chosen["matched_f1"]
         ).to_dict()
 
 
