@@ -8,10 +8,14 @@ score, each on several seeds, chosen on the validation split and scored on the t
 all_dataset``, e.g. ``results/datasets/brightfield``). For every seed and every *training*
 row (CONFIG's ``train`` and ``model`` sections with the row's changes; :data:`TRAININGS`),
 one model is trained with :func:`protoseg.train.train_model` (the first loss of
-``train.losses``) into ``WORK_DIR``, as the train rule would train it. The network's
-outputs on every validation and test image are computed once (and once more with test-time
-augmentation, ``--tta``), and every *decision* row (:data:`DECISIONS`: the threshold's
-objective, the object filter, TTA) is chosen on the validation outputs alone and then
+``train.losses``) into ``WORK_DIR``, as the train rule would train it; a row that changes
+only what is decided after the last epoch (``last_epoch``) is finished again from the
+shipped row's checkpoints instead (the same network). The network's outputs on every
+validation and test image are computed once for each inference setting (:data:`INFERENCE`:
+the shipped window, uniform instead of Gaussian blending, tiles of the training patch's
+size, and with ``--tta`` test-time augmentation), and every *decision* row
+(:data:`DECISIONS`: the threshold's objective, the object filter, the inference setting) is
+chosen on the validation outputs alone and then
 scored on the test outputs, at each image's own resolution, by protoseg's own functions
 (:class:`protoseg.segmenter.Segmenter`, :mod:`protoseg.objects`, :mod:`protoseg.metrics`).
 No test score chooses anything. Models already trained in ``WORK_DIR`` are reused, so a
@@ -30,6 +34,7 @@ import copy
 import json
 import os
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -43,7 +48,7 @@ from protoseg.config import complete_section, validate
 from protoseg.dataset import open_split
 from protoseg.evaluate import TruthReader
 from protoseg.segmenter import Segmenter
-from protoseg.train import train_model
+from protoseg.train import NOT_IN_FINGERPRINT, checkpoint_dir, train_model
 
 # Training rows: changes to the config's train section (nested augment keys merged).
 TRAININGS = {
@@ -54,17 +59,34 @@ TRAININGS = {
     "no_zoom": {"augment": {"scale": 0.0}},
     "no_intensity_jitter": {"augment": {"brightness": 0.0, "contrast": 0.0, "gamma": 0.0}},
 }
-# Decision rows, from one network's outputs: (name, threshold objective, object filter, TTA).
+# Inference settings the decision rows are made on (Segmenter settings): the shipped
+# window, test-time augmentation, tiles averaged without Gaussian weights, and tiles the
+# size of the training patch instead of evaluate.tile.
+INFERENCE = {
+    "": {},
+    "tta": {"tta": True},
+    "uniform_blending": {"blending": "uniform"},
+    "patch_tile": {"tile": "patch"},
+}
+# Decision rows, from one network's outputs: (name, threshold objective, object filter,
+# inference setting of INFERENCE).
 DECISIONS = (
-    ("threshold 0.5", "fixed", False, False),
-    ("threshold for pixel F1 (shipped)", "pixel", False, False),
-    ("threshold for matched F1 (plateau)", "instances", False, False),
-    ("matched-F1 threshold + object filter", "instances", True, False),
-    ("threshold and object filter chosen together", "joint", True, False),
-    ("pixel-F1 threshold + TTA", "pixel", False, True),
-    ("matched-F1 threshold + object filter + TTA", "instances", True, True),
-    ("threshold and object filter together + TTA", "joint", True, True),
+    ("threshold 0.5", "fixed", False, ""),
+    ("threshold for pixel F1 (shipped)", "pixel", False, ""),
+    ("threshold for matched F1 (plateau)", "instances", False, ""),
+    ("matched-F1 threshold + object filter", "instances", True, ""),
+    ("threshold and object filter chosen together", "joint", True, ""),
+    ("threshold and object filter together, uniform blending", "joint", True, "uniform_blending"),
+    ("threshold and object filter together, tile = training patch", "joint", True, "patch_tile"),
+    ("pixel-F1 threshold + TTA", "pixel", False, "tta"),
+    ("matched-F1 threshold + object filter + TTA", "instances", True, "tta"),
+    ("threshold and object filter together + TTA", "joint", True, "tta"),
 )
+
+
+def wanted_decisions(tta: bool) -> list[tuple]:
+    """The rows of :data:`DECISIONS` a run makes: those with TTA (8x the outputs) on request."""
+    return [d for d in DECISIONS if tta or d[3] != "tta"]
 
 
 def merged(section: dict, changes: dict) -> dict:
@@ -77,12 +99,27 @@ def merged(section: dict, changes: dict) -> dict:
     return out
 
 
-def train_row(config: dict, dataset_dir: Path, model_dir: Path, seed: int, changes: dict):
-    """The model of one training row and seed (trained unless already there), and the
-    seconds its training took (None when it was there)."""
+def train_row(
+    config: dict, dataset_dir: Path, model_dir: Path, seed: int, changes: dict, base_dir=None
+):
+    """The model of one training row and seed (trained unless already there), the seconds
+    its training took (None when it was there), and the run it was finished from.
+
+    A row that changes only what is decided after the last epoch (the kept epoch, ...:
+    :data:`protoseg.train.NOT_IN_FINGERPRINT`) starts from the checkpoints of ``base_dir``
+    (the shipped row of the same seed) and is only finished again, as train_model finishes
+    a run whose decisions changed: the same network, not one more training."""
     model_path = model_dir / "model.pt"
     if model_path.exists():
-        return model_path, None
+        return model_path, None, None
+    finished_from = None
+    if (
+        base_dir is not None
+        and set(changes) <= set(NOT_IN_FINGERPRINT)
+        and checkpoint_dir(base_dir).is_dir()
+    ):
+        shutil.copytree(checkpoint_dir(base_dir), checkpoint_dir(model_dir), dirs_exist_ok=True)
+        finished_from = base_dir.name
     train_cfg = merged(config["train"], changes) | {"seed": int(seed)}
     start = time.perf_counter()
     train_model(
@@ -99,7 +136,7 @@ def train_row(config: dict, dataset_dir: Path, model_dir: Path, seed: int, chang
             "resolution": config["evaluate"]["resolution"],
         },
     )
-    return model_path, time.perf_counter() - start
+    return model_path, time.perf_counter() - start, finished_from
 
 
 def split_outputs(segmenter: Segmenter, dataset_dir: Path, split_name: str, resolution: str):
@@ -186,10 +223,19 @@ def scores(segmenter: Segmenter, images) -> dict:
     }
 
 
+def inference_settings(segmenter: Segmenter, name: str) -> dict:
+    """The Segmenter settings of one of :data:`INFERENCE` (``tile: patch``: the training
+    patch, which the data set records as the window)."""
+    settings = dict(INFERENCE[name])
+    if settings.get("tile") == "patch":
+        settings["tile"] = segmenter.preprocessing.tile
+    return settings
+
+
 def decision_rows(
     model_path: Path, config: dict, dataset_dir: Path, tta: bool, skip=frozenset()
 ) -> list[dict]:
-    """The rows of :data:`DECISIONS` (those with TTA only with ``tta``) but those in ``skip``."""
+    """The rows of :func:`wanted_decisions` but those in ``skip``."""
     evaluate_cfg = complete_section("evaluate", config["evaluate"])
     segmenter, _ = Segmenter.from_file(
         model_path, "evaluate", **{**evaluate_cfg, "device": "cpu", "tta": False}
@@ -197,18 +243,19 @@ def decision_rows(
     resolution = evaluate_cfg["resolution"]
     outputs = {}
     rows = []
-    for name, objective, with_filter, with_tta in DECISIONS:
-        if (with_tta and not tta) or name in skip:
+    for name, objective, with_filter, inference in wanted_decisions(tta):
+        if name in skip:
             continue
-        if with_tta not in outputs:
+        if inference not in outputs:
             start = time.perf_counter()
-            chosen_segmenter = segmenter.with_settings(tta=with_tta)
-            outputs[with_tta] = {
+            chosen_segmenter = segmenter.with_settings(**inference_settings(segmenter, inference))
+            outputs[inference] = {
                 split: split_outputs(chosen_segmenter, dataset_dir, split, resolution)
                 for split in ("validation", "test")
             }
-            print(f"  outputs (tta={with_tta}): {time.perf_counter() - start:.0f} s", flush=True)
-        validation, test = outputs[with_tta]["validation"], outputs[with_tta]["test"]
+            seconds = time.perf_counter() - start
+            print(f"  outputs ({inference or 'shipped'}): {seconds:.0f} s", flush=True)
+        validation, test = outputs[inference]["validation"], outputs[inference]["test"]
         chosen = choose(segmenter, validation, objective, with_filter)
         row = {
             "decision": name,
@@ -273,7 +320,7 @@ def main() -> None:
                     r for r in results["records"] if (r["training"], r["seed"]) == (name, seed)
                 )
                 have = {row["decision"] for row in record["decisions"]}
-                wanted = {d[0] for d in DECISIONS if args.tta or not d[3]}
+                wanted = {d[0] for d in wanted_decisions(args.tta)}
                 if wanted <= have:
                     continue
                 print(f"{name}, seed {seed}: decisions {sorted(wanted - have)}", flush=True)
@@ -283,8 +330,13 @@ def main() -> None:
                 record.setdefault("test_states", split_states(args.dataset_dir, "test"))
             else:
                 print(f"{name}, seed {seed}", flush=True)
-                model_path, seconds = train_row(
-                    config, args.dataset_dir, model_dir, seed, TRAININGS[training]
+                model_path, seconds, finished_from = train_row(
+                    config,
+                    args.dataset_dir,
+                    model_dir,
+                    seed,
+                    TRAININGS[training],
+                    base_dir=args.work_dir / f"{(prefix + 'shipped').replace('/', '-')}-seed{seed}",
                 )
                 meta = torch.load(model_path, map_location="cpu", weights_only=False)["meta"]
                 results["records"].append(
@@ -294,6 +346,7 @@ def main() -> None:
                         "seed": seed,
                         "changes": TRAININGS[training],
                         "training_seconds": seconds,
+                        "finished_from": finished_from,
                         "epoch_kept": meta.get("epoch_kept"),
                         "test_states": split_states(args.dataset_dir, "test"),
                         "decisions": decision_rows(model_path, config, args.dataset_dir, args.tta),

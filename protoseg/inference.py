@@ -125,6 +125,9 @@ def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
     return [int(round(v)) for v in np.linspace(0, length - tile, count)]
 
 
+BLENDINGS = ("gaussian", "uniform")
+
+
 def gaussian_weights(tile: Sequence[int], sigma_scale: float = 1 / 8) -> np.ndarray:
     """nnU-Net's tile weights: a Gaussian of sigma ``tile * sigma_scale`` peaking at 1 in
     the middle, never 0 (its smallest positive value at the corners)."""
@@ -148,14 +151,18 @@ def sliding_window(
     batch_size: int = 4,
     precision: str = "fp32",
     all_outputs: bool = False,
+    blending: str = "gaussian",
 ) -> np.ndarray:
     """Cell probabilities (H, W) float32 of one image (C, H, W) at the training scale, or
     with ``all_outputs`` every output channel (K, H, W), each blended the same way.
 
     ``tile``: the window (training patch, or training size); ``overlap``: the share of a
     tile that its neighbour covers too, in [0, 1). Overlapping predictions are averaged with
-    Gaussian weights; images smaller than a tile are mirrored out to it and cropped back.
+    Gaussian weights (``blending="uniform"``: a plain mean, the ablation's alternative);
+    images smaller than a tile are mirrored out to it and cropped back.
     """
+    if blending not in BLENDINGS:
+        raise ValueError(f"blending must be one of {', '.join(BLENDINGS)}, got {blending!r}")
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 3:
         raise ValueError(f"expected an image of shape (C, H, W), got {image.shape}")
@@ -179,7 +186,10 @@ def sliding_window(
             model, image[None], device, 1, precision, all_outputs=all_outputs
         )
         return probabilities[0][..., :height, :width]
-    weights = gaussian_weights((tile_h, tile_w))
+    if blending == "gaussian":
+        weights = gaussian_weights((tile_h, tile_w))
+    else:
+        weights = np.ones((tile_h, tile_w), dtype=np.float32)
     channels = (output_count(model),) if all_outputs else ()
     total = np.zeros((*channels, padded_h, padded_w), dtype=np.float32)
     weight_sum = np.zeros((padded_h, padded_w), dtype=np.float32)

@@ -193,6 +193,7 @@ class Segmenter:
         min_area: int = 0,
         object_filter: ObjectFilter | None = None,
         tta: bool = False,
+        blending: str = "gaussian",
     ):
         if instances not in INSTANCE_CHOICES:
             raise ValueError(
@@ -221,6 +222,9 @@ class Segmenter:
         # Learned on validation images (model.pt's object_filter); None or all zero: off.
         self.object_filter = object_filter if object_filter and object_filter.active else None
         self.tta = bool(tta)
+        # How overlapping tiles are averaged (inference.sliding_window); only the ablation
+        # of benchmarks/realdata_ablation.py sets anything but Gaussian.
+        self.blending = blending
 
     # ------------------------------------------------------------ building one
     @classmethod
@@ -315,6 +319,7 @@ class Segmenter:
             "min_area": self.min_area,
             "object_filter": self.object_filter,
             "tta": self.tta,
+            "blending": self.blending,
         }
         if settings.get("threshold") is not None and "threshold_source" not in settings:
             settings["threshold_source"] = "config"
@@ -382,6 +387,7 @@ class Segmenter:
             batch_size=self.batch_size,
             precision=self.precision,
             all_outputs=True,
+            blending=self.blending,
         )
 
     @staticmethod

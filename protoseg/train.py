@@ -36,7 +36,9 @@ Outputs in ``model_dir``: ``model.pt`` (see :mod:`protoseg.model`; byte-identica
 identical runs on one machine), ``history.csv`` (one row per epoch), ``curve.png`` and
 ``checkpoints/epoch-NNN.pt`` (model, optimiser, scheduler, scaler, every RNG state, history,
 best weights). A rerun resumes after the newest readable checkpoint written with the same
-settings and data; on the CPU the result is bitwise that of an uninterrupted run. A
+settings and data; on the CPU the result is bitwise that of an uninterrupted run. Settings
+decided after the last epoch (:data:`NOT_IN_FINGERPRINT`) do not count: a finished run whose
+kept epoch, threshold or object filter changes is finished again from its last checkpoint. A
 checkpoint that cannot be read is moved aside (``*.pt.unreadable``) with a warning naming it.
 A non-finite loss stops training with :class:`TrainingError`; the checkpoints of the good
 epochs stay. After the last epoch the batch-norm statistics are recomputed over training
@@ -283,15 +285,28 @@ def _dataset_stamp(dataset_dir: str | Path) -> list:
     ]
 
 
+# Settings a checkpoint may differ in and still be resumed. Where and how fast a run goes:
+# compiled or eager, the weights, checkpoints and model.pt are the same module's. And what
+# is decided after the last epoch (Trainer.finish: the kept epoch, batch-norm statistics,
+# threshold, watershed, object filter): a finished run whose decisions change is finished
+# again from its last checkpoint in seconds, as a straight run with them would end.
+NOT_IN_FINGERPRINT = (
+    "device",
+    "workers",
+    "keep_checkpoints",
+    "compile",
+    "keep_best",
+    "recalibrate_bn",
+    "threshold",
+    "threshold_objective",
+    "object_filter",
+    "watershed",
+)
+
+
 def _fingerprint(architecture: dict, settings: dict, loss: str, info: dict, stamp: list) -> str:
     """What a checkpoint must match to be resumed: same model, recipe, loss and data."""
-    recipe = {
-        k: v
-        for k, v in settings.items()
-        # Where and how fast it runs, not what it computes: compiled or eager, the weights,
-        # checkpoints and model.pt are the same module's, so either resumes the other.
-        if k not in ("device", "workers", "keep_checkpoints", "compile")
-    }
+    recipe = {k: v for k, v in settings.items() if k not in NOT_IN_FINGERPRINT}
     return json.dumps(
         {
             "architecture": architecture,

@@ -40,6 +40,8 @@ def test_the_ablation_chooses_on_validation_and_scores_as_evaluation_does(tmp_pa
         "threshold for matched F1 (plateau)",
         "matched-F1 threshold + object filter",
         "threshold and object filter chosen together",
+        "threshold and object filter together, uniform blending",
+        "threshold and object filter together, tile = training patch",
     ]  # no TTA rows without --tta
     assert rows["threshold 0.5"]["threshold"] == 0.5
     assert rows["threshold for pixel F1 (shipped)"]["threshold"] in metrics.THRESHOLD_GRID
@@ -59,5 +61,14 @@ def test_the_ablation_chooses_on_validation_and_scores_as_evaluation_does(tmp_pa
     trained = model.stat().st_mtime_ns
     subprocess.run([*command, "--tta"], check=True, capture_output=True, text=True)
     (record,) = json.loads(out.read_text())["records"]
-    assert len(record["decisions"]) == 8 and model.stat().st_mtime_ns == trained
+    assert len(record["decisions"]) == 10 and model.stat().st_mtime_ns == trained
     assert record["decisions"][-1]["decision"] == "threshold and object filter together + TTA"
+    # The last epoch is the shipped network's, finished again from its checkpoints.
+    subprocess.run([*command, "--trainings", "last_epoch"], check=True, capture_output=True)
+    _, last = json.loads(out.read_text())["records"]
+    assert last["training"] == "last_epoch" and last["finished_from"] == "shipped-seed0"
+    assert last["epoch_kept"] == config["train"]["epochs"]
+    shipped_history = (tmp_path / "models" / "shipped-seed0" / "history.csv").read_text()
+    assert (tmp_path / "models" / "last_epoch-seed0" / "history.csv").read_text() == (
+        shipped_history
+    )

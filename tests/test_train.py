@@ -179,6 +179,48 @@ def test_changed_settings_do_not_resume(dataset_dir, tmp_path):
     assert epochs_run == [1]
 
 
+def test_changed_decisions_finish_a_finished_run_again_without_training(dataset_dir, tmp_path):
+    """The kept epoch and the threshold are decided after the last epoch: changing them
+    reruns the decisions from the last checkpoint, as a straight run with them would end."""
+    best = {**TRAIN_CFG, "keep_best": True, "validate_every": 1}
+    last = {**best, "keep_best": False, "threshold": 0.3}
+    train_model(
+        dataset_dir,
+        tmp_path / "m",
+        model_cfg=MODEL_CFG,
+        train_cfg=best,
+        loss="bce",
+        progress=False,
+    )
+    epochs_run = []
+    train_model(
+        dataset_dir,
+        tmp_path / "m",
+        model_cfg=MODEL_CFG,
+        train_cfg=last,
+        loss="bce",
+        progress=False,
+        on_epoch_end=epochs_run.append,
+    )
+    assert epochs_run == []
+    train_model(
+        dataset_dir,
+        tmp_path / "straight",
+        model_cfg=MODEL_CFG,
+        train_cfg=last,
+        loss="bce",
+        progress=False,
+    )
+    refinished, meta = load_model(tmp_path / "m" / "model.pt")
+    straight, straight_meta = load_model(tmp_path / "straight" / "model.pt")
+    assert meta["epoch_kept"] == straight_meta["epoch_kept"] == 3
+    assert meta["threshold"]["value"] == straight_meta["threshold"]["value"] == 0.3
+    for (key, a), b in zip(
+        straight.state_dict().items(), refinished.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), key
+
+
 def test_nan_loss_stops_with_model_and_epoch_and_keeps_last_checkpoint(
     dataset_dir, tmp_path, monkeypatch
 ):
