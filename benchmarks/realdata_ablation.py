@@ -55,6 +55,7 @@ TRAININGS = {
     "shipped": {},
     "ema": {"ema": 0.999},
     "last_epoch": {"keep_best": False},
+    "no_bn_recalibration": {"recalibrate_bn": False},
     "no_oversampling": {"foreground_share": 0.0},
     "no_zoom": {"augment": {"scale": 0.0}},
     "no_intensity_jitter": {"augment": {"brightness": 0.0, "contrast": 0.0, "gamma": 0.0}},
@@ -240,6 +241,8 @@ def decision_rows(
     segmenter, _ = Segmenter.from_file(
         model_path, "evaluate", **{**evaluate_cfg, "device": "cpu", "tta": False}
     )
+    # Without the filter the model file stores: each row chooses its own, or none.
+    segmenter = segmenter.with_settings(object_filter=object_rules.ObjectFilter())
     resolution = evaluate_cfg["resolution"]
     outputs = {}
     rows = []

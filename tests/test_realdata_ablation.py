@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
 from protoseg import metrics, objects
@@ -21,7 +22,11 @@ def test_the_ablation_chooses_on_validation_and_scores_as_evaluation_does(tmp_pa
     (tmp_path / "run" / "results" / "datasets").mkdir(parents=True)
     dataset_dir = make_discs(tmp_path / "run" / "results" / "datasets")
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config["train"] |= {"epochs": 2, "losses": ["bce"], "device": "cpu", "precision": "fp32"}
+    # A stored filter that drops every object: rows without a filter must not use it.
+    config["train"] |= {
+        "epochs": 2, "losses": ["bce"], "device": "cpu", "precision": "fp32",
+        "object_filter": {"min_area": 1000},
+    }  # fmt: skip
     config["evaluate"]["precision"] = "fp32"
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
@@ -46,13 +51,19 @@ def test_the_ablation_chooses_on_validation_and_scores_as_evaluation_does(tmp_pa
     assert rows["threshold 0.5"]["threshold"] == 0.5
     assert rows["threshold for pixel F1 (shipped)"]["threshold"] in metrics.THRESHOLD_GRID
     assert rows["threshold for matched F1 (plateau)"]["threshold"] in objects.LOGIT_GRID
-    # The test scores of a row are evaluation's at the row's threshold.
+    # The test scores of a row without a filter are evaluation's at the row's threshold,
+    # of the model without its stored filter.
     model = tmp_path / "models" / "shipped-seed0" / "model.pt"
-    for row in rows.values():
-        if row["object_filter"] is not None:
-            continue
+    unfiltered = tmp_path / "unfiltered.pt"
+    stored = torch.load(model, map_location="cpu", weights_only=False)
+    assert stored["meta"]["object_filter"]["min_area"] == 1000
+    del stored["meta"]["object_filter"]
+    torch.save(stored, unfiltered)
+    unfiltered_rows = [row for row in rows.values() if row["object_filter"] is None]
+    assert sum(sum(row["test"]["n_pred"]) for row in unfiltered_rows) > 0
+    for row in unfiltered_rows:
         per_image, _ = evaluate_model(
-            model, dataset_dir, threshold=row["threshold"], device="cpu", precision="fp32"
+            unfiltered, dataset_dir, threshold=row["threshold"], device="cpu", precision="fp32"
         )
         assert np.isclose(row["test"]["pixel_f1"], pooled_scores(per_image)["f1"])
         assert row["test"]["n_pred"] == per_image["n_pred"].tolist()
