@@ -210,6 +210,17 @@ def choose_filter(images: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]) -
     }
 
 
+def grid_edge(value: float, grid=LOGIT_GRID) -> str | None:
+    """``"highest"`` or ``"lowest"`` when ``value`` is that end of ``grid``, else None: a
+    threshold chosen there may have its best beyond the grid, and says the network is
+    (nearly) certain of everything it calls cell, or of nothing."""
+    if np.isclose(value, max(grid)):
+        return "highest"
+    if np.isclose(value, min(grid)):
+        return "lowest"
+    return None
+
+
 def plateau_centre(scores, tolerance: float = PLATEAU_TOLERANCE) -> int:
     """The index of the centre of the widest run of consecutive scores within ``tolerance``
     of the best (the first such run among equally wide ones; the lower middle of an even

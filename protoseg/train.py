@@ -1034,13 +1034,37 @@ class Trainer:
             chosen["matched_f1"],
             chosen["matched_f1_at_05"],
         )
-        return {
-            "value": chosen["value"],
-            "source": "validation",
-            "objective": "instances",
-            "validation_matched_f1": chosen["matched_f1"],
-            "validation_matched_f1_at_05": chosen["matched_f1_at_05"],
-        }
+        return self._flag_grid_edge(
+            {
+                "value": chosen["value"],
+                "source": "validation",
+                "objective": "instances",
+                "validation_matched_f1": chosen["matched_f1"],
+                "validation_matched_f1_at_05": chosen["matched_f1_at_05"],
+            }
+        )
+
+    def _flag_grid_edge(self, threshold: dict) -> dict:
+        """``threshold`` with ``at_grid_edge`` and a warning when validation chose an end of
+        the logit grid (seen on real images: a network certain of debris, or of the
+        background, chooses 0.9975, and such a choice transfers badly)."""
+        edge = object_rules.grid_edge(threshold["value"])
+        if edge is None:
+            return threshold
+        log.warning(
+            "%s: the threshold chosen on validation for matched F1 (%.4f) is the %s of the "
+            "grid %.4f..%.4f: the network is nearly certain of %s it calls cell there, and "
+            "the best may lie beyond the grid. Such a threshold often does not transfer to "
+            "other images; look at the predictions figure before trusting the model "
+            "(docs/objects.md).",
+            self.name,
+            threshold["value"],
+            edge,
+            min(object_rules.LOGIT_GRID),
+            max(object_rules.LOGIT_GRID),
+            "everything" if edge == "highest" else "nothing",
+        )
+        return threshold | {"at_grid_edge": edge}
 
     def chooses_threshold_and_filter_together(self) -> bool:
         """A binary network whose threshold (instance objective) and object filter are both
@@ -1078,14 +1102,16 @@ class Trainer:
             chosen["matched_f1_unfiltered"],
             chosen["matched_f1_at_05"],
         )
-        threshold = {
-            "value": chosen["value"],
-            "source": "validation",
-            "objective": "instances",
-            "with_object_filter": True,
-            "validation_matched_f1": chosen["matched_f1"],
-            "validation_matched_f1_at_05": chosen["matched_f1_at_05"],
-        }
+        threshold = self._flag_grid_edge(
+            {
+                "value": chosen["value"],
+                "source": "validation",
+                "objective": "instances",
+                "with_object_filter": True,
+                "validation_matched_f1": chosen["matched_f1"],
+                "validation_matched_f1_at_05": chosen["matched_f1_at_05"],
+            }
+        )
         stored = replace(rule, source="validation", validation_matched_f1=chosen["matched_f1"])
         return threshold, stored.to_dict()
 

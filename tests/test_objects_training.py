@@ -60,6 +60,27 @@ def test_training_chooses_the_filter_and_threshold_on_validation_and_stores_them
     assert loaded.object_filter == (expected if expected.active else None)
 
 
+def test_a_threshold_at_the_top_of_the_grid_is_flagged_with_a_warning(
+    dataset_dir, tmp_path, monkeypatch, caplog
+):
+    real = objects.choose_threshold_and_filter
+
+    def at_the_top(*args, **kwargs):  # as a network certain of everything it calls cell
+        return real(*args, **kwargs) | {"value": objects.LOGIT_GRID[-1]}
+
+    monkeypatch.setattr(objects, "choose_threshold_and_filter", at_the_top)
+    train_cfg = {**TRAIN_CFG, "object_filter": "auto", "threshold_objective": "instances"}
+    with caplog.at_level("WARNING", logger="protoseg.train"):
+        train_model(
+            dataset_dir, tmp_path / "m", model_cfg=MODEL_CFG, train_cfg=train_cfg, loss="bce",
+            progress=False,
+        )  # fmt: skip
+    assert "is the highest of the grid 0.0025..0.9975" in caplog.text
+    _, meta = load_model(tmp_path / "m" / "model.pt")
+    assert meta["threshold"]["at_grid_edge"] == "highest"
+    assert objects.grid_edge(0.5) is None and objects.grid_edge(objects.LOGIT_GRID[0]) == "lowest"
+
+
 def test_ema_weights_are_validated_and_saved_and_evaluate_reports_the_filter(dataset_dir, tmp_path):
     train_cfg = {
         **TRAIN_CFG,
