@@ -54,6 +54,7 @@ from protoseg.train import NOT_IN_FINGERPRINT, checkpoint_dir, train_model
 TRAININGS = {
     "shipped": {},
     "ema": {"ema": 0.999},
+    "ema_0.99": {"ema": 0.99},
     "last_epoch": {"keep_best": False},
     "no_bn_recalibration": {"recalibrate_bn": False},
     "no_oversampling": {"foreground_share": 0.0},
