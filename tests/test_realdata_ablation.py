@@ -2,6 +2,7 @@
 validation split, and its test scores are those evaluation gives at the same settings."""
 
 import json
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -82,4 +83,31 @@ def test_the_ablation_chooses_on_validation_and_scores_as_evaluation_does(tmp_pa
     shipped_history = (tmp_path / "models" / "shipped-seed0" / "history.csv").read_text()
     assert (tmp_path / "models" / "last_epoch-seed0" / "history.csv").read_text() == (
         shipped_history
+    )
+
+
+def test_the_summary_has_one_row_per_choice_with_the_shipped_row_first():
+    table = runpy.run_path(str(REPO / "benchmarks" / "realdata_table.py"))
+
+    def decision(name, validation, pixel_f1):
+        scores = {"pixel_f1": pixel_f1, "sa50_pooled": 0.1, "n_pred": [2], "n_true": [4]}
+        return {
+            "decision": name,
+            "threshold": 0.5,
+            "validation": {"matched_f1_pooled": validation, "pixel_f1": 0.0},
+            "test": scores,
+        }
+
+    joint, fixed = table["SHIPPED_DECISION"], "threshold 0.5"
+    records = [
+        {"training": "no_zoom", "seed": 0, "decisions": [decision(joint, 0.3, 0.2)]},
+        {"training": "shipped", "seed": 0, "decisions": [decision(fixed, 0.1, 0.6), decision(joint, 0.5, 0.4)]},
+        {"training": "shipped", "seed": 1, "decisions": [decision(fixed, 0.2, 0.7), decision(joint, 0.7, 0.5)]},
+    ]  # fmt: skip
+    lines = table["summary_table"]({"records": records}).splitlines()[2:]
+    assert lines[0].startswith("| **shipped**") and "| 2 | 0.600 ± 0.141 | +0.000 |" in lines[0]
+    assert lines[1].startswith("| no_zoom | 1 | 0.300 | -0.300 | 0.200 |")
+    assert lines[2].startswith("| threshold 0.5 | 2 | 0.150 ± 0.071 | -0.450 | 0.650 ± 0.071 |")
+    assert len(lines) == 3 and all(
+        line.endswith("| 0.500x |") or "0.500 ± 0.000x" in line for line in lines
     )
