@@ -127,6 +127,7 @@ def train_row(
         finished_from = base_dir.name
     train_cfg = merged(config["train"], changes) | {"seed": int(seed)}
     start = time.perf_counter()
+    epochs_run = []
     train_model(
         dataset_dir,
         model_dir,
@@ -140,7 +141,10 @@ def train_row(
             "overlap": config["evaluate"]["overlap"],
             "resolution": config["evaluate"]["resolution"],
         },
+        on_epoch_end=epochs_run.append,
     )
+    if epochs_run:  # checkpoints of other settings (older code): trained from scratch
+        finished_from = None
     return model_path, time.perf_counter() - start, finished_from
 
 
