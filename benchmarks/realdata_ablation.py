@@ -60,6 +60,7 @@ TRAININGS = {
     "no_oversampling": {"foreground_share": 0.0},
     "no_zoom": {"augment": {"scale": 0.0}},
     "no_intensity_jitter": {"augment": {"brightness": 0.0, "contrast": 0.0, "gamma": 0.0}},
+    "noise": {"augment": {"noise": 0.1}},
     # The standalone recipe of ../shared/REALDATA-NOTES.md as far as it differs in training
     # (no zoom, no gamma, batch-norm statistics as trained); its decision row: threshold 0.5.
     "plain_recipe": {"augment": {"scale": 0.0, "gamma": 0.0}, "recalibrate_bn": False},

@@ -127,11 +127,13 @@ def settings_from_config(train_cfg: dict) -> dict:
             f"need lr_min <= lr_max, got {settings['lr_min']} and {settings['lr_max']}",
         )
     check_threshold_setting(settings["threshold"])
-    # The object-level keys stay out of the settings (and the fingerprint and model.pt) at
-    # their defaults, so models trained without them are what they were.
+    # The object-level keys and augment.noise stay out of the settings (and the fingerprint
+    # and model.pt) at their defaults, so models trained without them are what they were.
     for key, default in (("threshold_objective", "pixel"), ("object_filter", "off"), ("ema", None)):
         if settings.get(key, default) == default:
             settings.pop(key, None)
+    if not settings.get("augment", {}).get("noise"):
+        settings["augment"] = {k: v for k, v in settings["augment"].items() if k != "noise"}
     if isinstance(settings.get("object_filter"), dict):
         object_rules.ObjectFilter.from_dict(settings["object_filter"], "train.object_filter")
     return settings

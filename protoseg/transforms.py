@@ -348,7 +348,9 @@ class Augmentation:
 
     ``scale``: zoom factor drawn log-uniformly in [1/(1+s), 1+s]; ``brightness``: shift
     drawn in [-b, b]; ``contrast``: factor in [1-c, 1+c] about the mean; ``gamma``: exponent
-    drawn log-uniformly in [1/(1+g), 1+g], applied to the patch rescaled to [0, 1].
+    drawn log-uniformly in [1/(1+g), 1+g], applied to the patch rescaled to [0, 1];
+    ``noise``: Gaussian noise of a standard deviation drawn in [0, n] per sample (nnU-Net's
+    GaussianNoiseTransform), for images whose percentile stretch amplifies their noise.
     """
 
     flip: bool = False
@@ -357,6 +359,7 @@ class Augmentation:
     brightness: float = 0.0
     contrast: float = 0.0
     gamma: float = 0.0
+    noise: float = 0.0
 
     @classmethod
     def from_config(cls, values: dict | None) -> Augmentation:
@@ -412,6 +415,9 @@ def augment_sample(
         image = (image - mean) * np.float32(factor) + mean
     if augmentation.brightness > 0:
         image = image + np.float32(rng.uniform(-augmentation.brightness, augmentation.brightness))
+    if augmentation.noise > 0:
+        sigma = rng.uniform(0, augmentation.noise)
+        image = image + rng.normal(0, sigma, image.shape).astype(np.float32)
     return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(labels)
 
 

@@ -109,6 +109,22 @@ def test_intensity_augmentation_changes_the_image_not_the_labels():
     assert np.all(np.diff(out[0].ravel()) >= -1e-6)  # monotone changes keep the order
 
 
+def test_noise_augmentation_adds_zero_mean_noise_up_to_its_bound():
+    image = np.full((1, 64, 64), 0.5, dtype=np.float32)
+    labels = np.zeros((64, 64), np.uint32)
+    sigmas = []
+    for seed in range(20):
+        out, out_labels = augment_sample(
+            image, labels, (64, 64), Augmentation(noise=0.2), np.random.default_rng(seed)
+        )
+        assert out.dtype == np.float32 and np.array_equal(out_labels, labels)
+        assert abs(float(out.mean()) - 0.5) < 0.02
+        sigmas.append(float(out.std()))
+    assert max(sigmas) < 0.2 * 1.1 and max(sigmas) - min(sigmas) > 0.05  # drawn in [0, 0.2]
+    same, _ = augment_sample(image, labels, (64, 64), Augmentation(), np.random.default_rng(0))
+    assert np.array_equal(same, image)
+
+
 def test_labels_resized_by_nearest_keep_their_ids():
     labels = np.zeros((8, 8), np.uint32)
     labels[:4, :4] = 70000
