@@ -498,6 +498,9 @@ class Trainer:
         # The sliding window of validation: evaluation's, so the threshold fits it.
         inference = complete_section("evaluate", inference)
         self.window = {"tile": inference["tile"], "overlap": float(inference["overlap"])}
+        # The decisions after the last epoch see evaluation's outputs: with evaluate.tta the
+        # mean over the 8 flips and turns (each epoch's validation does not: 8x its cost).
+        self.final_tta = bool(inference["tta"])
         # The resolution evaluation scores at: where the watershed settings are chosen.
         self.resolution = inference["resolution"]
         self.settings = settings = settings_from_config(train_cfg)
@@ -932,7 +935,7 @@ class Trainer:
             return {"value": 0.5, "source": f"default ({self.unvalidated})"}
         if self.settings.get("threshold_objective", "pixel") == "instances":
             return self._instance_threshold()
-        counts = threshold_counts(self.segmenter(), self.validation_split)
+        counts = threshold_counts(self.segmenter(tta=self.final_tta), self.validation_split)
         value, f1 = counts.best()
         log.info(
             "%s: threshold %.2f chosen on %d validation images (pooled F1 %.4f there)",
@@ -1004,7 +1007,7 @@ class Trainer:
         resolution, of the final weights (computed once, after they are set)."""
         if self._validation_cache is None:
             truth = TruthReader(self.validation_split, self.resolution, "labels")
-            segmenter, images = self.segmenter(), []
+            segmenter, images = self.segmenter(tta=self.final_tta), []
             for index in range(len(self.validation_split)):
                 outputs = segmenter.sample_outputs(self.validation_split, index)
                 _, labels = truth(index)

@@ -60,6 +60,39 @@ def test_training_chooses_the_filter_and_threshold_on_validation_and_stores_them
     assert loaded.object_filter == (expected if expected.active else None)
 
 
+def test_with_evaluations_tta_the_final_decisions_are_made_on_tta_outputs(
+    dataset_dir, tmp_path, monkeypatch
+):
+    seen = []
+    real = Trainer.segmenter
+
+    def spy(self, **settings):
+        seen.append(bool(settings.get("tta", False)))
+        return real(self, **settings)
+
+    monkeypatch.setattr(Trainer, "segmenter", spy)
+    train_cfg = {**TRAIN_CFG, "object_filter": "auto", "threshold_objective": "instances"}
+    train_model(
+        dataset_dir, tmp_path / "m", model_cfg=MODEL_CFG, train_cfg=train_cfg, loss="bce",
+        progress=False, inference={"tta": True},
+    )  # fmt: skip
+    assert seen[0] is False and True in seen  # epochs validate without, decisions with TTA
+    model, meta = load_model(tmp_path / "m" / "model.pt")
+    validation = open_split(dataset_dir, "validation")
+    segmenter = Segmenter(model, validation.record, tta=True)
+    truth = TruthReader(validation, "original", "labels")
+    images = []
+    for index in range(len(validation)):
+        labels = truth(index)[1]
+        outputs = segmenter.sample_outputs(validation, index)
+        images.append((segmenter.at_size(outputs, labels.shape), labels))
+    chosen = objects.choose_threshold_and_filter(
+        images, lambda outputs, t: segmenter.cells(outputs, t, False)
+    )
+    assert chosen["value"] == meta["threshold"]["value"]
+    assert np.isclose(chosen["matched_f1"], meta["threshold"]["validation_matched_f1"])
+
+
 def test_a_threshold_at_the_top_of_the_grid_is_flagged_with_a_warning(
     dataset_dir, tmp_path, monkeypatch, caplog
 ):

@@ -63,6 +63,8 @@ rule train:
             "overlap": config["evaluate"]["overlap"],
             # Watershed settings are chosen at the resolution evaluation scores at.
             "resolution": config["evaluate"]["resolution"],
+            # Threshold, filter and watershed are chosen on the outputs evaluation scores.
+            "tta": config["evaluate"]["tta"],
         },
     script:
         f"{SCRIPTS}/train.py"
