@@ -40,7 +40,10 @@ def test_a_section_left_out_gets_the_schema_defaults():
     # The trainer holds no defaults of its own: what it uses is the schema's.
     settings = settings_from_config({})
     assert settings["lr_half_cycle_epochs"] == train["lr_half_cycle_epochs"]
-    assert settings["augment"] == train["augment"]
+    # augment.noise at its default (0) is left out, so models trained before it are unchanged.
+    assert train["augment"]["noise"] == 0
+    assert settings["augment"] == {k: v for k, v in train["augment"].items() if k != "noise"}
+    assert settings_from_config({"augment": {"noise": 0.1}})["augment"]["noise"] == 0.1
 
 
 def test_defaults_are_copies_and_given_keys_win():
