@@ -33,13 +33,19 @@ def spread(values) -> str:
     return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
 
 
-def table(results: dict) -> str:
+def runs_by_row(results: dict) -> dict[tuple[str, str], list[dict]]:
+    """Every seed's decision record, by (training row, decision row), in file order."""
     rows: dict[tuple[str, str], list[dict]] = {}
     for record in results["records"]:
         for decision in record["decisions"]:
             rows.setdefault((record["training"], decision["decision"]), []).append(
                 decision | {"seed": record["seed"]}
             )
+    return rows
+
+
+def table(results: dict) -> str:
+    rows = runs_by_row(results)
     lines = [
         "| training | decision | seeds | threshold | val. matched F1 | val. pixel F1 | "
         "test pixel F1 | test SA50 (pooled) | test SA50 (mean) | objects pred. / true |",
@@ -69,10 +75,7 @@ def summary_table(results: dict, shipped: str = "shipped") -> str:
     decision row of the shipped training; the first row is the shipped pipeline. Columns as
     :func:`table`, and the difference in validation matched F1 to the shipped row (what
     decides whether a choice is adopted)."""
-    runs: dict[tuple[str, str], list[dict]] = {}
-    for record in results["records"]:
-        for decision in record["decisions"]:
-            runs.setdefault((record["training"], decision["decision"]), []).append(decision)
+    runs = runs_by_row(results)
     order = [(shipped, SHIPPED_DECISION)]
     order += [key for key in runs if key[1] == SHIPPED_DECISION and key[0] != shipped]
     order += [key for key in runs if key[0] == shipped and key[1] != SHIPPED_DECISION]

@@ -29,6 +29,11 @@ TRAIN_CFG = {
 }
 
 
+def assert_same_weights(first: torch.nn.Module, second: torch.nn.Module) -> None:
+    for (key, a), b in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b), key
+
+
 def make_discs(folder, validation=(5,), dataset_cfg=None, empty=()):
     """6 states x 2 planes of 24 x 24 bright-field images with a bright disc as the cell
     (none in the masks of the positions in ``empty``)."""
@@ -146,10 +151,7 @@ def test_interrupted_run_resumes_to_the_same_weights(dataset_dir, tmp_path):
     assert epochs_run == [3]
     straight, _ = load_model(tmp_path / "straight" / "model.pt")
     resumed, _ = load_model(tmp_path / "resumed" / "model.pt")
-    for (key, a), b in zip(
-        straight.state_dict().items(), resumed.state_dict().values(), strict=True
-    ):
-        assert torch.equal(a, b), key
+    assert_same_weights(straight, resumed)
     losses = [
         pd.read_csv(tmp_path / run / "history.csv")["train_loss"] for run in ("straight", "resumed")
     ]
@@ -215,10 +217,7 @@ def test_changed_decisions_finish_a_finished_run_again_without_training(dataset_
     straight, straight_meta = load_model(tmp_path / "straight" / "model.pt")
     assert meta["epoch_kept"] == straight_meta["epoch_kept"] == 3
     assert meta["threshold"]["value"] == straight_meta["threshold"]["value"] == 0.3
-    for (key, a), b in zip(
-        straight.state_dict().items(), refinished.state_dict().values(), strict=True
-    ):
-        assert torch.equal(a, b), key
+    assert_same_weights(straight, refinished)
 
 
 def test_nan_loss_stops_with_model_and_epoch_and_keeps_last_checkpoint(
