@@ -2,7 +2,7 @@
 score, each on several seeds, chosen on the validation split and scored on the test split.
 
     python benchmarks/realdata_ablation.py CONFIG DATASET_DIR WORK_DIR OUT.json \
-        [--seeds 0 1 2] [--trainings shipped ema ...] [--tta] [--threads 2]
+        [--seeds 0 1 2] [--trainings shipped ema ...] [--tta] [--threads 2] [--redecide]
 
 ``DATASET_DIR``: the data set the pipeline built for CONFIG's first variant (``snakemake
 all_dataset``, e.g. ``results/datasets/brightfield``). For every seed and every *training*
@@ -15,11 +15,14 @@ validation and test image are computed once for each inference setting (:data:`I
 the shipped window, uniform instead of Gaussian blending, tiles of the training patch's
 size, and with ``--tta`` test-time augmentation), and every *decision* row
 (:data:`DECISIONS`: the threshold's objective, the object filter, the inference setting) is
-chosen on the validation outputs alone and then
-scored on the test outputs, at each image's own resolution, by protoseg's own functions
-(:class:`protoseg.segmenter.Segmenter`, :mod:`protoseg.objects`, :mod:`protoseg.metrics`).
-No test score chooses anything. Models already trained in ``WORK_DIR`` are reused, so a
-run that was stopped goes on where it was.
+chosen on the validation outputs alone and then scored on the test outputs, at each image's
+own resolution, by protoseg's own functions (:class:`protoseg.segmenter.Segmenter`,
+:mod:`protoseg.objects`, :mod:`protoseg.metrics`). No test score chooses anything. A joint
+choice (threshold and filter together) is also scored held out: each validation image with
+the choice made on the others (:func:`protoseg.objects.held_out_score`), since the score on
+the images a choice was made on favours the larger grid whether or not it transfers. Models
+already trained in ``WORK_DIR`` are reused, so a run that was stopped goes on where it was;
+``--redecide`` makes their decision rows again.
 
 Writes ``OUT.json``: one record per seed, training row and decision row, with the
 validation score that chose it and the test scores (pixel F1 pooled, SA50 pooled and mean
@@ -75,19 +78,29 @@ INFERENCE = {
     "patch_tile": {"tile": "patch"},
 }
 # Decision rows, from one network's outputs: (name, threshold objective, object filter,
-# inference setting of INFERENCE).
+# inference setting of INFERENCE). The filter: None (none), "pixels" (the library's grid:
+# areas in pixels, mean probability, solidity) or "relative" (that grid with areas relative
+# to each image's typical object, objects.RELATIVE_AREA_GRID, too).
+# fmt: off
 DECISIONS = (
-    ("threshold 0.5", "fixed", False, ""),
-    ("threshold for pixel F1 (shipped)", "pixel", False, ""),
-    ("threshold for matched F1 (plateau)", "instances", False, ""),
-    ("matched-F1 threshold + object filter", "instances", True, ""),
-    ("threshold and object filter chosen together", "joint", True, ""),
-    ("threshold and object filter together, uniform blending", "joint", True, "uniform_blending"),
-    ("threshold and object filter together, tile = training patch", "joint", True, "patch_tile"),
-    ("pixel-F1 threshold + TTA", "pixel", False, "tta"),
-    ("matched-F1 threshold + object filter + TTA", "instances", True, "tta"),
-    ("threshold and object filter together + TTA", "joint", True, "tta"),
+    ("threshold 0.5", "fixed", None, ""),
+    ("threshold for pixel F1 (shipped)", "pixel", None, ""),
+    ("threshold for matched F1 (plateau)", "instances", None, ""),
+    ("matched-F1 threshold + object filter", "instances", "pixels", ""),
+    ("threshold and object filter chosen together", "joint", "pixels", ""),
+    ("threshold and object filter together, relative area", "joint", "relative", ""),
+    ("threshold and object filter together, uniform blending", "joint", "pixels", "uniform_blending"),
+    ("threshold and object filter together, tile = training patch", "joint", "pixels", "patch_tile"),
+    ("pixel-F1 threshold + TTA", "pixel", None, "tta"),
+    ("matched-F1 threshold + object filter + TTA", "instances", "pixels", "tta"),
+    ("threshold and object filter together + TTA", "joint", "pixels", "tta"),
+    ("threshold and object filter together + TTA, relative area", "joint", "relative", "tta"),
 )
+# fmt: on
+FILTER_GRIDS = {
+    "pixels": object_rules.filter_grid(),
+    "relative": object_rules.filter_grid(object_rules.RELATIVE_AREA_GRID),
+}
 
 
 def wanted_decisions(tta: bool) -> list[tuple]:
@@ -176,9 +189,14 @@ def pixel_threshold(images) -> tuple[float, float]:
     return counts.best()
 
 
-def choose(segmenter: Segmenter, validation, objective: str, with_filter: bool) -> dict:
-    """Threshold (and object filter) chosen on the validation images, and the validation
-    matched F1 / pixel F1 there."""
+def choose(
+    segmenter: Segmenter, validation, objective: str, filters: str | None, tables=None
+) -> dict:
+    """Threshold (and object filter of :data:`FILTER_GRIDS` ``filters``) chosen on the
+    validation images; ``tables``: their :func:`protoseg.objects.threshold_tables` (for a
+    joint choice). A joint choice also says how it transfers: ``held_out``, the validation
+    images each scored with the choice made on the others
+    (:func:`protoseg.objects.held_out_score`)."""
     if objective == "fixed":
         threshold = 0.5
     elif objective == "pixel":
@@ -188,21 +206,22 @@ def choose(segmenter: Segmenter, validation, objective: str, with_filter: bool) 
             [(outputs, cells) for outputs, _, cells in validation],
             lambda outputs, t: segmenter.cells(outputs, t, False),
         )["value"]
-    rule = None
+    rule, held_out = None, None
     if objective == "joint":
-        chosen = object_rules.choose_threshold_and_filter(
-            [(outputs, cells) for outputs, _, cells in validation],
-            lambda outputs, t: segmenter.cells(outputs, t, False),
-        )
+        chosen = object_rules.joint_choice(tables, filters=FILTER_GRIDS[filters])
         threshold, rule = chosen["value"], chosen["filter"]
-    elif with_filter:
+        held_out = object_rules.held_out_score(tables, filters=FILTER_GRIDS[filters])
+    elif filters:
         chosen = object_rules.choose_filter(
-            (segmenter.cells(outputs, threshold, False), outputs[0], cells)
-            for outputs, _, cells in validation
+            (
+                (segmenter.cells(outputs, threshold, False), outputs[0], cells)
+                for outputs, _, cells in validation
+            ),
+            FILTER_GRIDS[filters],
         )
         rule = chosen["filter"]
     decided = segmenter.with_settings(threshold=threshold, object_filter=rule)
-    return {"segmenter": decided, "threshold": threshold, "filter": rule}
+    return {"segmenter": decided, "threshold": threshold, "filter": rule, "held_out": held_out}
 
 
 def scores(segmenter: Segmenter, images) -> dict:
@@ -255,7 +274,7 @@ def decision_rows(
     resolution = evaluate_cfg["resolution"]
     outputs = {}
     rows = []
-    for name, objective, with_filter, inference in wanted_decisions(tta):
+    for name, objective, filters, inference in wanted_decisions(tta):
         if name in skip:
             continue
         if inference not in outputs:
@@ -268,7 +287,13 @@ def decision_rows(
             seconds = time.perf_counter() - start
             print(f"  outputs ({inference or 'shipped'}): {seconds:.0f} s", flush=True)
         validation, test = outputs[inference]["validation"], outputs[inference]["test"]
-        chosen = choose(segmenter, validation, objective, with_filter)
+        if objective == "joint" and "tables" not in outputs[inference]:
+            # Every image measured at every threshold once, for all joint rows.
+            outputs[inference]["tables"] = object_rules.threshold_tables(
+                [(scored, cells) for scored, _, cells in validation],
+                lambda scored, t: segmenter.cells(scored, t, False),
+            )
+        chosen = choose(segmenter, validation, objective, filters, outputs[inference].get("tables"))
         row = {
             "decision": name,
             "threshold": chosen["threshold"],
@@ -276,9 +301,23 @@ def decision_rows(
             "validation": scores(chosen["segmenter"], validation),
             "test": scores(chosen["segmenter"], test),
         }
+        if chosen["held_out"]:
+            row["validation_held_out"] = {
+                "matched_f1": chosen["held_out"]["matched_f1"],
+                "choices": [
+                    {"threshold": t, "object_filter": f.describe()}
+                    for t, f in chosen["held_out"]["choices"]
+                ],
+            }
         print(
             f"  {name}: threshold {row['threshold']:.4f}, validation matched F1 "
-            f"{row['validation']['matched_f1_pooled']:.3f}, test pixel F1 "
+            f"{row['validation']['matched_f1_pooled']:.3f}"
+            + (
+                f" (held out {row['validation_held_out']['matched_f1']:.3f})"
+                if "validation_held_out" in row
+                else ""
+            )
+            + f", test pixel F1 "
             f"{row['test']['pixel_f1']:.3f}, SA50 pooled {row['test']['sa50_pooled']:.3f}, "
             f"objects {sum(row['test']['n_pred'])}/{sum(row['test']['n_true'])}",
             flush=True,
@@ -297,6 +336,12 @@ def main() -> None:
     parser.add_argument("--trainings", nargs="+", default=["shipped"], choices=list(TRAININGS))
     parser.add_argument("--tta", action="store_true", help="also the rows with TTA (8x)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--redecide",
+        action="store_true",
+        help="make every decision row again for the models already trained (after a change "
+        "in how decisions are made or scored); trainings are kept",
+    )
     parser.add_argument(
         "--label",
         default="",
@@ -331,6 +376,12 @@ def main() -> None:
                 record = next(
                     r for r in results["records"] if (r["training"], r["seed"]) == (name, seed)
                 )
+                if args.redecide:
+                    record["decisions"] = [
+                        row
+                        for row in record["decisions"]
+                        if row["decision"] not in {d[0] for d in wanted_decisions(args.tta)}
+                    ]
                 have = {row["decision"] for row in record["decisions"]}
                 wanted = {d[0] for d in wanted_decisions(args.tta)}
                 if wanted <= have:

@@ -8,7 +8,8 @@ Columns: the validation score that made the choice (pooled matched F1 at IoU 0.5
 pooled pixel F1), then the test scores (pixel F1 pooled over the images, SA50 pooled from
 object counts, mean per-image SA50, objects predicted / true), each as ``mean ± sd (n)``
 over the seeds (sample standard deviation), and the threshold chosen on validation (range
-over the seeds). ``--fields REGEX``: test scores by field instead, a field being a test
+over the seeds). *val. held out*: a joint choice's validation matched F1 with each
+validation image scored by the choice made on the others (``-`` where a run lacks it). ``--fields REGEX``: test scores by field instead, a field being a test
 state with REGEX removed (BABY: the time points of one trap), for the records that hold
 per-image counts. ``--summary``: one row per choice (each training row with the shipped
 decision, each decision row of the shipped training), the table of ``docs/realdata.md``.
@@ -33,6 +34,14 @@ def spread(values) -> str:
     return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
 
 
+def held_out(runs: list[dict]) -> str:
+    """The validation matched F1 of a joint choice scored held out (each validation image
+    with the choice made on the others), where every run has it."""
+    if not all("validation_held_out" in run for run in runs):
+        return "-"
+    return spread([run["validation_held_out"]["matched_f1"] for run in runs])
+
+
 def runs_by_row(results: dict) -> dict[tuple[str, str], list[dict]]:
     """Every seed's decision record, by (training row, decision row), in file order."""
     rows: dict[tuple[str, str], list[dict]] = {}
@@ -47,9 +56,10 @@ def runs_by_row(results: dict) -> dict[tuple[str, str], list[dict]]:
 def table(results: dict) -> str:
     rows = runs_by_row(results)
     lines = [
-        "| training | decision | seeds | threshold | val. matched F1 | val. pixel F1 | "
-        "test pixel F1 | test SA50 (pooled) | test SA50 (mean) | objects pred. / true |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| training | decision | seeds | threshold | val. matched F1 | val. held out | "
+        "val. pixel F1 | test pixel F1 | test SA50 (pooled) | test SA50 (mean) | "
+        "objects pred. / true |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for (training, decision), runs in rows.items():
         thresholds = [run["threshold"] for run in runs]
@@ -58,6 +68,7 @@ def table(results: dict) -> str:
             f"| {training} | {decision} | {len(runs)} | "
             f"{min(thresholds):.3g}-{max(thresholds):.3g} | "
             f"{spread([r['validation']['matched_f1_pooled'] for r in runs])} | "
+            f"{held_out(runs)} | "
             f"{spread([r['validation']['pixel_f1'] for r in runs])} | "
             f"{spread([r['test']['pixel_f1'] for r in runs])} | "
             f"{spread([r['test']['sa50_pooled'] for r in runs])} | "
@@ -81,9 +92,9 @@ def summary_table(results: dict, shipped: str = "shipped") -> str:
     order += [key for key in runs if key[0] == shipped and key[1] != SHIPPED_DECISION]
     base = np.mean([r["validation"]["matched_f1_pooled"] for r in runs[order[0]]])
     lines = [
-        "| choice | seeds | val. matched F1 | vs shipped | test pixel F1 | "
+        "| choice | seeds | val. matched F1 | vs shipped | val. held out | test pixel F1 | "
         "test SA50 (pooled) | objects pred. / true |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for training, decision in order:
         rows = runs[(training, decision)]
@@ -94,7 +105,7 @@ def summary_table(results: dict, shipped: str = "shipped") -> str:
         ratio = [sum(r["test"]["n_pred"]) / max(1, sum(r["test"]["n_true"])) for r in rows]
         lines.append(
             f"| {name} | {len(rows)} | {spread(validation)} | "
-            f"{np.mean(validation) - base:+.3f} | "
+            f"{np.mean(validation) - base:+.3f} | {held_out(rows)} | "
             f"{spread([r['test']['pixel_f1'] for r in rows])} | "
             f"{spread([r['test']['sa50_pooled'] for r in rows])} | {spread(ratio)}x |"
         )

@@ -3,9 +3,11 @@ which probability threshold makes objects that match the truth.
 
 After the threshold and the instance step, every predicted object is kept or dropped by an
 :class:`ObjectFilter`: at least ``min_area`` pixels, a mean foreground probability of at
-least ``min_mean_probability`` and a solidity (area / convex hull area) of at least
-``min_solidity`` (measured with :func:`skimage.measure.regionprops_table`). Debris and
-out-of-focus specks are small, faint or ragged; nuclei and cells are not. As StarDist's
+least ``min_mean_probability``, a solidity (area / convex hull area) of at least
+``min_solidity`` (measured with :func:`skimage.measure.regionprops_table`), and an area of at
+least ``min_relative_area`` times the image's typical object area (:func:`typical_area`), a
+size rule that holds whatever the magnification. Debris and out-of-focus specks are small,
+faint or ragged; nuclei and cells are not. As StarDist's
 ``optimize_thresholds`` and cellpose's ``cellprob_threshold``, the parameters are chosen on
 the validation split, for the instance score: the matched F1 at IoU 0.5 (what SA50
 rewards), pooled over the validation images (:func:`choose_filter`).
@@ -32,11 +34,13 @@ from skimage.segmentation import relabel_sequential
 
 from protoseg.errors import ConfigError
 
-FILTER_KEYS = ("min_area", "min_mean_probability", "min_solidity")
+FILTER_KEYS = ("min_area", "min_mean_probability", "min_solidity", "min_relative_area")
 # The grids a filter is chosen on; the first of each keeps every object.
 AREA_GRID = (0, 5, 10, 20, 40, 80, 160, 320)
 PROBABILITY_GRID = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
 SOLIDITY_GRID = (0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9)
+# Fractions of the image's typical object area; not searched by default (filter_grid).
+RELATIVE_AREA_GRID = (0.0, 0.1, 0.2, 0.3, 0.5)
 # Thresholds of the instance objective: sigmoid of -6..6 in steps of 0.25 (0.0025..0.9975),
 # 0.5 among them.
 LOGIT_GRID = tuple(
@@ -52,6 +56,7 @@ class ObjectFilter:
     min_area: int = 0
     min_mean_probability: float = 0.0
     min_solidity: float = 0.0
+    min_relative_area: float = 0.0
     source: str = "config"
     validation_matched_f1: float | None = None
 
@@ -90,9 +95,14 @@ class ObjectFilter:
         return any(getattr(self, name) > 0 for name in FILTER_KEYS)
 
     def describe(self) -> str:
+        relative = (
+            f", area >= {self.min_relative_area:.2f} x the image's typical object"
+            if self.min_relative_area
+            else ""
+        )
         return (
             f"area >= {self.min_area} px, mean probability >= {self.min_mean_probability:.2f}, "
-            f"solidity >= {self.min_solidity:.2f} ({self.source})"
+            f"solidity >= {self.min_solidity:.2f}{relative} ({self.source})"
         )
 
     def keep(self, measures: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -101,6 +111,7 @@ class ObjectFilter:
             (measures["area"] >= self.min_area)
             & (measures["mean_probability"] >= self.min_mean_probability)
             & (measures["solidity"] >= self.min_solidity)
+            & (measures["relative_area"] >= self.min_relative_area)
         )
 
     def apply(self, labels: np.ndarray, probability: np.ndarray) -> np.ndarray:
@@ -114,18 +125,33 @@ class ObjectFilter:
         return relabel_sequential(kept)[0].astype(labels.dtype)
 
 
+def typical_area(areas: np.ndarray) -> float:
+    """The area of the object a foreground pixel typically belongs to: the area-weighted
+    median of ``areas`` (0 without objects). Many small specks hardly move it, so it tells
+    the size of an image's cells, whatever the magnification, where the plain median of
+    an over-segmented image would be a speck's."""
+    areas = np.sort(np.asarray(areas, dtype=np.float64))
+    if not len(areas):
+        return 0.0
+    cumulative = np.cumsum(areas)
+    return float(areas[np.searchsorted(cumulative, cumulative[-1] / 2.0)])
+
+
 def measure(labels: np.ndarray, probability: np.ndarray) -> dict[str, np.ndarray]:
-    """Label, area, mean probability and solidity of every object of ``labels``."""
+    """Label, area, mean probability, solidity and area relative to :func:`typical_area` of
+    every object of ``labels`` (one image)."""
     table = regionprops_table(
         np.asarray(labels).astype(np.int64),
         intensity_image=np.asarray(probability, dtype=np.float32),
         properties=("label", "area", "intensity_mean", "solidity"),
     )
+    area = np.asarray(table["area"], dtype=np.float64)
     return {
         "label": np.asarray(table["label"]),
-        "area": np.asarray(table["area"], dtype=np.float64),
+        "area": area,
         "mean_probability": np.asarray(table["intensity_mean"], dtype=np.float64),
         "solidity": np.asarray(table["solidity"], dtype=np.float64),
+        "relative_area": area / max(typical_area(area), 1.0),
     }
 
 
@@ -166,18 +192,21 @@ def object_table(pred: np.ndarray, probability: np.ndarray, truth: np.ndarray) -
     return measures
 
 
-def filter_grid() -> list[ObjectFilter]:
-    """Every filter of the grids, the one that keeps everything first."""
+def filter_grid(relative_areas=(0.0,)) -> list[ObjectFilter]:
+    """Every filter of the grids, the one that keeps everything first (``relative_areas``:
+    the ``min_relative_area`` values searched, e.g. :data:`RELATIVE_AREA_GRID`)."""
     return [
-        ObjectFilter(area, probability, solidity)
+        ObjectFilter(area, probability, solidity, relative)
         for area in AREA_GRID
         for probability in PROBABILITY_GRID
         for solidity in SOLIDITY_GRID
+        for relative in relative_areas
     ]
 
 
-def choose_filter(images: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict:
-    """The filter of :func:`filter_grid` with the best pooled matched F1 at IoU 0.5.
+def choose_filter(images: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], grid=None) -> dict:
+    """The filter of ``grid`` (default :func:`filter_grid`) with the best pooled matched F1
+    at IoU 0.5.
 
     ``images`` yields (predicted cells before any filter, foreground probability, true
     cells) of the validation images, all at one resolution. Exact ties go to the mildest
@@ -185,17 +214,23 @@ def choose_filter(images: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]) -
     "matched_f1_unfiltered", "n_true", "images"}``; ``n_true`` 0 means there was nothing
     to tune on (the caller decides what to do).
     """
-    tables, n_true, count = [], 0, 0
-    for pred, probability, truth in images:
-        tables.append(object_table(pred, probability, truth))
-        n_true += true_count(truth)
-        count += 1
+    tables = [
+        (object_table(pred, probability, truth), true_count(truth))
+        for pred, probability, truth in images
+    ]
+    return best_filter(tables, grid)
+
+
+def best_filter(tables: list[tuple[dict, int]], grid=None) -> dict:
+    """:func:`choose_filter` of images already measured: (:func:`object_table`, number of
+    true cells) per image."""
+    n_true = sum(count for _, count in tables)
     joined = {
-        key: np.concatenate([t[key] for t in tables]) if tables else np.zeros(0)
-        for key in ("area", "mean_probability", "solidity", "hit")
+        key: np.concatenate([t[key] for t, _ in tables]) if tables else np.zeros(0)
+        for key in ("area", "mean_probability", "solidity", "relative_area", "hit")
     }
     hits = joined["hit"].astype(bool)
-    grid = filter_grid()
+    grid = filter_grid() if grid is None else list(grid)
     scores = []
     for candidate in grid:
         kept = candidate.keep(joined)
@@ -206,7 +241,7 @@ def choose_filter(images: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]) -
         "matched_f1": float(scores[best]),
         "matched_f1_unfiltered": float(scores[0]),
         "n_true": n_true,
-        "images": count,
+        "images": len(tables),
     }
 
 
@@ -277,6 +312,7 @@ def choose_threshold_and_filter(
     cells,
     grid=LOGIT_GRID,
     tolerance: float = PLATEAU_TOLERANCE,
+    filters=None,
 ) -> dict:
     """The threshold and the object filter chosen together, as StarDist's
     ``optimize_thresholds`` searches its two thresholds together: at every threshold of
@@ -288,14 +324,38 @@ def choose_threshold_and_filter(
     ``cells(outputs, threshold)``: the predicted cells without any filter. Returns
     ``{"value", "filter", "matched_f1", "matched_f1_unfiltered", "matched_f1_at_05",
     "scores", "n_true", "images"}`` (``matched_f1_unfiltered``: at the chosen threshold;
-    ``matched_f1_at_05``: 0.5 with its best filter).
+    ``matched_f1_at_05``: 0.5 with its best filter). ``filters``: the candidate filters
+    (default :func:`filter_grid`).
     """
-    images = list(images)
     grid = tuple(float(t) for t in grid)
-    best = [
-        choose_filter((cells(outputs, threshold), outputs[0], truth) for outputs, truth in images)
-        for threshold in grid
+    return joint_choice(threshold_tables(images, cells, grid), grid, tolerance, filters)
+
+
+def threshold_tables(
+    images: Iterable[tuple[np.ndarray, np.ndarray]], cells, grid=LOGIT_GRID
+) -> list[list[tuple[dict, int]]]:
+    """Per image, per threshold of ``grid``: (:func:`object_table` of the predicted cells,
+    number of true cells). The costly part of :func:`choose_threshold_and_filter`, kept
+    so that choices on several subsets of the images (:func:`held_out_score`) measure each
+    image once."""
+    return [
+        [
+            (object_table(cells(outputs, threshold), outputs[0], truth), true_count(truth))
+            for threshold in grid
+        ]
+        for outputs, truth in images
     ]
+
+
+def joint_choice(
+    tables: list[list[tuple[dict, int]]],
+    grid=LOGIT_GRID,
+    tolerance: float = PLATEAU_TOLERANCE,
+    filters=None,
+) -> dict:
+    """:func:`choose_threshold_and_filter` of images measured by :func:`threshold_tables`."""
+    grid = tuple(float(t) for t in grid)
+    best = [best_filter([image[index] for image in tables], filters) for index in range(len(grid))]
     scores = np.array([chosen["matched_f1"] for chosen in best])
     index = plateau_centre(scores, tolerance)
     half = grid.index(0.5) if 0.5 in grid else None
@@ -307,5 +367,38 @@ def choose_threshold_and_filter(
         "matched_f1_at_05": None if half is None else float(scores[half]),
         "scores": scores,
         "n_true": best[index]["n_true"] if best else 0,
-        "images": len(images),
+        "images": len(tables),
+    }
+
+
+def held_out_score(
+    tables: list[list[tuple[dict, int]]],
+    grid=LOGIT_GRID,
+    tolerance: float = PLATEAU_TOLERANCE,
+    filters=None,
+) -> dict:
+    """How well the joint choice transfers to an image it did not see: each image of
+    :func:`threshold_tables` scored with the threshold and filter chosen on all the others
+    (leave one image out), the counts pooled into one matched F1 at IoU 0.5. The score on
+    the images the choice was made on rewards a larger grid whether or not it transfers;
+    this one does not. Returns ``{"matched_f1", "tp", "n_pred", "n_true", "choices"}``
+    (``choices``: the threshold and filter that scored each image)."""
+    grid = tuple(float(t) for t in grid)
+    tp = n_pred = n_true = 0
+    choices = []
+    for held_out, image in enumerate(tables):
+        others = tables[:held_out] + tables[held_out + 1 :]
+        chosen = joint_choice(others, grid, tolerance, filters)
+        table, count = image[grid.index(chosen["value"])]
+        kept = chosen["filter"].keep(table)
+        tp += int((kept & table["hit"].astype(bool)).sum())
+        n_pred += int(kept.sum())
+        n_true += count
+        choices.append((chosen["value"], chosen["filter"]))
+    return {
+        "matched_f1": matched_f1(tp, n_pred, n_true),
+        "tp": tp,
+        "n_pred": n_pred,
+        "n_true": n_true,
+        "choices": choices,
     }

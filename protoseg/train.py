@@ -100,6 +100,9 @@ CHECKPOINT_DIR = "checkpoints"
 DEFAULT_PATCH_BATCHES = 32
 # The sampler's epoch number of the batch-norm recalibration pass: draws no epoch makes.
 RECALIBRATION_EPOCH = 1_000_000
+# A joint threshold-and-filter choice scoring this much less (matched F1) on a validation
+# image left out of it than on the images it was made on is warned about.
+HELD_OUT_WARNING = 0.1
 HISTORY_COLUMNS = [
     "epoch",
     "train_loss",
@@ -1088,9 +1091,10 @@ class Trainer:
         no cell there, the fallbacks of :meth:`choose_threshold` and
         :meth:`choose_object_filter`."""
         segmenter = self.segmenter()
-        chosen = object_rules.choose_threshold_and_filter(
+        tables = object_rules.threshold_tables(
             self.validation_images(), lambda outputs, t: segmenter.cells(outputs, t, False)
         )
+        chosen = object_rules.joint_choice(tables)
         if chosen["n_true"] == 0:
             threshold = self.choose_threshold()
             return threshold, self.choose_object_filter(threshold["value"], None)
@@ -1117,8 +1121,35 @@ class Trainer:
                 "validation_matched_f1_at_05": chosen["matched_f1_at_05"],
             }
         )
+        if len(tables) > 1:
+            threshold["validation_matched_f1_held_out"] = self._held_out(tables, chosen)
         stored = replace(rule, source="validation", validation_matched_f1=chosen["matched_f1"])
         return threshold, stored.to_dict()
+
+    def _held_out(self, tables: list, chosen: dict) -> float:
+        """The joint choice's matched F1 with each validation image scored by the choice
+        made on the others (:func:`protoseg.objects.held_out_score`), logged, and a warning
+        when it falls more than :data:`HELD_OUT_WARNING` below the score on the images the
+        choice was made on: then the choice rests on which images validation holds."""
+        held_out = object_rules.held_out_score(tables)["matched_f1"]
+        log.info(
+            "%s: the same choice made without each validation image scores %.4f on it "
+            "(pooled matched F1; %.4f on the images it was made on)",
+            self.name,
+            held_out,
+            chosen["matched_f1"],
+        )
+        if held_out < chosen["matched_f1"] - HELD_OUT_WARNING:
+            log.warning(
+                "%s: the threshold and object filter chosen on the validation images score "
+                "%.3f matched F1 there but %.3f on a validation image left out of the choice: "
+                "they may not transfer to new images (more, or more varied, validation images "
+                "help; docs/objects.md)",
+                self.name,
+                chosen["matched_f1"],
+                held_out,
+            )
+        return held_out
 
     def choose_object_filter(self, threshold: float, watershed: dict | None) -> dict | None:
         """The object filter stored in ``model.pt`` (None when ``train.object_filter`` is

@@ -79,6 +79,88 @@ def test_the_chosen_filter_maximises_pooled_matched_f1_on_the_validation_images(
     assert chosen["filter"] == objects.ObjectFilter(5, 0.6, 0.5)
 
 
+def test_typical_area_is_the_size_of_the_cells_not_of_the_many_specks():
+    # 5 specks of 4 px and 2 cells of 400 px: the plain median is a speck's area.
+    areas = np.array([4, 4, 4, 4, 4, 400, 400])
+    assert np.median(areas) == 4 and objects.typical_area(areas) == 400
+    assert objects.typical_area([30, 50, 70]) == 50 and objects.typical_area([]) == 0.0
+
+
+def _two_magnifications():
+    """One image at low magnification (cells of radius 4, about 50 px) and one at high
+    (cells of radius 14) holding debris blobs of radius 4, all at probability 0.95: no
+    area in pixels drops the debris without dropping the small image's cells."""
+    from skimage.draw import disk
+
+    images = []
+    for radius, debris in ((4, 0), (14, 6)):
+        truth = np.zeros((160, 160), np.int32)
+        probability = np.full(truth.shape, 0.02, np.float32)
+        for label, centre in enumerate([(30, 30), (30, 120), (120, 30), (120, 120)], start=1):
+            truth[disk(centre, radius)] = label
+            probability[disk(centre, radius)] = 0.95
+        for index in range(debris):
+            probability[disk((75, 15 + 25 * index), 4)] = 0.95
+        images.append((metrics.instances_from_binary(probability > 0.5), probability, truth))
+    return images
+
+
+def test_an_area_relative_to_the_image_holds_across_magnifications():
+    images = _two_magnifications()
+    small_cell, debris = (
+        objects.measure(pred, probability)["area"].min() for pred, probability, _ in images
+    )
+    assert small_cell == debris  # the same size in pixels: min_area cannot tell them apart
+    in_pixels = objects.choose_filter(images)
+    assert in_pixels["matched_f1"] < 1.0
+    relative = objects.choose_filter(images, objects.filter_grid(objects.RELATIVE_AREA_GRID))
+    assert relative["matched_f1"] == 1.0 and relative["filter"].min_relative_area > 0
+    for pred, probability, truth in images:
+        kept = relative["filter"].apply(pred, probability)
+        assert metrics.instance_scores(kept, truth)["matched_f1"] == 1.0
+    # It round-trips through model.pt's dict and is said in the tables' note.
+    stored = relative["filter"].to_dict()
+    assert objects.ObjectFilter.from_dict(stored) == relative["filter"]
+    assert "typical object" in relative["filter"].describe()
+    # A filter stored before the key existed reads as 0 (off).
+    del stored["min_relative_area"]
+    assert objects.ObjectFilter.from_dict(stored).min_relative_area == 0.0
+
+
+def test_the_held_out_score_is_what_a_choice_scores_on_an_image_it_did_not_see():
+    images = [(probability[None], truth) for _, probability, truth in _two_magnifications()]
+
+    def cells(outputs, threshold):
+        return metrics.instances_from_binary(outputs[0] > threshold)
+
+    tables = objects.threshold_tables(images, cells)
+    for filters in (None, objects.filter_grid(objects.RELATIVE_AREA_GRID)):
+        held_out = objects.held_out_score(tables, filters=filters)
+        # By hand: choose on the other image, apply to this one, pool the counts.
+        tp = n_pred = 0
+        for index, (outputs, truth) in enumerate(images):
+            chosen = objects.choose_threshold_and_filter(
+                images[:index] + images[index + 1 :], cells, filters=filters
+            )
+            kept = chosen["filter"].apply(cells(outputs, chosen["value"]), outputs[0])
+            scored = metrics.instance_scores(kept, truth)
+            tp, n_pred = tp + scored["tp50"], n_pred + scored["n_pred"]
+        assert (held_out["tp"], held_out["n_pred"], held_out["n_true"]) == (tp, n_pred, 8)
+        assert held_out["matched_f1"] == pytest.approx(2 * tp / (n_pred + 8))
+    # Chosen on the large cells alone, an area in pixels drops every small cell; an area
+    # relative to the image does not (the debris is still kept where nothing showed it).
+    in_pixels = objects.held_out_score(tables)
+    relative = objects.held_out_score(
+        tables, filters=objects.filter_grid(objects.RELATIVE_AREA_GRID)
+    )
+    assert in_pixels["tp"] == 4 and relative["tp"] == 8
+    assert relative["matched_f1"] > in_pixels["matched_f1"]
+    # On the images it was chosen on, both choices are perfect: only held out do they differ.
+    for filters in (None, objects.filter_grid(objects.RELATIVE_AREA_GRID)):
+        on_each = [objects.joint_choice([image], filters=filters) for image in tables]
+        assert all(choice["matched_f1"] == 1.0 for choice in on_each)
+
+
 def test_matching_agrees_with_the_metrics_module():
     pred, probability, truth = scene()
     labels, hits = objects.matched_objects(pred, truth)
@@ -163,11 +245,15 @@ def test_filter_values_out_of_range_name_their_key():
         ({"min_solidity": 1.5}, "min_solidity"),
         ({"min_area": -1}, "min_area"),
         ({"min_mean_probability": "high"}, "min_mean_probability"),
+        ({"min_relative_area": 1.5}, "min_relative_area"),
     ):
         with pytest.raises(ConfigError, match=f"train.object_filter.{key}"):
             objects.ObjectFilter.from_dict(bad)
     with pytest.raises(ConfigError, match="object_filter"):
         complete_section("train", {"object_filter": {"min_solidity": 2}})
+    with pytest.raises(ConfigError, match="object_filter"):
+        complete_section("train", {"object_filter": {"min_relative_area": -0.1}})
+    assert complete_section("train", {"object_filter": {"min_relative_area": 0.3}})
     with pytest.raises(ConfigError, match="ema"):
         complete_section("train", {"ema": 1.0})
     with pytest.raises(ConfigError, match="tta"):

@@ -54,6 +54,16 @@ def test_training_chooses_the_filter_and_threshold_on_validation_and_stores_them
         source="validation",
         validation_matched_f1=chosen["matched_f1"],
     )
+    # How the choice transfers: each validation image scored by the choice made on the
+    # other, recorded beside the score on the images it was made on.
+    tables = objects.threshold_tables(
+        [(segmenter.at_size(segmenter.sample_outputs(validation, i), truth(i)[1].shape), truth(i)[1])
+         for i in range(len(validation))],
+        lambda outputs, t: segmenter.cells(outputs, t, False),
+    )  # fmt: skip
+    assert len(tables) == 2 and threshold["validation_matched_f1_held_out"] == pytest.approx(
+        objects.held_out_score(tables)["matched_f1"]
+    )
     # Read back by the segmenter of the file.
     loaded, _ = Segmenter.from_file(tmp_path / "m" / "model.pt", "evaluate", device="cpu")
     expected = objects.ObjectFilter.from_dict(stored)
@@ -96,12 +106,12 @@ def test_with_evaluations_tta_the_final_decisions_are_made_on_tta_outputs(
 def test_a_threshold_at_the_top_of_the_grid_is_flagged_with_a_warning(
     dataset_dir, tmp_path, monkeypatch, caplog
 ):
-    real = objects.choose_threshold_and_filter
+    real = objects.joint_choice
 
     def at_the_top(*args, **kwargs):  # as a network certain of everything it calls cell
         return real(*args, **kwargs) | {"value": objects.LOGIT_GRID[-1]}
 
-    monkeypatch.setattr(objects, "choose_threshold_and_filter", at_the_top)
+    monkeypatch.setattr(objects, "joint_choice", at_the_top)
     train_cfg = {**TRAIN_CFG, "object_filter": "auto", "threshold_objective": "instances"}
     with caplog.at_level("WARNING", logger="protoseg.train"):
         train_model(
@@ -112,6 +122,31 @@ def test_a_threshold_at_the_top_of_the_grid_is_flagged_with_a_warning(
     _, meta = load_model(tmp_path / "m" / "model.pt")
     assert meta["threshold"]["at_grid_edge"] == "highest"
     assert objects.grid_edge(0.5) is None and objects.grid_edge(objects.LOGIT_GRID[0]) == "lowest"
+
+
+def test_a_choice_that_does_not_hold_on_a_left_out_validation_image_is_warned_about(
+    dataset_dir, tmp_path, monkeypatch, caplog
+):
+    real = objects.held_out_score
+    train_cfg = {**TRAIN_CFG, "object_filter": "auto", "threshold_objective": "instances"}
+    for name, drop in (("holds", 0.05), ("fails", 0.2)):
+
+        def held_out(tables, *args, drop=drop, **kwargs):
+            in_sample = objects.joint_choice(tables)["matched_f1"]
+            return real(tables, *args, **kwargs) | {"matched_f1": in_sample - drop}
+
+        monkeypatch.setattr(objects, "held_out_score", held_out)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="protoseg.train"):
+            train_model(
+                dataset_dir, tmp_path / name, model_cfg=MODEL_CFG, train_cfg=train_cfg,
+                loss="bce", progress=False,
+            )  # fmt: skip
+        threshold = load_model(tmp_path / name / "model.pt")[1]["threshold"]
+        gap = threshold["validation_matched_f1"] - threshold["validation_matched_f1_held_out"]
+        assert gap == pytest.approx(drop)
+        warned = "on a validation image left out of the choice" in caplog.text
+        assert warned == (name == "fails")
 
 
 def test_ema_weights_are_validated_and_saved_and_evaluate_reports_the_filter(dataset_dir, tmp_path):

@@ -46,6 +46,7 @@ def test_the_ablation_chooses_on_validation_and_scores_as_evaluation_does(tmp_pa
         "threshold for matched F1 (plateau)",
         "matched-F1 threshold + object filter",
         "threshold and object filter chosen together",
+        "threshold and object filter together, relative area",
         "threshold and object filter together, uniform blending",
         "threshold and object filter together, tile = training patch",
     ]  # no TTA rows without --tta
@@ -73,8 +74,24 @@ def test_the_ablation_chooses_on_validation_and_scores_as_evaluation_does(tmp_pa
     trained = model.stat().st_mtime_ns
     subprocess.run([*command, "--tta"], check=True, capture_output=True, text=True)
     (record,) = json.loads(out.read_text())["records"]
-    assert len(record["decisions"]) == 10 and model.stat().st_mtime_ns == trained
-    assert record["decisions"][-1]["decision"] == "threshold and object filter together + TTA"
+    assert len(record["decisions"]) == 12 and model.stat().st_mtime_ns == trained
+    assert [row["decision"] for row in record["decisions"][-2:]] == [
+        "threshold and object filter together + TTA",
+        "threshold and object filter together + TTA, relative area",
+    ]
+    # Joint choices are also scored on each validation image with the choice made on the
+    # others; the other rows have nothing held out.
+    for row in record["decisions"]:
+        held_out = row.get("validation_held_out")
+        assert (held_out is not None) == ("together" in row["decision"]), row["decision"]
+        if held_out:
+            assert 0 <= held_out["matched_f1"] <= 1 and len(held_out["choices"]) == 2
+    # --redecide makes every row again from the same model: the same rows, the same scores.
+    before = {row["decision"]: row for row in record["decisions"]}
+    subprocess.run([*command, "--tta", "--redecide"], check=True, capture_output=True)
+    (again,) = json.loads(out.read_text())["records"]
+    assert model.stat().st_mtime_ns == trained
+    assert {row["decision"]: row for row in again["decisions"]} == before
     # The last epoch is the shipped network's, finished again from its checkpoints.
     subprocess.run([*command, "--trainings", "last_epoch"], check=True, capture_output=True)
     _, last = json.loads(out.read_text())["records"]
@@ -100,14 +117,14 @@ def test_the_summary_has_one_row_per_choice_with_the_shipped_row_first():
 
     joint, fixed = table["SHIPPED_DECISION"], "threshold 0.5"
     records = [
-        {"training": "no_zoom", "seed": 0, "decisions": [decision(joint, 0.3, 0.2)]},
+        {"training": "no_zoom", "seed": 0, "decisions": [decision(joint, 0.3, 0.2) | {"validation_held_out": {"matched_f1": 0.25}}]},
         {"training": "shipped", "seed": 0, "decisions": [decision(fixed, 0.1, 0.6), decision(joint, 0.5, 0.4)]},
         {"training": "shipped", "seed": 1, "decisions": [decision(fixed, 0.2, 0.7), decision(joint, 0.7, 0.5)]},
     ]  # fmt: skip
     lines = table["summary_table"]({"records": records}).splitlines()[2:]
-    assert lines[0].startswith("| **shipped**") and "| 2 | 0.600 ± 0.141 | +0.000 |" in lines[0]
-    assert lines[1].startswith("| no_zoom | 1 | 0.300 | -0.300 | 0.200 |")
-    assert lines[2].startswith("| threshold 0.5 | 2 | 0.150 ± 0.071 | -0.450 | 0.650 ± 0.071 |")
+    assert lines[0].startswith("| **shipped**") and "| 2 | 0.600 ± 0.141 | +0.000 | - |" in lines[0]
+    assert lines[1].startswith("| no_zoom | 1 | 0.300 | -0.300 | 0.250 | 0.200 |")
+    assert lines[2].startswith("| threshold 0.5 | 2 | 0.150 ± 0.071 | -0.450 | - | 0.650 ± 0.071 |")
     assert len(lines) == 3 and all(
         line.endswith("| 0.500x |") or "0.500 ± 0.000x" in line for line in lines
     )
