@@ -88,6 +88,9 @@ def test_config_asks_for_what_the_issue_asks():
     # Threshold and object filter chosen together for objects (docs/realdata.md).
     assert config["train"]["threshold_objective"] == "instances"
     assert config["train"]["object_filter"] == "auto"
+    # Test-time augmentation won on validation (docs/realdata.md): evaluation, training's
+    # final decisions and predict use it alike.
+    assert config["evaluate"]["tta"] and config["predict"]["tta"]
     assert (
         config["evaluate"]["threshold"] is None and config["evaluate"]["resolution"] == "original"
     )

@@ -125,6 +125,9 @@ def test_the_summary_has_one_row_per_choice_with_the_shipped_row_first():
     assert lines[0].startswith("| **shipped**") and "| 2 | 0.600 ± 0.141 | +0.000 | - |" in lines[0]
     assert lines[1].startswith("| no_zoom | 1 | 0.300 | -0.300 | 0.250 | 0.200 |")
     assert lines[2].startswith("| threshold 0.5 | 2 | 0.150 ± 0.071 | -0.450 | - | 0.650 ± 0.071 |")
+    adopted = table["summary_table"]({"records": records}, adopted=fixed).splitlines()[2:]
+    assert adopted[0].startswith("| **reference** (") and adopted[1] == lines[1]
+    assert adopted[2].startswith("| **threshold 0.5: adopted, shipped** | 2 |")
     assert len(lines) == 3 and all(
         line.endswith("| 0.500x |") or "0.500 ± 0.000x" in line for line in lines
     )
