@@ -79,7 +79,7 @@ from protoseg.io import (
     write_tiff,
 )
 from protoseg.qc import OUTLINE_COLOUR, overlay_instances, overlay_outlines, with_zoomed_crop
-from protoseg.segmenter import Segmenter
+from protoseg.segmenter import Segmenter, compact_labels
 from protoseg.stacks import (
     SUFFIX_FORMATS,
     Stack,
@@ -435,9 +435,9 @@ def write_ome_zarr(
 
     The image is the input's planes as read (axes ``yx``; ``zyx`` for a stack of several
     planes; a leading ``c`` for colour samples), so that a viewer shows the cells on it;
-    ``labels/cells`` holds the instance labels (uint16) and ``labels/mask`` the binary mask
-    (uint8, 1 = cell, drawn in the overlay's yellow), each labels image pointing to the
-    image as its source. ``pixel_size`` micrometres per pixel becomes the y and x scale with
+    ``labels/cells`` holds the instance labels (uint16; uint32 past 65,535) and
+    ``labels/mask`` the binary mask (uint8, 1 = cell, drawn in the overlay's yellow), each
+    labels image pointing to the image as its source. ``pixel_size`` micrometres per pixel becomes the y and x scale with
     unit "micrometer"; None leaves the axes in pixels. ``plane_spacing`` (micrometres
     between focal planes, as a container states it) becomes a stack's z scale; without it z
     keeps a scale of 1, the plane's index. One resolution level, for image and labels alike
@@ -447,7 +447,7 @@ def write_ome_zarr(
     from ome_zarr.writer import write_image, write_labels
 
     image = np.stack([np.asarray(plane) for plane in planes])  # Z, Y, X[, S]
-    binary, labels = np.asarray(binary, np.uint8), np.asarray(labels, np.uint16)
+    binary, labels = np.asarray(binary, np.uint8), compact_labels(np.asarray(labels))
     spatial = "zyx" if len(planes) > 1 else "yx"
     if len(planes) == 1:
         image, binary, labels = (

@@ -63,7 +63,7 @@ class Segmentation:
 
     probabilities: np.ndarray  # float32 (H, W), the foreground
     binary: np.ndarray  # bool (H, W): probabilities > threshold
-    labels: np.ndarray  # uint16 (H, W): cells, 0 = background
+    labels: np.ndarray  # uint16 (H, W), uint32 past 65,535 cells; 0 = background
 
 
 def stored_threshold(meta: dict, override: float | None = None) -> tuple[float, str]:
@@ -121,7 +121,7 @@ def record_of(meta: dict, network, source: object) -> DatasetRecord:
 def binary_instances(
     binary: np.ndarray, method: str = "cc", min_distance: int = 10, min_area: int = 0
 ) -> np.ndarray:
-    """Instance labels (uint16, 0 = background) of a binary cell mask.
+    """Instance labels (uint16, uint32 past 65,535; 0 = background) of a binary cell mask.
 
     ``cc``: connected components (touching cells stay one object). ``watershed``: cells
     are split at the necks between them: seeds at the maxima of the distance to the
@@ -139,7 +139,7 @@ def binary_instances(
     if method == "watershed" and components.max() > 0:
         components = _distance_watershed(binary, components, min_distance)
     labels, _, _ = relabel_sequential(components.astype(np.int64))
-    return _as_uint16(labels)
+    return compact_labels(labels)
 
 
 def _distance_watershed(binary: np.ndarray, components: np.ndarray, min_distance: int):
@@ -157,10 +157,11 @@ def _distance_watershed(binary: np.ndarray, components: np.ndarray, min_distance
     return watershed(-distance, markers, mask=binary)
 
 
-def _as_uint16(labels: np.ndarray) -> np.ndarray:
-    if labels.max(initial=0) > np.iinfo(np.uint16).max:
-        raise ValueError(f"{labels.max()} instances do not fit uint16 labels")
-    return labels.astype(np.uint16)
+def compact_labels(labels: np.ndarray) -> np.ndarray:
+    """Labels as uint16, or uint32 past 65,535 objects (a weak network at a low threshold
+    on a large image: noise, which the scores should count, not a reason to stop)."""
+    fits = labels.max(initial=0) <= np.iinfo(np.uint16).max
+    return labels.astype(np.uint16 if fits else np.uint32)
 
 
 class Segmenter:
@@ -409,7 +410,7 @@ class Segmenter:
     def cells(
         self, outputs: np.ndarray, threshold: float | None = None, filtered: bool = True
     ) -> np.ndarray:
-        """Instance labels (uint16) of outputs (K, H, W) at any resolution: the network's
+        """Instance labels (uint16; uint32 past 65,535) of outputs (K, H, W) at any resolution: the network's
         own watershed, or connected components / distance watershed of the foreground
         above the threshold; objects under ``min_area`` pixels dropped, then (``filtered``)
         those the object filter drops."""
@@ -421,7 +422,9 @@ class Segmenter:
         else:
             settings = dict(self.own_step["settings"])
             settings["min_size"] = max(int(settings["min_size"]), self.min_area)
-            labels = _as_uint16(own_watershed(outputs, self.own_step["mode"], threshold, settings))
+            labels = compact_labels(
+                own_watershed(outputs, self.own_step["mode"], threshold, settings)
+            )
         if filtered and self.object_filter is not None:
             labels = self.object_filter.apply(labels, outputs[0])
         return labels

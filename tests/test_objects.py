@@ -309,7 +309,8 @@ def test_weight_average_moves_towards_the_weights_and_is_swapped_in_and_out():
     with torch.no_grad():
         model[0].weight.add_(1.0)
     average.update(model)
-    expected = start["0.weight"] + 0.5
+    # The first step's decay is the warm-up's 1 / 10, not 0.5.
+    expected = start["0.weight"] + 0.9
     assert torch.allclose(average.average["0.weight"], expected)
     assert not torch.allclose(average.average["0.weight"], model[0].weight)
     raw = model[0].weight.detach().clone()
@@ -319,3 +320,20 @@ def test_weight_average_moves_towards_the_weights_and_is_swapped_in_and_out():
     copy = WeightAverage(model, 0.9)
     copy.load_state_dict(average.state_dict())
     assert copy.decay == 0.5 and torch.allclose(copy.average["0.weight"], expected)
+    assert copy.steps == 1 and copy.next_decay() == pytest.approx(2 / 11)
+
+
+def test_weight_average_forgets_the_initial_weights_in_a_short_run():
+    """200 steps at decay 0.999 (an aiSEGcell run validates first at step 192): the
+    average is the trained network, not 82 % of the random one it started from, and
+    decay itself applies once enough steps are averaged."""
+    model = torch.nn.Linear(2, 2)
+    average = WeightAverage(model, 0.999)
+    with torch.no_grad():
+        model.weight.copy_(model.weight + 10.0)
+    trained = model.weight.detach().clone()
+    for _ in range(200):
+        average.update(model)
+    assert torch.allclose(average.average["weight"], trained, atol=1e-3)
+    average.steps = 20_000
+    assert average.next_decay() == 0.999

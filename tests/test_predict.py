@@ -286,6 +286,16 @@ def test_watershed_keeps_tiny_objects_and_min_area_drops_them():
     assert binary_instances(np.zeros((8, 8), bool), "watershed").max() == 0
 
 
+def test_more_objects_than_uint16_holds_are_counted_not_refused():
+    """A weak network at a low threshold on a large image calls noise cells: 90,000 specks
+    come back as uint32 labels (a threshold search scores them), the usual case as uint16."""
+    specks = np.zeros((600, 600), bool)
+    specks[::2, ::2] = True
+    labels = binary_instances(specks, "cc")
+    assert labels.dtype == np.uint32 and labels.max() == 90_000
+    assert binary_instances(two_touching_discs(), "cc").dtype == np.uint16
+
+
 def test_overlap_is_a_share_of_the_tile(tmp_path):
     with pytest.raises(ConfigError, match=r"predict\.overlap.*32"):
         predict.predict_files(make_model(), [tmp_path], tmp_path / "out", overlap=32)
