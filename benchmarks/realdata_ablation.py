@@ -26,7 +26,8 @@ already trained in ``WORK_DIR`` are reused, so a run that was stopped goes on wh
 
 Writes ``OUT.json``: one record per seed, training row and decision row, with the
 validation score that chose it and the test scores (pixel F1 pooled, SA50 pooled and mean
-per image, matched F1, objects predicted / true), and the seconds each training took.
+per image, matched F1, objects predicted / true), the seconds each training took, and the
+validation pixel F1 of every validated epoch (``validation_curve``).
 ``docs/realdata.md`` tabulates them (mean and spread over the seeds).
 """
 
@@ -42,6 +43,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import yaml
 
@@ -160,6 +162,18 @@ def train_row(
     if epochs_run:  # checkpoints of other settings (older code): trained from scratch
         finished_from = None
     return model_path, time.perf_counter() - start, finished_from
+
+
+def validation_curve(model_dir: Path) -> list[list[float]] | None:
+    """(epoch, validation pixel F1) of every validated epoch of a run, from its
+    ``history.csv`` (None when the run left none): how much validation swings."""
+    history = model_dir / "history.csv"
+    if not history.exists():
+        return None
+    table = pd.read_csv(history).dropna(subset=["val_f1"])
+    return [
+        [int(epoch), float(f1)] for epoch, f1 in zip(table["epoch"], table["val_f1"], strict=True)
+    ]
 
 
 def split_outputs(segmenter: Segmenter, dataset_dir: Path, split_name: str, resolution: str):
@@ -384,7 +398,10 @@ def main() -> None:
                     ]
                 have = {row["decision"] for row in record["decisions"]}
                 wanted = {d[0] for d in wanted_decisions(args.tta)}
+                if record.get("validation_curve") is None:  # records written before it
+                    record["validation_curve"] = validation_curve(model_dir)
                 if wanted <= have:
+                    args.out.write_text(json.dumps(results, indent=1))
                     continue
                 print(f"{name}, seed {seed}: decisions {sorted(wanted - have)}", flush=True)
                 record["decisions"] += decision_rows(
@@ -411,6 +428,7 @@ def main() -> None:
                         "training_seconds": seconds,
                         "finished_from": finished_from,
                         "epoch_kept": meta.get("epoch_kept"),
+                        "validation_curve": validation_curve(model_dir),
                         "test_states": split_states(args.dataset_dir, "test"),
                         "decisions": decision_rows(model_path, config, args.dataset_dir, args.tta),
                     }

@@ -13,6 +13,7 @@ validation image scored by the choice made on the others (``-`` where a run lack
 state with REGEX removed (BABY: the time points of one trap), for the records that hold
 per-image counts. ``--summary``: one row per choice (each training row with the shipped
 decision, each decision row of the shipped training), the table of ``docs/realdata.md``.
+``--curves``: how much each training row's validation swings (:func:`curve_table`).
 """
 
 from __future__ import annotations
@@ -152,6 +153,38 @@ def field_table(results: dict, pattern: str) -> str:
     return "\n".join(lines)
 
 
+def curve_swing(curve: list[list[float]]) -> tuple[float, float]:
+    """The standard deviation of a run's validation pixel F1 over the second half of its
+    validations, and the largest fall from one validation to the next over the whole run."""
+    scores = np.array([f1 for _, f1 in curve], dtype=float)
+    late = scores[len(scores) // 2 :]
+    falls = -np.diff(scores)
+    return float(late.std()), float(max(0.0, falls.max(initial=0.0)))
+
+
+def curve_table(results: dict) -> str:
+    """Per training row (records with a ``validation_curve``): the swing of validation over
+    the seeds (:func:`curve_swing`), the last validation's score and the epochs kept."""
+    rows: dict[str, list[dict]] = {}
+    for record in results["records"]:
+        if record.get("validation_curve"):
+            rows.setdefault(record["training"], []).append(record)
+    lines = [
+        "| training | seeds | val. pixel F1, sd over the second half | largest fall between "
+        "validations | last validation | epochs kept |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for training, records in rows.items():
+        swings = [curve_swing(record["validation_curve"]) for record in records]
+        lines.append(
+            f"| {training} | {len(records)} | {spread([s[0] for s in swings])} | "
+            f"{spread([s[1] for s in swings])} | "
+            f"{spread([record['validation_curve'][-1][1] for record in records])} | "
+            f"{', '.join(str(record.get('epoch_kept')) for record in records)} |"
+        )
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", nargs="+", type=Path)
@@ -160,12 +193,17 @@ if __name__ == "__main__":
         "--summary", action="store_true", help="one row per choice (the shipped decision)"
     )
     parser.add_argument("--adopted", help="with --summary: the decision row now shipped")
+    parser.add_argument(
+        "--curves", action="store_true", help="how much each training row's validation swings"
+    )
     args = parser.parse_args()
     for path in args.results:
         results = json.loads(path.read_text())
         print(f"### {path}\n")
         if args.summary:
             print(summary_table(results, adopted=args.adopted))
+        elif args.curves:
+            print(curve_table(results))
         elif args.fields:
             print(field_table(results, args.fields))
         else:

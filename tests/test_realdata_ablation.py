@@ -39,6 +39,11 @@ def test_the_ablation_chooses_on_validation_and_scores_as_evaluation_does(tmp_pa
     subprocess.run(command, check=True, capture_output=True, text=True)
     (record,) = json.loads(out.read_text())["records"]
     assert record["training"] == "shipped" and record["seed"] == 0
+    # Every validated epoch's score, as the run's history holds it.
+    history = (tmp_path / "models" / "shipped-seed0" / "history.csv").read_text().splitlines()
+    assert [epoch for epoch, _ in record["validation_curve"]] == [
+        int(line.split(",")[0]) for line in history[1:] if line.split(",")[3]
+    ]
     rows = {row["decision"]: row for row in record["decisions"]}
     assert list(rows) == [
         "threshold 0.5",
@@ -131,3 +136,22 @@ def test_the_summary_has_one_row_per_choice_with_the_shipped_row_first():
     assert len(lines) == 3 and all(
         line.endswith("| 0.500x |") or "0.500 ± 0.000x" in line for line in lines
     )
+
+
+def test_the_curve_table_measures_how_validation_swings():
+    table = runpy.run_path(str(REPO / "benchmarks" / "realdata_table.py"))
+    swinging = [[4, 0.8], [8, 0.9], [12, 0.5], [16, 0.9], [20, 0.6]]  # late: 0.5, 0.9, 0.6
+    steady = [[4, 0.2], [8, 0.6], [12, 0.7], [16, 0.7], [20, 0.7]]
+    late_sd, fall = table["curve_swing"](swinging)
+    assert np.isclose(late_sd, np.std([0.5, 0.9, 0.6])) and np.isclose(fall, 0.4)
+    assert np.allclose(table["curve_swing"](steady), (0.0, 0.0))
+    records = [
+        {"training": "shipped", "seed": 0, "epoch_kept": 8, "validation_curve": swinging},
+        {"training": "ema", "seed": 0, "epoch_kept": 20, "validation_curve": steady},
+        {"training": "no_zoom", "seed": 0, "epoch_kept": 20},  # written before curves
+    ]
+    lines = table["curve_table"]({"records": records}).splitlines()[2:]
+    assert lines == [
+        f"| shipped | 1 | {late_sd:.3f} | 0.400 | 0.600 | 8 |",
+        "| ema | 1 | 0.000 | 0.000 | 0.700 | 20 |",
+    ]
