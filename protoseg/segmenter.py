@@ -410,10 +410,10 @@ class Segmenter:
     def cells(
         self, outputs: np.ndarray, threshold: float | None = None, filtered: bool = True
     ) -> np.ndarray:
-        """Instance labels (uint16; uint32 past 65,535) of outputs (K, H, W) at any resolution: the network's
-        own watershed, or connected components / distance watershed of the foreground
-        above the threshold; objects under ``min_area`` pixels dropped, then (``filtered``)
-        those the object filter drops."""
+        """Instance labels (uint16; uint32 past 65,535) of outputs (K, H, W) at any
+        resolution: the network's own watershed, or connected components / distance
+        watershed of the foreground above the threshold; objects under ``min_area`` pixels
+        dropped, then (``filtered``) those the object filter drops."""
         threshold = self.threshold if threshold is None else float(threshold)
         if self.own_step is None:
             labels = binary_instances(
