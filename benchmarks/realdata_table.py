@@ -82,20 +82,31 @@ def table(results: dict) -> str:
 SHIPPED_DECISION = "threshold and object filter chosen together"
 
 
-def summary_table(results: dict, shipped: str = "shipped", adopted: str | None = None) -> str:
+def summary_table(
+    results: dict,
+    shipped: str = "shipped",
+    adopted: str | None = None,
+    adopted_training: str | None = None,
+) -> str:
     """One row per choice: every training row with the shipped decision, then every other
     decision row of the shipped training; the first row is the shipped pipeline. Columns as
     :func:`table`, and the difference in validation matched F1 to the shipped row (what
-    decides whether a choice is adopted). ``adopted``: a decision row this ablation adopted;
-    it is marked as shipped, and the first row becomes the reference the others are
-    measured against."""
+    decides whether a choice is adopted). ``adopted``: a decision row this ablation adopted,
+    of the training row ``adopted_training`` (default: the shipped training); it is marked
+    as shipped (second, when it is another training's decision), and the first row becomes
+    the reference the others are measured against."""
     runs = runs_by_row(results)
-    order = [(shipped, SHIPPED_DECISION)]
+    reference = (shipped, SHIPPED_DECISION)
+    chosen = (adopted_training or shipped, adopted or SHIPPED_DECISION)
+    order = [reference]
+    if chosen[0] != shipped and chosen[1] != SHIPPED_DECISION and chosen in runs:
+        order.append(chosen)  # a decision row of another training: not listed below
     order += [key for key in runs if key[1] == SHIPPED_DECISION and key[0] != shipped]
     order += [key for key in runs if key[0] == shipped and key[1] != SHIPPED_DECISION]
-    base = np.mean([r["validation"]["matched_f1_pooled"] for r in runs[order[0]]])
+    base = np.mean([r["validation"]["matched_f1_pooled"] for r in runs[reference]])
+    changed = chosen != reference
     lines = [
-        f"| choice | seeds | val. matched F1 | vs {'reference' if adopted else 'shipped'} | "
+        f"| choice | seeds | val. matched F1 | vs {'reference' if changed else 'shipped'} | "
         "val. held out | test pixel F1 | "
         "test SA50 (pooled) | objects pred. / true |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -103,10 +114,11 @@ def summary_table(results: dict, shipped: str = "shipped", adopted: str | None =
     for training, decision in order:
         rows = runs[(training, decision)]
         name = training if decision == SHIPPED_DECISION else decision
-        if (training, decision) == order[0]:
-            name = f"**{'reference' if adopted else 'shipped'}** ({SHIPPED_DECISION})"
-        elif training == shipped and decision == adopted:
-            name = f"**{decision}: adopted, shipped**"
+        if (training, decision) == reference:
+            name = f"**{'reference' if changed else 'shipped'}** ({SHIPPED_DECISION})"
+        elif (training, decision) == chosen:
+            label = ", ".join(part for part in (adopted_training, adopted) if part)
+            name = f"**{label}: adopted, shipped**"
         validation = [r["validation"]["matched_f1_pooled"] for r in rows]
         ratio = [sum(r["test"]["n_pred"]) / max(1, sum(r["test"]["n_true"])) for r in rows]
         lines.append(
@@ -194,6 +206,9 @@ if __name__ == "__main__":
     )
     parser.add_argument("--adopted", help="with --summary: the decision row now shipped")
     parser.add_argument(
+        "--adopted-training", help="with --summary: the training row now shipped (with --adopted)"
+    )
+    parser.add_argument(
         "--curves", action="store_true", help="how much each training row's validation swings"
     )
     args = parser.parse_args()
@@ -201,7 +216,9 @@ if __name__ == "__main__":
         results = json.loads(path.read_text())
         print(f"### {path}\n")
         if args.summary:
-            print(summary_table(results, adopted=args.adopted))
+            print(
+                summary_table(results, adopted=args.adopted, adopted_training=args.adopted_training)
+            )
         elif args.curves:
             print(curve_table(results))
         elif args.fields:

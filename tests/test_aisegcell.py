@@ -91,6 +91,11 @@ def test_config_asks_for_what_the_issue_asks():
     # Test-time augmentation won on validation (docs/realdata.md): evaluation, training's
     # final decisions and predict use it alike.
     assert config["evaluate"]["tta"] and config["predict"]["tta"]
+    # The plain recipe won on validation (docs/realdata.md): no zoom, no gamma jitter,
+    # batch-norm statistics as trained.
+    augment = config["train"]["augment"]
+    assert augment["scale"] == 0 and augment["gamma"] == 0 and augment["contrast"] > 0
+    assert config["train"]["recalibrate_bn"] is False
     assert (
         config["evaluate"]["threshold"] is None and config["evaluate"]["resolution"] == "original"
     )

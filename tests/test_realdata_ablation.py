@@ -136,6 +136,19 @@ def test_the_summary_has_one_row_per_choice_with_the_shipped_row_first():
     assert len(lines) == 3 and all(
         line.endswith("| 0.500x |") or "0.500 ± 0.000x" in line for line in lines
     )
+    # Another training row adopted with one of its decisions: second, marked; the shipped
+    # training's row of that decision stays a plain row.
+    records.append({"training": "no_zoom", "seed": 1, "decisions": [decision(fixed, 0.9, 0.3)]})
+    other = table["summary_table"](
+        {"records": records}, adopted=fixed, adopted_training="no_zoom"
+    ).splitlines()[2:]
+    assert other[1].startswith(
+        "| **no_zoom, threshold 0.5: adopted, shipped** | 1 | 0.900 | +0.300 |"
+    )
+    assert other[2] == lines[1] and other[3] == lines[2] and len(other) == 4
+    alone = table["summary_table"]({"records": records}, adopted_training="no_zoom")
+    assert alone.splitlines()[3].startswith("| **no_zoom: adopted, shipped** | 1 | 0.300 |")
+    assert "vs reference" in alone and "**reference**" in alone
 
 
 def test_the_curve_table_measures_how_validation_swings():
