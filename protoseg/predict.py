@@ -438,10 +438,10 @@ def write_ome_zarr(
     ``labels/cells`` holds the instance labels (uint16; uint32 past 65,535) and
     ``labels/mask`` the binary mask (uint8, 1 = cell, drawn in the overlay's yellow), each
     labels image pointing to the image as its source. ``pixel_size`` micrometres per pixel
-    becomes the y and x scale with unit "micrometer"; None leaves the axes in pixels. ``plane_spacing`` (micrometres
-    between focal planes, as a container states it) becomes a stack's z scale; without it z
-    keeps a scale of 1, the plane's index. One resolution level, for image and labels alike
-    (NGFF asks labels to have the image's levels).
+    becomes the y and x scale with unit "micrometer"; None leaves the axes in pixels.
+    ``plane_spacing`` (micrometres between focal planes, as a container states it) becomes a
+    stack's z scale; without it z keeps a scale of 1, the plane's index. One resolution
+    level, for image and labels alike (NGFF asks labels to have the image's levels).
     """
     import zarr
     from ome_zarr.writer import write_image, write_labels
