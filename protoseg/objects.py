@@ -140,8 +140,9 @@ def typical_area(areas: np.ndarray) -> float:
 def measure(labels: np.ndarray, probability: np.ndarray) -> dict[str, np.ndarray]:
     """Label, area, mean probability, solidity and area relative to :func:`typical_area` of
     every object of ``labels`` (one image)."""
+    labels = np.asarray(labels)
     table = regionprops_table(
-        np.asarray(labels).astype(np.int64),
+        labels if np.issubdtype(labels.dtype, np.integer) else labels.astype(np.int64),
         intensity_image=np.asarray(probability, dtype=np.float32),
         properties=("label", "area", "intensity_mean", "solidity"),
     )
@@ -157,19 +158,23 @@ def measure(labels: np.ndarray, probability: np.ndarray) -> dict[str, np.ndarray
 
 def matched_objects(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The labels of ``pred`` and whether each matches a true cell at IoU >= 0.5."""
-    pred, truth = np.asarray(pred).astype(np.int64), np.asarray(truth).astype(np.int64)
-    labels = np.unique(pred[pred > 0])
+    pred, truth = np.asarray(pred), np.asarray(truth)
+    labels = np.unique(pred[pred > 0]).astype(np.int64)
     if not len(labels) or truth.max(initial=0) == 0:
         return labels, np.zeros(len(labels), dtype=bool)
-    pairs = (pred > 0) & (truth > 0)
-    overlap = np.zeros((pred.max() + 1, truth.max() + 1), dtype=np.int64)
-    np.add.at(overlap, (pred[pairs], truth[pairs]), 1)
-    pred_area = np.bincount(pred.ravel(), minlength=overlap.shape[0])
-    true_area = np.bincount(truth.ravel(), minlength=overlap.shape[1])
-    union = pred_area[:, None] + true_area[None, :] - overlap
-    iou = np.where(union > 0, overlap / np.maximum(union, 1), 0.0)
-    iou[:, 0] = 0.0
-    return labels, iou[labels].max(axis=1) >= 0.5
+    # Only the (predicted, true) pairs that overlap, counted once each: a dense matrix of
+    # every pair is tens of thousands of rows for a weak network at a low threshold.
+    both = (pred > 0) & (truth > 0)
+    true_labels = int(truth.max()) + 1
+    pairs, overlap = np.unique(
+        pred[both].astype(np.int64) * true_labels + truth[both].astype(np.int64),
+        return_counts=True,
+    )
+    pair_pred, pair_true = np.divmod(pairs, true_labels)
+    pred_area = np.bincount(pred.ravel().astype(np.intp, copy=False))
+    true_area = np.bincount(truth.ravel().astype(np.intp, copy=False))
+    iou = overlap / (pred_area[pair_pred] + true_area[pair_true] - overlap)
+    return labels, np.isin(labels, pair_pred[iou >= 0.5])
 
 
 def true_count(truth: np.ndarray) -> int:

@@ -135,10 +135,13 @@ def binary_instances(
     binary = np.asarray(binary, dtype=bool)
     if min_area > 0:
         binary = remove_small_objects(binary, max_size=min_area - 1)
-    components = connected_components(binary, connectivity=1)
-    if method == "watershed" and components.max() > 0:
-        components = _distance_watershed(binary, components, min_distance)
-    labels, _, _ = relabel_sequential(components.astype(np.int64))
+    # Connected components are numbered 1..N already (skimage.measure.label), so only the
+    # watershed's labels need relabelling: a full-image relabel costs more than the labelling
+    # itself, 49 times per image when training chooses its threshold.
+    labels = connected_components(binary, connectivity=1)
+    if method == "watershed" and labels.max() > 0:
+        watershed_labels = _distance_watershed(binary, labels, min_distance)
+        labels, _, _ = relabel_sequential(watershed_labels.astype(np.int64))
     return compact_labels(labels)
 
 

@@ -168,6 +168,31 @@ def test_matching_agrees_with_the_metrics_module():
     assert hits.sum() == metrics.instance_scores(pred, truth)["tp50"]
 
 
+def test_matching_agrees_with_every_pair_compared_by_hand():
+    """Labels with gaps, of two integer types, a pair at IoU exactly 0.5 (a hit) and one
+    just under it, and objects that overlap two true cells."""
+    rng = np.random.default_rng(3)
+    truth = np.zeros((40, 60), np.uint32)
+    pred = np.zeros((40, 60), np.uint16)
+    truth[0:10, 0:10], pred[0:10, 0:5] = 7, 40  # IoU 50 / 100 = 0.5: a hit
+    truth[0:10, 20:30], pred[0:10, 20:24], pred[0:1, 24] = 9, 41, 42  # 40 / 100: no hit
+    truth[20:40] = rng.integers(0, 5, (20, 60)) * 3 + 100  # many small true cells
+    pred[20:40] = rng.integers(0, 4, (20, 60)) * 5
+    pred[15:25, 40:60] = 1000  # overlaps background and several true cells
+    labels, hits = objects.matched_objects(pred, truth)
+    expected = []
+    for value in np.unique(pred[pred > 0]):
+        mine = pred == value
+        ious = [
+            (mine & (truth == other)).sum() / (mine | (truth == other)).sum()
+            for other in np.unique(truth[truth > 0])
+        ]
+        expected.append(max(ious) >= 0.5)
+    assert labels.tolist() == np.unique(pred[pred > 0]).tolist()
+    assert hits.tolist() == expected
+    assert hits[labels.tolist().index(40)] and not hits[labels.tolist().index(41)]
+
+
 def test_plateau_centre_prefers_the_middle_of_a_plateau_to_a_lone_peak():
     scores = np.full(40, 0.2)
     scores[5:14] = 0.80  # a plateau of 9 points, centre 9

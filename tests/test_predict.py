@@ -286,6 +286,17 @@ def test_watershed_keeps_tiny_objects_and_min_area_drops_them():
     assert binary_instances(np.zeros((8, 8), bool), "watershed").max() == 0
 
 
+@pytest.mark.parametrize("method", ["cc", "watershed"])
+def test_instance_labels_are_numbered_from_one_without_gaps(method):
+    """The object filter and the scores count labels 1..N: no number may be skipped."""
+    rng = np.random.default_rng(0)
+    binary = rng.random((80, 80)) > 0.6
+    binary[10:40, 10:40] = True
+    labels = binary_instances(binary, method, min_distance=5, min_area=3)
+    assert labels.max() > 10
+    assert np.unique(labels).tolist() == list(range(int(labels.max()) + 1))
+
+
 def test_more_objects_than_uint16_holds_are_counted_not_refused():
     """A weak network at a low threshold on a large image calls noise cells: 90,000 specks
     come back as uint32 labels (a threshold search scores them), the usual case as uint16."""
