@@ -19,16 +19,18 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from protoseg import objects as object_rules
-from protoseg.dataset import open_split
-from protoseg.evaluate import TruthReader
-from protoseg.segmenter import Segmenter
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from realdata_ablation import split_outputs  # noqa: E402
+
+from protoseg import objects as object_rules  # noqa: E402
+from protoseg.segmenter import Segmenter  # noqa: E402
 
 
 def cpu_seconds(action, *args):
@@ -49,19 +51,11 @@ def main() -> None:
 
     segmenter, _ = Segmenter.from_file(args.model, "evaluate", device="cpu", tta=args.tta)
     segmenter = segmenter.with_settings(object_filter=object_rules.ObjectFilter())
-    split = open_split(args.dataset_dir, "validation")
-    truth = TruthReader(split, "original", "labels")
-
-    def outputs():
-        images = []
-        for index in range(len(split)):
-            _, labels = truth(index)
-            images.append(
-                (segmenter.at_size(segmenter.sample_outputs(split, index), labels.shape), labels)
-            )
-        return images
-
-    output_seconds, images = cpu_seconds(outputs)
+    # The outputs as the ablation computes them: at each image's own size, with its cells.
+    output_seconds, validation = cpu_seconds(
+        split_outputs, segmenter, args.dataset_dir, "validation", "original"
+    )
+    images = [(outputs, true_cells) for outputs, _, true_cells in validation]
 
     def cells(out, threshold):
         return segmenter.cells(out, threshold, False)
