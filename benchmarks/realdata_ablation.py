@@ -69,6 +69,13 @@ TRAININGS = {
     # The standalone recipe of ../shared/REALDATA-NOTES.md as far as it differs in training
     # (no zoom, no gamma, batch-norm statistics as trained); its decision row: threshold 0.5.
     "plain_recipe": {"augment": {"scale": 0.0, "gamma": 0.0}, "recalibrate_bn": False},
+    # The shipped training (the plain recipe) with no foreground oversampling: whether the
+    # two gains measured one at a time add up.
+    "plain_recipe_no_oversampling": {
+        "augment": {"scale": 0.0, "gamma": 0.0},
+        "recalibrate_bn": False,
+        "foreground_share": 0.0,
+    },
 }
 # Inference settings the decision rows are made on (Segmenter settings): the shipped
 # window, test-time augmentation, tiles averaged without Gaussian weights, and tiles the
