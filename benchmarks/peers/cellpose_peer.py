@@ -42,16 +42,15 @@ import json
 import logging
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from protoseg import metrics
-from protoseg.dataset import read_manifest, read_record
-from protoseg.io import read_image
-from protoseg.transforms import label_image, prepare_image
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peer_scoring import image_scores, load_split, pooled  # noqa: E402
 
 # Cellpose's training recipe from scratch: the defaults of ``python -m cellpose --train``
 # in 3.1.1 (the Python function's own defaults, AdamW at 0.005, are its fine-tuning ones).
@@ -73,32 +72,6 @@ NO_NORMALISATION = {"normalize": False}
 
 
 # ---------------------------------------------------------------- data
-def load_split(dataset_dir: Path, split: str, max_images: int | None) -> list[dict]:
-    """The images of ``split``: protoseg's prepared input (H x W float32), the instance
-    labels at the image's own size, and the manifest row."""
-    record = read_record(dataset_dir)
-    if record.context_planes:
-        raise SystemExit("cellpose takes one plane: use a variant without focal context")
-    manifest = read_manifest(dataset_dir)
-    rows = manifest[manifest["split"] == split]
-    if max_images is not None:
-        rows = rows.iloc[:max_images]
-    # The manifest names masks relative to where snakemake ran: RUN/results/datasets/X.
-    run_dir = dataset_dir.parents[2]
-    images = []
-    for _, row in rows.iterrows():
-        prepared = prepare_image(read_image(row["image"]), record.preprocessing, row["image"])
-        if prepared.shape[0] != 1:
-            raise SystemExit(f"expected one grey channel, got {prepared.shape[0]}")
-        mask_path = run_dir / str(row["mask"])
-        labels = label_image(read_image(mask_path), mask_path)
-        if labels.shape != prepared.shape[1:]:
-            # Scores are made at the image's own size (scale 1 in protoseg's config).
-            raise SystemExit(f"{row['image']}: prepared {prepared.shape[1:]}, mask {labels.shape}")
-        images.append({"image": prepared[0], "labels": labels, "row": row.to_dict()})
-    return images
-
-
 def camera_diameters(train_images: list[dict]) -> dict[tuple[int, int], float]:
     """Cellpose's cell diameter per image size of the training images: the mean over
     images of ``utils.diameters`` (each image's median cell), as cellpose's ``diam_labels``
@@ -243,29 +216,6 @@ def cells_by_threshold(output: dict, cellprob_thresholds, flow_thresholds) -> di
             masks = utils.fill_holes_and_remove_small_masks(masks.copy(), min_size=MIN_SIZE)
             cells[(cellprob_threshold, flow_threshold)] = masks
     return cells
-
-
-def image_scores(cells: np.ndarray, true_labels: np.ndarray) -> dict:
-    """protoseg's per-image scores: pixel counts of cells vs truth, and instance scores."""
-    counts = metrics.confusion(cells > 0, true_labels > 0)
-    return {"counts": [int(c) for c in counts]} | metrics.instance_scores(cells, true_labels)
-
-
-def pooled(rows: list[dict]) -> dict:
-    """The scores of ``benchmarks/realdata_ablation.py`` from per-image rows."""
-    counts = np.sum([row["counts"] for row in rows], axis=0)
-    instances = metrics.pooled_instance_scores(
-        [r["n_true"] for r in rows], [r["n_pred"] for r in rows], [r["tp50"] for r in rows]
-    )
-    return {
-        "pixel_f1": metrics.f1(*(int(c) for c in counts)),
-        "sa50_pooled": instances["sa50"],
-        "matched_f1_pooled": instances["matched_f1"],
-        "sa50_mean": float(np.mean([r["sa50"] for r in rows])),
-        "msa_mean": float(np.mean([r["msa"] for r in rows])),
-        "n_pred": [int(r["n_pred"]) for r in rows],
-        "n_true": [int(r["n_true"]) for r in rows],
-    }
 
 
 def choose_thresholds(validation: list[dict]) -> tuple[tuple[float, float], list[dict]]:
