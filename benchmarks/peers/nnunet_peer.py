@@ -238,7 +238,6 @@ def run(args) -> None:
     prepare_seconds = time.perf_counter() - start
     print(f"planned and preprocessed in {prepare_seconds:.0f} s", flush=True)
 
-    import nnunetv2  # noqa: F401  (after the folders are set)
     import torch
 
     if args.augmentation_processes is not None:
