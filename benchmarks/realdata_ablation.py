@@ -55,6 +55,9 @@ from protoseg.evaluate import TruthReader
 from protoseg.segmenter import Segmenter
 from protoseg.train import NOT_IN_FINGERPRINT, checkpoint_dir, train_model
 
+# The standalone recipe of ../shared/REALDATA-NOTES.md as far as it differs in training
+# (no zoom, no gamma, batch-norm statistics as trained); its decision row: threshold 0.5.
+PLAIN_RECIPE = {"augment": {"scale": 0.0, "gamma": 0.0}, "recalibrate_bn": False}
 # Training rows: changes to the config's train section (nested augment keys merged).
 TRAININGS = {
     "shipped": {},
@@ -66,16 +69,10 @@ TRAININGS = {
     "no_zoom": {"augment": {"scale": 0.0}},
     "no_intensity_jitter": {"augment": {"brightness": 0.0, "contrast": 0.0, "gamma": 0.0}},
     "noise": {"augment": {"noise": 0.1}},
-    # The standalone recipe of ../shared/REALDATA-NOTES.md as far as it differs in training
-    # (no zoom, no gamma, batch-norm statistics as trained); its decision row: threshold 0.5.
-    "plain_recipe": {"augment": {"scale": 0.0, "gamma": 0.0}, "recalibrate_bn": False},
+    "plain_recipe": PLAIN_RECIPE,
     # The shipped training (the plain recipe) with no foreground oversampling: whether the
     # two gains measured one at a time add up.
-    "plain_recipe_no_oversampling": {
-        "augment": {"scale": 0.0, "gamma": 0.0},
-        "recalibrate_bn": False,
-        "foreground_share": 0.0,
-    },
+    "plain_recipe_no_oversampling": {**PLAIN_RECIPE, "foreground_share": 0.0},
 }
 # Inference settings the decision rows are made on (Segmenter settings): the shipped
 # window, test-time augmentation, tiles averaged without Gaussian weights, and tiles the

@@ -50,7 +50,7 @@ import numpy as np
 import tifffile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peer_scoring import image_scores, pooled  # noqa: E402
+from peer_scoring import image_scores, load_split, pooled  # noqa: E402
 
 from protoseg import metrics  # noqa: E402
 
@@ -130,8 +130,6 @@ def fold_of(cases: dict[str, dict]) -> dict:
 
 
 def prepare(dataset_dir: Path, work_dir: Path, max_images: int | None) -> dict:
-    from peer_scoring import load_split
-
     if work_dir.exists():
         raise SystemExit(f"{work_dir} exists: prepare writes a new folder")
     splits = {s: load_split(dataset_dir, s, max_images) for s in SPLIT_PREFIX}
