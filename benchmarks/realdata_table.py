@@ -14,6 +14,8 @@ state with REGEX removed (BABY: the time points of one trap), for the records th
 per-image counts. ``--summary``: one row per choice (each training row with the shipped
 decision, each decision row of the shipped training), the table of ``docs/realdata.md``.
 ``--curves``: how much each training row's validation swings (:func:`curve_table`).
+``--agreement``: how well the validation split ranks the choices by their test scores
+(:func:`agreement`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from protoseg import metrics
 
@@ -82,6 +85,60 @@ def table(results: dict) -> str:
 SHIPPED_DECISION = "threshold and object filter chosen together"
 
 
+def summary_rows(
+    runs: dict[tuple[str, str], list[dict]], shipped: str, chosen: tuple[str, str]
+) -> list[tuple[str, str]]:
+    """The (training, decision) rows of the summary, in its order (:func:`summary_table`)."""
+    order = [(shipped, SHIPPED_DECISION)]
+    if chosen[0] != shipped and chosen[1] != SHIPPED_DECISION and chosen in runs:
+        order.append(chosen)  # a decision row of another training: not listed below
+    order += [key for key in runs if key[1] == SHIPPED_DECISION and key[0] != shipped]
+    order += [key for key in runs if key[0] == shipped and key[1] != SHIPPED_DECISION]
+    return order
+
+
+def agreement(results: dict) -> str:
+    """How well the validation split ranks the choices by what they score on test, over
+    every (training, decision) row whose threshold and filter were chosen together (every
+    training row, with and without TTA and the other inference settings): Spearman's rank
+    correlation of the seed means, by validation matched F1 and by the held-out score,
+    against test pixel F1 and SA50 (pooled); and what the row validation ranks first
+    scores on test, beside the best row on test."""
+    runs = runs_by_row(results)
+    keys = [key for key, rows in runs.items() if held_out(rows) != "-"]  # the joint choices
+
+    def means(path: tuple[str, ...]) -> np.ndarray:
+        values = []
+        for key in keys:
+            row = []
+            for run in runs[key]:
+                for part in path:
+                    run = run[part]
+                row.append(run)
+            values.append(np.mean(row))
+        return np.asarray(values)
+
+    lines = [
+        f"| validation score ({len(keys)} choices) | test pixel F1 | test SA50 (pooled) |",
+        "|---|---:|---:|",
+    ]
+    tests = {name: means(("test", name)) for name in ("pixel_f1", "sa50_pooled")}
+    scores = {
+        "matched F1": means(("validation", "matched_f1_pooled")),
+        "held out": means(("validation_held_out", "matched_f1")),
+    }
+    for name, validation in scores.items():
+        cells = [f"{spearmanr(validation, test).statistic:+.2f}" for test in tests.values()]
+        lines.append(f"| {name}: rank correlation | {' | '.join(cells)} |")
+    for name, validation in scores.items():
+        picked = int(np.argmax(validation))
+        cells = [f"{test[picked]:.3f} ({'/'.join(keys[picked])})" for test in tests.values()]
+        lines.append(f"| {name}: its first choice on test | {' | '.join(cells)} |")
+    best = [f"{test.max():.3f} ({'/'.join(keys[int(np.argmax(test))])})" for test in tests.values()]
+    lines.append(f"| the best choice on test | {' | '.join(best)} |")
+    return "\n".join(lines)
+
+
 def summary_table(
     results: dict,
     shipped: str = "shipped",
@@ -98,11 +155,7 @@ def summary_table(
     runs = runs_by_row(results)
     reference = (shipped, SHIPPED_DECISION)
     chosen = (adopted_training or shipped, adopted or SHIPPED_DECISION)
-    order = [reference]
-    if chosen[0] != shipped and chosen[1] != SHIPPED_DECISION and chosen in runs:
-        order.append(chosen)  # a decision row of another training: not listed below
-    order += [key for key in runs if key[1] == SHIPPED_DECISION and key[0] != shipped]
-    order += [key for key in runs if key[0] == shipped and key[1] != SHIPPED_DECISION]
+    order = summary_rows(runs, shipped, chosen)
     base = np.mean([r["validation"]["matched_f1_pooled"] for r in runs[reference]])
     changed = chosen != reference
     lines = [
@@ -211,6 +264,11 @@ if __name__ == "__main__":
     parser.add_argument(
         "--curves", action="store_true", help="how much each training row's validation swings"
     )
+    parser.add_argument(
+        "--agreement",
+        action="store_true",
+        help="how well validation ranks the choices by their test scores",
+    )
     args = parser.parse_args()
     for path in args.results:
         results = json.loads(path.read_text())
@@ -221,6 +279,8 @@ if __name__ == "__main__":
             )
         elif args.curves:
             print(curve_table(results))
+        elif args.agreement:
+            print(agreement(results))
         elif args.fields:
             print(field_table(results, args.fields))
         else:

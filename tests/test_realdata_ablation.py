@@ -168,3 +168,41 @@ def test_the_curve_table_measures_how_validation_swings():
         f"| shipped | 1 | {late_sd:.3f} | 0.400 | 0.600 | 8 |",
         "| ema | 1 | 0.000 | 0.000 | 0.700 | 20 |",
     ]
+
+
+def test_the_agreement_table_ranks_the_joint_choices_by_validation_against_test():
+    table = runpy.run_path(str(REPO / "benchmarks" / "realdata_table.py"))
+
+    def record(training, validation, held_out, pixel_f1, sa50):
+        joint = {
+            "decision": table["SHIPPED_DECISION"],
+            "threshold": 0.5,
+            "validation": {"matched_f1_pooled": validation, "pixel_f1": 0.0},
+            "validation_held_out": {"matched_f1": held_out},
+            "test": {"pixel_f1": pixel_f1, "sa50_pooled": sa50},
+        }
+        fixed = {k: v for k, v in joint.items() if k != "validation_held_out"}
+        fixed |= {"decision": "threshold 0.5", "test": {"pixel_f1": 0.99, "sa50_pooled": 0.99}}
+        return {"training": training, "seed": 0, "decisions": [fixed, joint]}
+
+    # Validation ranks a > b > c; test pixel F1 agrees, test SA50 reverses it. The held-out
+    # score ranks b first. The fixed-threshold rows are no choice and stay out.
+    records = [
+        record("a", 0.9, 0.5, 0.7, 0.1),
+        record("b", 0.8, 0.6, 0.6, 0.2),
+        record("c", 0.7, 0.4, 0.5, 0.3),
+    ]
+    lines = table["agreement"]({"records": records}).splitlines()
+    assert lines[0].startswith("| validation score (3 choices) |")
+    assert lines[2] == "| matched F1: rank correlation | +1.00 | -1.00 |"
+    assert lines[3] == "| held out: rank correlation | +0.50 | -0.50 |"
+    joint = table["SHIPPED_DECISION"]
+    assert (
+        lines[4]
+        == f"| matched F1: its first choice on test | 0.700 (a/{joint}) | 0.100 (a/{joint}) |"
+    )
+    assert (
+        lines[5]
+        == f"| held out: its first choice on test | 0.600 (b/{joint}) | 0.200 (b/{joint}) |"
+    )
+    assert lines[6] == f"| the best choice on test | 0.700 (a/{joint}) | 0.300 (c/{joint}) |"
