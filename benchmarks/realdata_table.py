@@ -85,18 +85,6 @@ def table(results: dict) -> str:
 SHIPPED_DECISION = "threshold and object filter chosen together"
 
 
-def summary_rows(
-    runs: dict[tuple[str, str], list[dict]], shipped: str, chosen: tuple[str, str]
-) -> list[tuple[str, str]]:
-    """The (training, decision) rows of the summary, in its order (:func:`summary_table`)."""
-    order = [(shipped, SHIPPED_DECISION)]
-    if chosen[0] != shipped and chosen[1] != SHIPPED_DECISION and chosen in runs:
-        order.append(chosen)  # a decision row of another training: not listed below
-    order += [key for key in runs if key[1] == SHIPPED_DECISION and key[0] != shipped]
-    order += [key for key in runs if key[0] == shipped and key[1] != SHIPPED_DECISION]
-    return order
-
-
 def agreement(results: dict) -> str:
     """How well the validation split ranks the choices by what they score on test, over
     every (training, decision) row whose threshold and filter were chosen together (every
@@ -107,25 +95,18 @@ def agreement(results: dict) -> str:
     runs = runs_by_row(results)
     keys = [key for key, rows in runs.items() if held_out(rows) != "-"]  # the joint choices
 
-    def means(path: tuple[str, ...]) -> np.ndarray:
-        values = []
-        for key in keys:
-            row = []
-            for run in runs[key]:
-                for part in path:
-                    run = run[part]
-                row.append(run)
-            values.append(np.mean(row))
-        return np.asarray(values)
+    def means(section: str, score: str) -> np.ndarray:
+        """Each row's mean over its seeds of run[section][score]."""
+        return np.array([np.mean([run[section][score] for run in runs[key]]) for key in keys])
 
     lines = [
         f"| validation score ({len(keys)} choices) | test pixel F1 | test SA50 (pooled) |",
         "|---|---:|---:|",
     ]
-    tests = {name: means(("test", name)) for name in ("pixel_f1", "sa50_pooled")}
+    tests = {name: means("test", name) for name in ("pixel_f1", "sa50_pooled")}
     scores = {
-        "matched F1": means(("validation", "matched_f1_pooled")),
-        "held out": means(("validation_held_out", "matched_f1")),
+        "matched F1": means("validation", "matched_f1_pooled"),
+        "held out": means("validation_held_out", "matched_f1"),
     }
     for name, validation in scores.items():
         cells = [f"{spearmanr(validation, test).statistic:+.2f}" for test in tests.values()]
@@ -155,7 +136,11 @@ def summary_table(
     runs = runs_by_row(results)
     reference = (shipped, SHIPPED_DECISION)
     chosen = (adopted_training or shipped, adopted or SHIPPED_DECISION)
-    order = summary_rows(runs, shipped, chosen)
+    order = [reference]
+    if chosen[0] != shipped and chosen[1] != SHIPPED_DECISION and chosen in runs:
+        order.append(chosen)  # a decision row of another training: not listed below
+    order += [key for key in runs if key[1] == SHIPPED_DECISION and key[0] != shipped]
+    order += [key for key in runs if key[0] == shipped and key[1] != SHIPPED_DECISION]
     base = np.mean([r["validation"]["matched_f1_pooled"] for r in runs[reference]])
     changed = chosen != reference
     lines = [
