@@ -97,6 +97,24 @@ def test_the_ablation_chooses_on_validation_and_scores_as_evaluation_does(tmp_pa
     (again,) = json.loads(out.read_text())["records"]
     assert model.stat().st_mtime_ns == trained
     assert {row["decision"]: row for row in again["decisions"]} == before
+    # benchmarks/seed_ensemble.py: each network alone gets the ablation's shipped decision;
+    # the mean of two copies of one network is that network, so the same decision again.
+    ensemble_out = tmp_path / "ensemble.json"
+    ensemble_command = [
+        sys.executable, str(REPO / "benchmarks" / "seed_ensemble.py"), str(config_path),
+        str(dataset_dir), str(ensemble_out), str(model), str(model), "--threads", "1",
+    ]  # fmt: skip
+    subprocess.run(ensemble_command, check=True, capture_output=True, text=True)
+    ensemble = json.loads(ensemble_out.read_text())
+    shipped = before["threshold and object filter chosen together"]
+    for row in [*ensemble["single"], ensemble["ensemble"]]:
+        assert row["threshold"] == shipped["threshold"]
+        assert row["object_filter"] == shipped["object_filter"]
+        assert row["validation"] == shipped["validation"] and row["test"] == shipped["test"]
+        assert (
+            row["validation_held_out"]["matched_f1"]
+            == (shipped["validation_held_out"]["matched_f1"])
+        )
     # The last epoch is the shipped network's, finished again from its checkpoints.
     subprocess.run([*command, "--trainings", "last_epoch"], check=True, capture_output=True)
     _, last = json.loads(out.read_text())["records"]
