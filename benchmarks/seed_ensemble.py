@@ -66,7 +66,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    args.dataset_dir, args.out = args.dataset_dir.resolve(), args.out.resolve()
+    args.config, args.dataset_dir, args.out = (
+        path.resolve() for path in (args.config, args.dataset_dir, args.out)
+    )
     args.models = [model.resolve() for model in args.models]
     # The manifest names the masks relative to where snakemake ran: RUN/results/datasets/X.
     os.chdir(args.dataset_dir.parents[2])
