@@ -99,12 +99,14 @@ def test_the_ablation_chooses_on_validation_and_scores_as_evaluation_does(tmp_pa
     assert {row["decision"]: row for row in again["decisions"]} == before
     # benchmarks/seed_ensemble.py: each network alone gets the ablation's shipped decision;
     # the mean of two copies of one network is that network, so the same decision again.
+    # Paths relative to where it is called, as a user types them.
     ensemble_out = tmp_path / "ensemble.json"
     ensemble_command = [
-        sys.executable, str(REPO / "benchmarks" / "seed_ensemble.py"), str(config_path),
-        str(dataset_dir), str(ensemble_out), str(model), str(model), "--threads", "1",
+        sys.executable, str(REPO / "benchmarks" / "seed_ensemble.py"), "config.yaml",
+        str(dataset_dir.relative_to(tmp_path)), "ensemble.json",
+        str(model.relative_to(tmp_path)), str(model), "--threads", "1",
     ]  # fmt: skip
-    subprocess.run(ensemble_command, check=True, capture_output=True, text=True)
+    subprocess.run(ensemble_command, check=True, capture_output=True, text=True, cwd=tmp_path)
     ensemble = json.loads(ensemble_out.read_text())
     shipped = before["threshold and object filter chosen together"]
     for row in [*ensemble["single"], ensemble["ensemble"]]:
