@@ -245,6 +245,35 @@ def choose(
     return {"segmenter": decided, "threshold": threshold, "filter": rule, "held_out": held_out}
 
 
+def joint_tables(segmenter: Segmenter, validation) -> list:
+    """The :func:`protoseg.objects.threshold_tables` of the validation images, which a
+    joint choice is made from."""
+    return object_rules.threshold_tables(
+        [(outputs, cells) for outputs, _, cells in validation],
+        lambda outputs, t: segmenter.cells(outputs, t, False),
+    )
+
+
+def scored_choice(chosen: dict, validation, test) -> dict:
+    """A :func:`choose` result as recorded: the threshold and filter, their scores on both
+    splits, and (for a joint choice) the held-out validation score."""
+    row = {
+        "threshold": chosen["threshold"],
+        "object_filter": chosen["filter"].describe() if chosen["filter"] else None,
+        "validation": scores(chosen["segmenter"], validation),
+        "test": scores(chosen["segmenter"], test),
+    }
+    if chosen["held_out"]:
+        row["validation_held_out"] = {
+            "matched_f1": chosen["held_out"]["matched_f1"],
+            "choices": [
+                {"threshold": t, "object_filter": f.describe()}
+                for t, f in chosen["held_out"]["choices"]
+            ],
+        }
+    return row
+
+
 def scores(segmenter: Segmenter, images) -> dict:
     """Pooled pixel F1, pooled and per-image SA50 and matched F1, object counts."""
     counts = np.zeros(4, np.int64)
@@ -310,26 +339,9 @@ def decision_rows(
         validation, test = outputs[inference]["validation"], outputs[inference]["test"]
         if objective == "joint" and "tables" not in outputs[inference]:
             # Every image measured at every threshold once, for all joint rows.
-            outputs[inference]["tables"] = object_rules.threshold_tables(
-                [(scored, cells) for scored, _, cells in validation],
-                lambda scored, t: segmenter.cells(scored, t, False),
-            )
+            outputs[inference]["tables"] = joint_tables(segmenter, validation)
         chosen = choose(segmenter, validation, objective, filters, outputs[inference].get("tables"))
-        row = {
-            "decision": name,
-            "threshold": chosen["threshold"],
-            "object_filter": chosen["filter"].describe() if chosen["filter"] else None,
-            "validation": scores(chosen["segmenter"], validation),
-            "test": scores(chosen["segmenter"], test),
-        }
-        if chosen["held_out"]:
-            row["validation_held_out"] = {
-                "matched_f1": chosen["held_out"]["matched_f1"],
-                "choices": [
-                    {"threshold": t, "object_filter": f.describe()}
-                    for t, f in chosen["held_out"]["choices"]
-                ],
-            }
+        row = {"decision": name, **scored_choice(chosen, validation, test)}
         print(
             f"  {name}: threshold {row['threshold']:.4f}, validation matched F1 "
             f"{row['validation']['matched_f1_pooled']:.3f}"

@@ -93,7 +93,8 @@ def agreement(results: dict) -> str:
     against test pixel F1 and SA50 (pooled); and what the row validation ranks first
     scores on test, beside the best row on test."""
     runs = runs_by_row(results)
-    keys = [key for key, rows in runs.items() if held_out(rows) != "-"]  # the joint choices
+    # The joint choices: those with a held-out score on every seed.
+    keys = [key for key, rows in runs.items() if all("validation_held_out" in run for run in rows)]
 
     def means(section: str, score: str) -> np.ndarray:
         """Each row's mean over its seeds of run[section][score]."""

@@ -25,7 +25,13 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from realdata_ablation import FILTER_GRIDS, choose, scores, split_outputs  # noqa: E402
+from realdata_ablation import (  # noqa: E402
+    FILTER_GRIDS,
+    choose,
+    joint_tables,
+    scored_choice,
+    split_outputs,
+)
 
 from protoseg import objects as object_rules  # noqa: E402
 from protoseg.config import complete_section  # noqa: E402
@@ -34,18 +40,8 @@ from protoseg.segmenter import Segmenter  # noqa: E402
 
 def decided(segmenter: Segmenter, validation, test) -> dict:
     """The shipped decision made on ``validation``, scored on both splits."""
-    tables = object_rules.threshold_tables(
-        [(outputs, cells) for outputs, _, cells in validation],
-        lambda outputs, t: segmenter.cells(outputs, t, False),
-    )
-    chosen = choose(segmenter, validation, "joint", "pixels", tables)
-    return {
-        "threshold": chosen["threshold"],
-        "object_filter": chosen["filter"].describe() if chosen["filter"] else None,
-        "validation": scores(chosen["segmenter"], validation),
-        "validation_held_out": {"matched_f1": chosen["held_out"]["matched_f1"]},
-        "test": scores(chosen["segmenter"], test),
-    }
+    chosen = choose(segmenter, validation, "joint", "pixels", joint_tables(segmenter, validation))
+    return scored_choice(chosen, validation, test)
 
 
 def mean_outputs(per_model: list[list[tuple]]) -> list[tuple]:
@@ -75,7 +71,7 @@ def main() -> None:
     config = yaml.safe_load(args.config.read_text())
     evaluate_cfg = complete_section("evaluate", config["evaluate"])
     settings = {**evaluate_cfg, "device": "cpu", "tta": args.tta}
-    outputs, singles, segmenter = {"validation": [], "test": []}, [], None
+    outputs, singles = {"validation": [], "test": []}, []
     for model in args.models:
         segmenter, _ = Segmenter.from_file(model, "evaluate", **settings)
         # Without the filter the model file stores: the decision chooses its own.
@@ -87,6 +83,7 @@ def main() -> None:
             )
         print(f"{model}: outputs {time.perf_counter() - start:.0f} s", flush=True)
         singles.append(decided(segmenter, outputs["validation"][-1], outputs["test"][-1]))
+    # Every segmenter finds cells the same way (the same settings): the last one serves.
     ensemble = decided(
         segmenter, mean_outputs(outputs["validation"]), mean_outputs(outputs["test"])
     )
