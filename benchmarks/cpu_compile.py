@@ -6,9 +6,10 @@ Builds two :class:`protoseg.train.Trainer` objects from CONFIG's ``model`` and `
 sections (the first loss of ``train.losses``), one with ``train.compile: false`` and one
 with ``true``, as the train rule would build them on this machine (device, precision,
 channels_last), and runs the same ``--steps`` batches of DATASET_DIR's training patches
-through each: forward, loss, backward, Adam step. It times the compiled network's first step
-(when torch compiles it, with an empty compile cache), then ``--rounds`` rounds of both, alternating, so that a busy
-machine slows both alike. Prints and writes seconds per step and their ratio.
+through each with :meth:`protoseg.train.Trainer.train_step`, the step training takes. It
+times the compiled network's first step (when torch compiles it, with an empty compile
+cache), then ``--rounds`` rounds of both, alternating, so that a busy machine slows both
+alike. Prints and writes seconds per step and their ratio.
 
 ``train.compile: auto`` compiles on CUDA only; this measures the reason on a CPU.
 """
@@ -28,7 +29,7 @@ import torch
 import yaml
 
 from protoseg.config import validate
-from protoseg.train import Trainer, _to_input
+from protoseg.train import Trainer
 
 
 def make_trainer(config: dict, dataset_dir: Path, model_dir: Path, compiled: bool) -> Trainer:
@@ -45,17 +46,11 @@ def make_trainer(config: dict, dataset_dir: Path, model_dir: Path, compiled: boo
 
 
 def run_steps(trainer: Trainer, batches: list) -> float:
-    """Seconds per training step over ``batches``, as :meth:`Trainer.train_epoch` steps."""
+    """Seconds per training step over ``batches``."""
     trainer.model.train()
     started = time.perf_counter()
     for images, masks in batches:
-        trainer.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(
-            trainer.device.type, dtype=trainer.autocast, enabled=trainer.autocast is not None
-        ):
-            logits = trainer.forward(_to_input(images, trainer.precision))
-        trainer.loss_fn(logits, masks).backward()
-        trainer.optimizer.step()
+        trainer.train_step(images.to(trainer.device), masks.to(trainer.device), epoch=1)
     return (time.perf_counter() - started) / len(batches)
 
 

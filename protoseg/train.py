@@ -706,6 +706,41 @@ class Trainer:
             raise error
 
     # ------------------------------------------------------------ one epoch
+    def train_step(self, images: torch.Tensor, masks: torch.Tensor, epoch: int) -> torch.Tensor:
+        """One optimisation step on a batch already on the device (and augmented): forward
+        under autocast, loss, backward, the optimiser, the moving average and the schedule.
+        Returns the batch's loss."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(
+            self.device.type, dtype=self.autocast, enabled=self.autocast is not None
+        ):
+            logits = self.forward(_to_input(images, self.precision))
+        if self.extra_loss is None:
+            batch_loss = self.loss_fn(logits, masks)  # float32: the losses cast first
+        else:
+            batch_loss = self.loss_fn(logits[:, :1], masks[:, :1]) + self.extra_loss(
+                logits[:, 1:], masks
+            )
+        if not torch.isfinite(batch_loss):
+            good = latest_checkpoint(self.model_dir)
+            raise TrainingError(
+                f"model {self.name}: the loss became {batch_loss.item()} in epoch {epoch}; "
+                f"last good checkpoint: {good if good else 'none (failed in the first epoch)'}. "
+                "Lower train.lr_max or check the data set for bad values."
+            )
+        self.scaler.scale(batch_loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        with warnings.catch_warnings():
+            # Under fp16 the scaler skips steps with overflowing gradients; the schedule goes on.
+            warnings.filterwarnings(
+                "ignore", message="Detected call of `lr_scheduler.step\\(\\)` before"
+            )
+            self.scheduler.step()
+        return batch_loss
+
     def train_epoch(self, epoch: int) -> dict:
         started = time.perf_counter()
         if self.sampler is not None:
@@ -733,35 +768,7 @@ class Trainer:
                     bool(self.augment["rotate90"]),
                 )
             lrs.append(self.optimizer.param_groups[0]["lr"])
-            self.optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(
-                self.device.type, dtype=self.autocast, enabled=self.autocast is not None
-            ):
-                logits = self.forward(_to_input(images, self.precision))
-            if self.extra_loss is None:
-                batch_loss = self.loss_fn(logits, masks)  # float32: the losses cast first
-            else:
-                batch_loss = self.loss_fn(logits[:, :1], masks[:, :1]) + self.extra_loss(
-                    logits[:, 1:], masks
-                )
-            if not torch.isfinite(batch_loss):
-                good = latest_checkpoint(self.model_dir)
-                raise TrainingError(
-                    f"model {self.name}: the loss became {batch_loss.item()} in epoch {epoch}; "
-                    f"last good checkpoint: {good if good else 'none (failed in the first epoch)'}. "
-                    "Lower train.lr_max or check the data set for bad values."
-                )
-            self.scaler.scale(batch_loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            if self.ema is not None:
-                self.ema.update(self.model)
-            with warnings.catch_warnings():
-                # Under fp16 the scaler skips steps with overflowing gradients; the schedule goes on.
-                warnings.filterwarnings(
-                    "ignore", message="Detected call of `lr_scheduler.step\\(\\)` before"
-                )
-                self.scheduler.step()
+            batch_loss = self.train_step(images, masks, epoch)
             total += batch_loss.item() * images.shape[0]
             count += images.shape[0]
             bar.set_postfix(loss=f"{total / count:.4f}")
