@@ -165,6 +165,38 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def fold_batch_norm(network: nn.Module) -> nn.Module:
+    """For inference: a copy of ``network`` in eval mode in which every batch norm that
+    follows a convolution in a ``Sequential`` is folded into that convolution's weights and
+    bias (``torch.nn.utils.fusion.fuse_conv_bn_eval``), as ONNX Runtime, OpenVINO and
+    TensorRT fold them: the same function with its running statistics, one pass over memory
+    fewer per layer (1.2x faster in bfloat16 on this CPU: docs/benchmarks/fold_batch_norm.md).
+    ``network`` itself, untouched, when it has no such pair (or is not a torch module)."""
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    def pairs(module: nn.Module):
+        for sequence in module.modules():
+            if isinstance(sequence, nn.Sequential):
+                for index in range(len(sequence) - 1):
+                    conv, norm = sequence[index], sequence[index + 1]
+                    if (
+                        isinstance(conv, nn.Conv2d)
+                        and isinstance(norm, nn.BatchNorm2d)
+                        and norm.track_running_stats
+                    ):
+                        yield sequence, index
+
+    if not isinstance(network, nn.Module) or next(pairs(network), None) is None:
+        return network
+    folded = copy.deepcopy(network).eval()
+    for sequence, index in list(pairs(folded)):
+        sequence[index] = fuse_conv_bn_eval(sequence[index], sequence[index + 1])
+        sequence[index + 1] = nn.Identity()
+    return folded
+
+
 def save_model(path: str | Path, model: UNet, meta: dict | None = None) -> None:
     """Write weights, architecture and ``meta`` (plain Python values) to ``path`` atomically."""
     instance_outputs = model.architecture["out_channels"] > 1

@@ -212,7 +212,11 @@ class Segmenter:
             )
         if not 0 < threshold < 1:
             raise ValueError(f"threshold must lie between 0 and 1, got {threshold}")
-        self.network, self.record, self.name = network, record, name
+        from protoseg.model import fold_batch_norm  # torch, only once a network is used
+
+        # Batch norm folded into the convolutions: the same network, faster (a copy, so
+        # that a network still in training is left as it is).
+        self.network, self.record, self.name = fold_batch_norm(network), record, name
         self.threshold, self.threshold_source = float(threshold), threshold_source
         self.own = own
         self.device, self.precision = str(device), precision

@@ -167,3 +167,31 @@ def test_bf16_inference_is_close_to_fp32():
     assert bf16.dtype == np.float32
     assert np.abs(fp32 - bf16).max() < 0.05
     assert ((fp32 > 0.5) == (bf16 > 0.5)).mean() > 0.97
+
+
+def test_the_segmenter_runs_batch_norm_folded_into_the_convolutions():
+    from tests.test_model import trained_looking_unet
+
+    unet = trained_looking_unet(in_channels=3, depth=2, base_channels=8).train()
+    image = (np.random.default_rng(4).random((40, 56, 3)) * 255).astype(np.uint8)
+    prep = Preprocessing("resize", "rgb", "dtype", (1.0, 99.8), (32, 48), None, (32, 48))
+    segmenter = Segmenter(unet, record_of(prep))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in segmenter.network.modules())
+    assert unet.training  # a network still in training is left in training mode
+    unfolded = inference.predict_probabilities(unet, prepare_image(image, prep)[None])[0]
+    np.testing.assert_allclose(
+        segmenter.probabilities(image), inference.to_original_size(unfolded, 40, 56), atol=1e-5
+    )
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bfloat16")
+def test_folded_batch_norm_in_bf16_is_as_close_to_fp32_as_unfolded():
+    from protoseg.model import fold_batch_norm
+    from tests.test_model import trained_looking_unet
+
+    unet = trained_looking_unet(in_channels=3, depth=2, base_channels=8).eval()
+    image = _random_image(3, 64, 64)
+    fp32 = inference.sliding_window(unet, image, tile=32, precision="fp32")
+    unfolded = inference.sliding_window(unet, image, tile=32, precision="bf16")
+    folded = inference.sliding_window(fold_batch_norm(unet), image, tile=32, precision="bf16")
+    assert np.abs(folded - fp32).max() <= 2 * np.abs(unfolded - fp32).max() + 1e-4

@@ -1,8 +1,15 @@
+import numpy as np
 import pytest
 import torch
 
 from protoseg.errors import ConfigError, InputError
-from protoseg.model import UNet, architecture_from_config, load_model, save_model
+from protoseg.model import (
+    UNet,
+    architecture_from_config,
+    fold_batch_norm,
+    load_model,
+    save_model,
+)
 
 torch.set_num_threads(1)
 
@@ -86,3 +93,42 @@ def test_foreign_file_is_named(tmp_path):
         load_model(path)
     with pytest.raises(InputError, match="not found"):
         load_model(tmp_path / "missing.pt")
+
+
+def trained_looking_unet(**architecture) -> UNet:
+    """A U-Net whose batch norms have statistics and affine terms far from their defaults,
+    as after training (folding defaults would hide a wrong formula)."""
+    torch.manual_seed(3)
+    model = UNet(**architecture)
+    for norm in model.modules():
+        if isinstance(norm, torch.nn.BatchNorm2d):
+            norm.running_mean.uniform_(-1, 1)
+            norm.running_var.uniform_(0.2, 3)
+            norm.weight.data.uniform_(0.5, 1.5)
+            norm.bias.data.uniform_(-0.5, 0.5)
+    return model
+
+
+@pytest.mark.parametrize("upsample", ["transpose", "bilinear"])
+def test_folding_batch_norm_keeps_the_function_and_leaves_the_network(upsample):
+    model = trained_looking_unet(in_channels=2, depth=2, base_channels=4, upsample=upsample)
+    model.train()  # as during training, when validation builds a segmenter of it
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    folded = fold_batch_norm(model)
+    assert folded is not model and not folded.training
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert folded.architecture == model.architecture
+    # The original is left as it was: still training, same weights, still normalising.
+    assert model.training
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
+    x = torch.rand(2, 2, 20, 28)
+    with torch.no_grad():
+        expected = model.eval()(x)
+        np.testing.assert_allclose(folded(x).numpy(), expected.numpy(), atol=1e-5, rtol=1e-5)
+
+
+def test_folding_a_network_without_batch_norm_returns_it():
+    plain = UNet(in_channels=1, depth=1, base_channels=2, batch_norm=False)
+    assert fold_batch_norm(plain) is plain
+    not_a_module = object()
+    assert fold_batch_norm(not_a_module) is not_a_module

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import yaml
 
@@ -117,6 +118,21 @@ def test_the_ablation_chooses_on_validation_and_scores_as_evaluation_does(tmp_pa
             row["validation_held_out"]["matched_f1"]
             == (shipped["validation_held_out"]["matched_f1"])
         )
+    # benchmarks/fold_batch_norm.py: in float32 the folded network is the stored one to
+    # rounding, so the same decision and scores, and a time for each round of both.
+    fold_out = tmp_path / "fold.json"
+    fold_command = [
+        sys.executable, str(REPO / "benchmarks" / "fold_batch_norm.py"), str(config_path),
+        str(dataset_dir), str(model), str(fold_out), "--rounds", "2", "--threads", "1",
+    ]  # fmt: skip
+    subprocess.run(fold_command, check=True, capture_output=True, text=True)
+    fold = json.loads(fold_out.read_text())
+    assert all(len(times) == 2 and min(times) > 0 for times in fold["seconds"].values())
+    assert fold["precision"] == "fp32" and not fold["tta_for_decision"]
+    assert 0 < fold["differences"]["test"]["max_abs_probability"] < 1e-4
+    folded, stored = fold["decisions"]["folded"], fold["decisions"]["stored"]
+    assert folded["threshold"] == stored["threshold"] == shipped["threshold"]
+    assert folded["test"]["pixel_f1"] == pytest.approx(stored["test"]["pixel_f1"], abs=1e-3)
     # The last epoch is the shipped network's, finished again from its checkpoints.
     subprocess.run([*command, "--trainings", "last_epoch"], check=True, capture_output=True)
     _, last = json.loads(out.read_text())["records"]
