@@ -500,7 +500,10 @@ def render(results: list[dict], out: Path) -> None:
         "## Images per second",
         "",
         "Training step = forward, BCE-with-logits loss, backward, Adam step; inference = forward "
-        "and sigmoid under `torch.inference_mode`.",
+        "and sigmoid under `torch.inference_mode`. The inference cases time each network as "
+        "built, batch norm unfolded; protoseg's `Segmenter` has run its U-Net with batch norm "
+        "folded into the convolutions since 2026-12-06, 1.20x faster on evaluation's sliding "
+        "window ([fold_batch_norm.md](fold_batch_norm.md)).",
         "",
         speed_table(result).to_markdown(index=False),
         "",
@@ -593,7 +596,19 @@ NOTES = [
     "- **Inference.** protoseg in bf16 runs at 26 images/s on one contended thread and 8 "
     "images/s on two; the aim of 50 images/s on 2 threads would need the second core to double "
     "the 1-thread speed, which this machine could not show.",
-    "- Not measured here: `torch.compile` (`train.compile`), and the GPU (no GPU in this session).",
+    "- **The quieter 2-thread run** (`cpu_speed-quiet.json`, 04:58, load 1.2 at its start, other\n"
+    "  jobs starting towards its end) is the best view of the 2-thread aims this session had:\n"
+    "  protoseg's bf16 step is 2.37x MONAI's fp32 step at 256 x 256 (aim 3x: missed) and 4.84x\n"
+    "  at 512 x 512 (met), 2.02x and 2.21x MONAI's bf16 step (aim 2x: met); its fp32 step at\n"
+    "  512 x 512 reaches 41 % of the fp32 matmul rate (aim 70 %: missed); inference at 256 x 256\n"
+    "  in bf16 19.9 images/s (aim 50: missed). The two threads gave 1.4-2.7x the contended\n"
+    "  1-thread speeds, so an idle machine would likely do better again; the aims still missed\n"
+    "  were not met by any run.",
+    "- Not measured here: `torch.compile` (`train.compile`), and the GPU (no GPU in this session).\n"
+    "  `torch.compile` on this CPU was measured later (2026-12-06, `benchmarks/cpu_compile.py`:\n"
+    "  1.015x per aiSEGcell training step over 8 rounds (1.02x and 1.08x in two runs of 3), 35 s\n"
+    "  to compile, so a training takes 38 s less to 19 s more;\n"
+    "  `cpu_compile-aisegcell.json`, docs/realdata.md).",
     "",
 ]
 

@@ -1,9 +1,10 @@
-"""What folding batch norm into the convolutions (protoseg.model.fold_batch_norm, which every
-Segmenter does) changes for a trained model: the time of evaluation's outputs, the outputs
+"""What folding batch norm into the convolutions (protoseg.model.fold_batch_norm: a
+Segmenter's ``fold_batch_norm``, ``evaluate.fold_batch_norm`` and ``predict.fold_batch_norm``
+in the config) changes for a trained model: the time of evaluation's outputs, the outputs
 themselves, and the shipped decision (threshold and object filter chosen together on the
 validation split) with its test scores, beside the network run as stored.
 
-    python benchmarks/fold_batch_norm.py CONFIG DATASET_DIR MODEL.pt OUT.json [--rounds 3] [--tta]
+    python benchmarks/fold_batch_norm.py CONFIG DATASET_DIR MODEL.pt OUT.json [--rounds 3] [--tta] [--float32]
 
 The times are of the sliding window over every validation and test image without TTA, the
 two networks alternating within each round (the cores are shared); the decision is made on
@@ -32,19 +33,18 @@ from seed_ensemble import decided  # noqa: E402
 
 from protoseg import objects as object_rules  # noqa: E402
 from protoseg.config import complete_section  # noqa: E402
-from protoseg.model import load_model  # noqa: E402
 from protoseg.segmenter import Segmenter  # noqa: E402
 
 SPLITS = ("validation", "test")
 
 
-def variant(segmenter: Segmenter, name: str, network, **settings) -> Segmenter:
-    """``segmenter`` with ``settings``: as it is (``folded``), or with the network as the
-    model file stores it (``stored``, batch norm unfolded: what protoseg ran before)."""
-    each = segmenter.with_settings(**settings)
-    if name == "stored":
-        each.network = network  # set after building: a Segmenter folds what it is given
-    return each
+def variant(segmenter: Segmenter, name: str, **settings) -> Segmenter:
+    """``segmenter`` with ``settings``: folded (``folded``), with the network as the model
+    file stores it (``stored``, batch norm unfolded: what protoseg ran before), or that in
+    float32 (``float32``, the reference both are measured against)."""
+    if name == "float32":
+        settings["precision"] = "fp32"
+    return segmenter.with_settings(fold_batch_norm=name == "folded", **settings)
 
 
 def timed_outputs(segmenter: Segmenter, dataset_dir: Path, resolution: str) -> float:
@@ -54,15 +54,18 @@ def timed_outputs(segmenter: Segmenter, dataset_dir: Path, resolution: str) -> f
     return time.perf_counter() - start
 
 
-def differences(folded: list, stored: list) -> dict:
-    """How far the folded network's foreground probabilities lie from the stored one's."""
-    deltas = np.concatenate(
-        [np.abs(a[0][0] - b[0][0]).ravel() for a, b in zip(folded, stored, strict=True)]
-    )
+def differences(outputs: list, reference: list) -> dict:
+    """How far foreground probabilities lie from the reference's, and how many pixels
+    fall on the other side of 0.5."""
+    pairs = list(zip(outputs, reference, strict=True))
+    deltas = np.concatenate([np.abs(a[0][0] - b[0][0]).ravel() for a, b in pairs])
+    flipped = sum(int(((a[0][0] > 0.5) != (b[0][0] > 0.5)).sum()) for a, b in pairs)
     return {
         "max_abs_probability": float(deltas.max()),
         "mean_abs_probability": float(deltas.mean()),
         "p99_abs_probability": float(np.quantile(deltas, 0.99)),
+        "pixels_across_0.5": flipped,
+        "pixels": int(deltas.size),
     }
 
 
@@ -74,6 +77,9 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tta", action="store_true", help="decide on TTA outputs")
+    parser.add_argument(
+        "--float32", action="store_true", help="also the float32 outputs, as the reference"
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -89,9 +95,9 @@ def main() -> None:
     )
     # Without the stored filter: the decision chooses its own, as training does.
     segmenter = segmenter.with_settings(object_filter=object_rules.ObjectFilter())
-    network, _ = load_model(args.model, device="cpu")
-    names = ("folded", "stored")
-    segmenters = {name: variant(segmenter, name, network) for name in names}
+    names = ("folded", "stored") + (("float32",) if args.float32 else ())
+    timed = ("folded", "stored")
+    segmenters = {name: variant(segmenter, name) for name in timed}
 
     seconds = {name: [] for name in segmenters}
     for round_index in range(args.rounds):
@@ -106,7 +112,7 @@ def main() -> None:
 
     outputs, decisions = {}, {}
     for name in names:
-        each = variant(segmenter, name, network, tta=tta)
+        each = variant(segmenter, name, tta=tta)
         outputs[name] = {
             split: split_outputs(each, args.dataset_dir, split, resolution) for split in SPLITS
         }
@@ -128,9 +134,18 @@ def main() -> None:
         "seconds": seconds,
         "median_seconds": medians,
         "speedup": medians["stored"] / medians["folded"],
+        # Of the folded network from the stored one, and of each from float32.
         "differences": {
             split: differences(outputs["folded"][split], outputs["stored"][split])
             for split in SPLITS
+        },
+        "from_float32": {
+            name: {
+                split: differences(outputs[name][split], outputs["float32"][split])
+                for split in SPLITS
+            }
+            for name in timed
+            if "float32" in outputs
         },
         "decisions": decisions,
     }

@@ -688,7 +688,16 @@ def summary_rows(
 
 
 # The predict section's keys that a segmenter takes (the rest: device, precision, format).
-SEGMENTER_KEYS = ("tile", "overlap", "threshold", "instances", "min_distance", "min_area", "tta")
+SEGMENTER_KEYS = (
+    "tile",
+    "overlap",
+    "threshold",
+    "instances",
+    "min_distance",
+    "min_area",
+    "tta",
+    "fold_batch_norm",
+)
 
 
 def with_predict_settings(segmenter: Segmenter, settings: dict) -> tuple[Segmenter, str]:
@@ -720,9 +729,9 @@ def predict_files(
 
     ``settings``: keys of the config's ``predict`` section that change the segmenter's
     (``tile``, ``overlap``, ``threshold``, ``instances``, ``min_distance``, ``min_area``, ``tta``,
-    ``device``, ``precision``) and ``format`` (``tiff`` or ``ome-zarr``). Every input is
-    checked (:func:`check_inputs`) before any is predicted, so a bad input stops the run
-    before anything is written. ``data_cfg`` (the config's ``data`` section): how
+    ``fold_batch_norm``, ``device``, ``precision``) and ``format`` (``tiff`` or
+    ``ome-zarr``). Every input is checked (:func:`check_inputs`) before any is predicted, so
+    a bad input stops the run before anything is written. ``data_cfg`` (the config's ``data`` section): how
     per-plane files of focal stacks are named, for a focal-context model
     (:func:`plan_inputs`); which channel of a container the model segments
     (``data.channels``, :func:`container_channel`); ``data.pixel_size`` for files that

@@ -27,6 +27,7 @@ per_image, overlay = evaluate_model(
     precision=params.precision,
     overlay_state=params.overlay_state,
     tta=params.tta,
+    fold_batch_norm=params.fold_batch_norm,
 )
 write_csv(snakemake.output.per_image, per_image)
 save_npz(snakemake.output.overlay, **overlay)

@@ -26,6 +26,7 @@ settings = dict(
     min_distance=params.min_distance,
     min_area=params.min_area,
     tta=params.tta,
+    fold_batch_norm=params.fold_batch_norm,
     format=params.format,
     data_cfg=dict(params.data),
 )

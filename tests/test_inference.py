@@ -175,13 +175,20 @@ def test_the_segmenter_runs_batch_norm_folded_into_the_convolutions():
     unet = trained_looking_unet(in_channels=3, depth=2, base_channels=8).train()
     image = (np.random.default_rng(4).random((40, 56, 3)) * 255).astype(np.uint8)
     prep = Preprocessing("resize", "rgb", "dtype", (1.0, 99.8), (32, 48), None, (32, 48))
-    segmenter = Segmenter(unet, record_of(prep))
+    segmenter = Segmenter(unet, record_of(prep), fold_batch_norm=True)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in segmenter.network.modules())
     assert unet.training  # a network still in training is left in training mode
     unfolded = inference.predict_probabilities(unet, prepare_image(image, prep)[None])[0]
     np.testing.assert_allclose(
         segmenter.probabilities(image), inference.to_original_size(unfolded, 40, 56), atol=1e-5
     )
+    # Off (the default, and the study protocol's configs): the network as given, and back
+    # on again.
+    as_trained = segmenter.with_settings(fold_batch_norm=False)
+    assert as_trained.network is unet and not as_trained.fold_batch_norm
+    assert Segmenter(unet, record_of(prep)).network is unet
+    refolded = as_trained.with_settings(fold_batch_norm=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in refolded.network.modules())
 
 
 @pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bfloat16")

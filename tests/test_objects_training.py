@@ -191,6 +191,20 @@ def test_ema_weights_are_validated_and_saved_and_evaluate_reports_the_filter(dat
     assert "object filter: area >= 3 px" in text and "at 0.5" in text
 
 
+def test_validation_folds_batch_norm_as_evaluation_is_told(dataset_dir, tmp_path):
+    def trainer(**inference):
+        return Trainer(
+            dataset_dir, tmp_path / "m", model_cfg=MODEL_CFG, train_cfg=TRAIN_CFG, loss="bce",
+            progress=False, inference=inference,
+        )  # fmt: skip
+
+    assert MODEL_CFG["batch_norm"]
+    folded = trainer(fold_batch_norm=True).segmenter()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.network.modules())
+    as_trained = trainer()  # the schema's default for evaluate.fold_batch_norm: off
+    assert as_trained.segmenter().network is as_trained.model
+
+
 def test_a_validation_split_without_cells_falls_back_with_a_warning(dataset_dir, tmp_path, caplog):
     train_cfg = {
         **TRAIN_CFG,

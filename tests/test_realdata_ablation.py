@@ -124,12 +124,18 @@ def test_the_ablation_chooses_on_validation_and_scores_as_evaluation_does(tmp_pa
     fold_command = [
         sys.executable, str(REPO / "benchmarks" / "fold_batch_norm.py"), str(config_path),
         str(dataset_dir), str(model), str(fold_out), "--rounds", "2", "--threads", "1",
+        "--float32",
     ]  # fmt: skip
     subprocess.run(fold_command, check=True, capture_output=True, text=True)
     fold = json.loads(fold_out.read_text())
     assert all(len(times) == 2 and min(times) > 0 for times in fold["seconds"].values())
     assert fold["precision"] == "fp32" and not fold["tta_for_decision"]
     assert 0 < fold["differences"]["test"]["max_abs_probability"] < 1e-4
+    # The float32 reference of a float32 config is the stored network run the same way.
+    assert fold["from_float32"]["stored"]["test"]["max_abs_probability"] == 0
+    assert fold["from_float32"]["folded"] == {
+        split: fold["differences"][split] for split in ("validation", "test")
+    }
     folded, stored = fold["decisions"]["folded"], fold["decisions"]["stored"]
     assert folded["threshold"] == stored["threshold"] == shipped["threshold"]
     assert folded["test"]["pixel_f1"] == pytest.approx(stored["test"]["pixel_f1"], abs=1e-3)

@@ -40,6 +40,7 @@ rule evaluate:
         overlap=config["evaluate"]["overlap"],
         instances=config["evaluate"]["instances"],
         tta=config["evaluate"]["tta"],
+        fold_batch_norm=config["evaluate"]["fold_batch_norm"],
     script:
         f"{SCRIPTS}/evaluate.py"
 

@@ -114,6 +114,7 @@ if PREDICT["input_dir"]:
                 min_distance=PREDICT["min_distance"],
                 min_area=PREDICT["min_area"],
                 tta=PREDICT["tta"],
+                fold_batch_norm=PREDICT["fold_batch_norm"],
                 device=PREDICT["device"],
                 precision=PREDICT["precision"],
                 format=PREDICT["format"],

@@ -65,6 +65,8 @@ rule train:
             "resolution": config["evaluate"]["resolution"],
             # Threshold, filter and watershed are chosen on the outputs evaluation scores.
             "tta": config["evaluate"]["tta"],
+            # Validation runs the network as evaluation does.
+            "fold_batch_norm": config["evaluate"]["fold_batch_norm"],
         },
     script:
         f"{SCRIPTS}/train.py"
