@@ -40,6 +40,7 @@ PREDICT_OPTIONS = (
     "min_distance",
     "min_area",
     "tta",
+    "fold_batch_norm",
     "device",
     "precision",
     "format",
@@ -247,6 +248,13 @@ def add_predict_window_options(predict) -> None:
         default=None,
         help="test-time augmentation: average the outputs over the 8 flips and quarter "
         "turns (8x the time)",
+    )
+    predict.add_argument(
+        "--fold-batch-norm",
+        action="store_true",
+        default=None,
+        help="run the network with batch norm folded into the convolutions (1.2x faster in "
+        "bfloat16, rounded differently: docs/benchmarks/fold_batch_norm.md)",
     )
 
 

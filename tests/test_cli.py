@@ -101,6 +101,27 @@ def test_predict_threshold_changes_the_mask(model_path, images, tmp_path):
     assert fractions[0] >= fractions[1]
 
 
+def test_predict_folds_batch_norm_when_told(model_path, images, tmp_path, monkeypatch):
+    from protoseg import model as model_module
+
+    fold, folded = model_module.fold_batch_norm, []
+
+    def recording_fold(network):
+        folded.append(network)
+        return fold(network)
+
+    monkeypatch.setattr(model_module, "fold_batch_norm", recording_fold)
+    masks, folds = [], []
+    for extra in ([], ["--fold-batch-norm"]):
+        out = tmp_path / f"out{len(extra)}"
+        command = ["predict", str(model_path), str(images / "field1.tif"), "-o", str(out), "-q"]
+        assert main([*command, "--precision", "fp32", *extra]) == 0
+        masks.append(tifffile.imread(output_paths(out, "field1")["binary"]))
+        folds.append(len(folded))
+    assert folds[0] == 0 and folds[1] >= 1  # the schema's default is off
+    np.testing.assert_array_equal(masks[0], masks[1])  # in float32 the same function
+
+
 def test_predict_errors_name_the_file_and_exit_2(model_path, images, tmp_path, capsys):
     assert (
         main(["predict", str(tmp_path / "missing.pt"), str(images), "-o", str(tmp_path / "o1")])
