@@ -731,8 +731,8 @@ def predict_files(
     (``tile``, ``overlap``, ``threshold``, ``instances``, ``min_distance``, ``min_area``, ``tta``,
     ``fold_batch_norm``, ``device``, ``precision``) and ``format`` (``tiff`` or
     ``ome-zarr``). Every input is checked (:func:`check_inputs`) before any is predicted, so
-    a bad input stops the run before anything is written. ``data_cfg`` (the config's ``data`` section): how
-    per-plane files of focal stacks are named, for a focal-context model
+    a bad input stops the run before anything is written. ``data_cfg`` (the config's
+    ``data`` section): how per-plane files of focal stacks are named, for a focal-context model
     (:func:`plan_inputs`); which channel of a container the model segments
     (``data.channels``, :func:`container_channel`); ``data.pixel_size`` for files that
     state none. Returns the summary table (one row per image, or per plane of a stack:

@@ -500,11 +500,9 @@ class Trainer:
         """Training settings, instance mode, device and precision, validation's window."""
         # The sliding window of validation: evaluation's, so the threshold fits it.
         inference = complete_section("evaluate", inference)
-        self.window = {
-            "tile": inference["tile"],
-            "overlap": float(inference["overlap"]),
-            "fold_batch_norm": bool(inference["fold_batch_norm"]),
-        }
+        self.window = {"tile": inference["tile"], "overlap": float(inference["overlap"])}
+        # Validation runs the network as evaluation does: batch norm folded or not.
+        self.fold_batch_norm = bool(inference["fold_batch_norm"])
         # The decisions after the last epoch see evaluation's outputs: with evaluate.tta the
         # mean over the 8 flips and turns (each epoch's validation does not: 8x its cost).
         self.final_tta = bool(inference["tta"])
@@ -805,7 +803,7 @@ class Trainer:
             precision=self.precision,
             tile=self.window["tile"],
             overlap=self.window["overlap"],
-            fold_batch_norm=self.window["fold_batch_norm"],
+            fold_batch_norm=self.fold_batch_norm,
             batch_size=int(self.settings["batch_size"]),
             **settings,
         )
