@@ -82,6 +82,13 @@ def test_unknown_values_name_the_key_and_the_allowed_ones(section, values, key, 
         assert word in str(caught.value)
 
 
+@pytest.mark.parametrize("section", ["evaluate", "predict"])
+def test_a_fold_batch_norm_that_is_not_a_boolean_names_its_key(section):
+    with pytest.raises(ConfigError, match=f"config key '{section}.fold_batch_norm'"):
+        complete_section(section, {"fold_batch_norm": "yes"})
+    assert complete_section(section, {})["fold_batch_norm"] is False  # the numbers as before
+
+
 def test_schema_enums_match_the_registries():
     properties = SCHEMA_DOC["properties"]
     assert sorted(properties["train"]["properties"]["losses"]["items"]["enum"]) == sorted(
